@@ -1,0 +1,59 @@
+"""Shared helpers of the benchmark commands: machine description and docs/BENCHMARKS.md sections."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+
+HEADER = """# slimkit benchmarks
+
+Every number here comes from a command in `benchmarks/`, run on the machine it names. Speed is always
+a ratio against a baseline measured in the same run (machines are shared and noisy). Each section is
+rewritten by its command; the others are left alone.
+"""
+
+
+def machine() -> str:
+    """One line: CPU model, cores, memory, OS, Python and key library versions."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem = float("nan")
+    import onnxruntime
+    import torch
+
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} {platform.release()}, "
+        f"Python {sys.version.split()[0]}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+    )
+
+
+def write_section(name: str, command: str, body: str) -> Path:
+    """Replace (or append) the section ``name`` of docs/BENCHMARKS.md, atomically."""
+    from slimkit.core.files import write_text
+
+    text = DOC.read_text() if DOC.exists() else HEADER
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    section = f"{begin}\n{body.rstrip()}\n\nCommand: `{command}` — run {stamp} on: {machine()}.\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: section, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    write_text(DOC, text)
+    return DOC

@@ -1,0 +1,1 @@
+"""slimkit.conf: the Hydra config groups (package data)."""

@@ -1,0 +1,122 @@
+"""The model adapter: everything slimkit does with one framework's models goes through it.
+
+An adapter loads a model from config or a file, saves it, runs it on numpy inputs and measures it
+(parameters, MACs, size) and exports it to ONNX. Techniques receive the adapter so they can use the
+framework-neutral parts (evaluation, export) without knowing the framework's loader details.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .data import Split
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """A model on disk: which framework reads it, where it is, and a fingerprint of its content.
+
+    Stages pass handles from one to the next; the fingerprint (hash of the file, or of the
+    producing stage's input and config) keys the stage cache.
+    """
+
+    framework: str
+    path: Path
+    fingerprint: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ParamCount:
+    """Parameter counts: all parameters, and those that are not exactly zero."""
+
+    total: int
+    nonzero: int
+
+    @property
+    def sparsity(self) -> float:
+        return 0.0 if self.total == 0 else 1.0 - self.nonzero / self.total
+
+
+class ModelAdapter(ABC):
+    """Abstract base of framework adapters (``torch``, ``onnx``, ...).
+
+    Subclasses set :attr:`name` (used in ``model.adapter=``) and :attr:`suffixes` (file endings
+    they read), and implement the abstract methods. Model objects are opaque to the core.
+    """
+
+    name: ClassVar[str]
+    suffixes: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+
+    @abstractmethod
+    def load(self, cfg: Mapping[str, Any]) -> Any:
+        """Load the user's model as the ``model`` config group describes it."""
+
+    @abstractmethod
+    def load_file(self, path: Path) -> Any:
+        """Load a model this adapter saved with :meth:`save`."""
+
+    @abstractmethod
+    def save(self, model: Any, path: Path) -> None:
+        """Write ``model`` to ``path`` (the caller makes the write atomic)."""
+
+    @abstractmethod
+    def predict(self, model: Any, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Run the model on a batch of named numpy inputs and return its (first) output."""
+
+    @abstractmethod
+    def count_params(self, model: Any) -> ParamCount:
+        """Count all and non-zero parameters."""
+
+    @abstractmethod
+    def macs(self, model: Any, example: Mapping[str, np.ndarray]) -> int:
+        """Multiply-accumulate operations for one forward pass on ``example`` (batch 1)."""
+
+    @abstractmethod
+    def export_onnx(self, model: Any, path: Path, example: Mapping[str, np.ndarray]) -> None:
+        """Write an ONNX file for ``model`` with a dynamic batch dimension."""
+
+    def seed(self, seed: int) -> None:
+        """Seed the framework's random number generators (called before every stage)."""
+
+    def fingerprint(self, model: Any) -> str:
+        """A hash of the model's content; the default saves it to a temporary file and hashes that."""
+        import tempfile
+
+        from .files import sha256_file
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"model{self.suffixes[0] if self.suffixes else ''}"
+            self.save(model, path)
+            return sha256_file(path)
+
+    def layer_sparsity(self, model: Any) -> dict[str, float]:
+        """Fraction of zero weights per prunable layer (empty if the adapter cannot tell)."""
+        return {}
+
+    def copy(self, model: Any) -> Any:
+        """An independent copy of ``model`` (techniques never modify their input in place)."""
+        import copy
+
+        return copy.deepcopy(model)
+
+    def evaluate(self, model: Any, split: Split, batch_size: int = 256) -> dict[str, float]:
+        """Accuracy (when ``split`` has labels) from :meth:`predict`, batch by batch."""
+        if split.labels is None:
+            return {}
+        correct = 0
+        for inputs, labels in split.batches(batch_size):
+            out = self.predict(model, inputs)
+            correct += int((np.argmax(out, axis=-1) == labels).sum())
+        return {"accuracy": correct / max(len(split), 1)}
+
+    def outputs(self, model: Any, split: Split, batch_size: int = 256) -> np.ndarray:
+        """All outputs of ``model`` on ``split``, concatenated (for fidelity checks)."""
+        return np.concatenate([self.predict(model, b) for b, _ in split.batches(batch_size)])

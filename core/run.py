@@ -1,0 +1,437 @@
+"""One slimkit run: baseline, stages, export, measurement, report — framework-free.
+
+The pipeline layer turns config into a :class:`RunSpec`; :func:`execute` does the work through the
+adapter, technique and target plugins and tells observers (tracking, terminal) through the hooks.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import files
+from .adapter import ModelAdapter
+from .data import DataSplits
+from .errors import DataError, ModelError, SlimkitError, TechniqueError
+from .registry import Registry
+from .report import ModelMetrics, Report, StageResult
+from .target import BenchmarkRequest, Target
+from .technique import StageContext, Technique, TechniqueConfig
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class StageSpec:
+    """One stage: its name in the pipeline, the technique class and its validated config."""
+
+    name: str
+    technique: type[Technique]
+    config: TechniqueConfig
+
+
+@dataclass
+class RunSpec:
+    """Everything a run needs, already validated by the pipeline layer."""
+
+    run_dir: Path
+    seed: int
+    model: dict[str, Any]
+    data: dict[str, Any]
+    target: dict[str, Any]
+    tracking: dict[str, Any]
+    stages: list[StageSpec]
+    cache_dir: Path | None = None
+    eval_batch_size: int = 256
+    config: dict[str, Any] = field(default_factory=dict)
+    pipeline_name: str = ""
+
+
+@dataclass
+class RunContext:
+    """The state of a running run that observers may read."""
+
+    spec: RunSpec
+    hook: Any
+    registry: Registry
+    report: Report
+    tracker: Any = None
+    data: DataSplits | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.spec.run_dir
+
+    def progress(self, task: str, completed: float, total: float | None) -> None:
+        self.hook.slimkit_progress(ctx=self, task=task, completed=completed, total=total)
+
+    def artifact(self, path: Path, kind: str) -> None:
+        self.hook.slimkit_log_artifact(ctx=self, path=Path(path), kind=kind)
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """A per-stage seed, so a stage gives the same result whether earlier stages ran or were cached."""
+    return int(files.sha256_json([seed, stage])[:8], 16)
+
+
+def data_fingerprint(data: DataSplits) -> str:
+    import hashlib
+
+    h = hashlib.sha256(data.name.encode())
+    for split in (data.train, data.val, data.test):
+        for k in sorted(split.inputs):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(split.inputs[k]).tobytes())
+        if split.labels is not None:
+            h.update(np.ascontiguousarray(split.labels).tobytes())
+    return h.hexdigest()
+
+
+class Runner:
+    """Runs one :class:`RunSpec`. Use :func:`execute`."""
+
+    def __init__(self, spec: RunSpec, pm: Any, registry: Registry) -> None:
+        self.spec = spec
+        self.pm = pm
+        self.registry = registry
+        self.report = Report(config=spec.config, run_dir=str(spec.run_dir))
+        self.ctx = RunContext(spec=spec, hook=pm.hook, registry=registry, report=self.report)
+        self.target: Target | None = None
+        self.model: Any = None
+        self.adapter: ModelAdapter | None = None
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return str(Path(path).resolve().relative_to(self.spec.run_dir.resolve()))
+        except ValueError:
+            return str(path)
+
+    def _write_report(self) -> None:
+        d = self.spec.run_dir
+        files.write_text(d / "report.json", self.report.to_json() + "\n")
+        files.write_text(d / "report.md", self.report.to_markdown())
+
+    def _check_runs(self, adapter: ModelAdapter, model: Any, data: DataSplits) -> None:
+        example = data.test.example(2)
+        try:
+            out = adapter.predict(model, example)
+        except SlimkitError:
+            raise
+        except Exception as exc:
+            shapes = {k: list(v.shape) for k, v in example.items()}
+            raise DataError(
+                f"the model does not run on data {data.name!r} (inputs {shapes}): "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+                "pick data whose inputs match the model (data=..., data.size=...)"
+            ) from exc
+        if data.num_classes is not None and data.test.labels is not None:
+            if out.ndim != 2 or out.shape[-1] < data.num_classes:
+                raise DataError(
+                    f"the model outputs shape {list(out.shape)} but data {data.name!r} has "
+                    f"{data.num_classes} classes; give a classifier with {data.num_classes} outputs"
+                )
+
+    # -- measurement ------------------------------------------------------------------------------
+
+    def measure(self, adapter: ModelAdapter, model: Any, onnx_path: Path | None, label: str) -> ModelMetrics:
+        """Accuracy, size, params, MACs and latency of ``model`` (and its ONNX export)."""
+        data = self.ctx.data
+        assert data is not None and self.target is not None
+        self.ctx.progress(f"{label}: evaluate", 0, None)
+        metrics = adapter.evaluate(model, data.test, self.spec.eval_batch_size)
+        count = adapter.count_params(model)
+        example1 = data.test.example(1)
+        macs = adapter.macs(model, example1)
+        size = onnx_path.stat().st_size if onnx_path else 0
+        zsize = files.zipped_size(onnx_path) if onnx_path else None
+        latencies, latency_ms = self.latency(adapter, model, onnx_path, label)
+        return ModelMetrics(
+            accuracy=metrics.get("accuracy"),
+            size_bytes=int(size),
+            size_zip_bytes=zsize,
+            params=count.total,
+            nonzero_params=count.nonzero,
+            macs=int(macs),
+            latency_ms=latency_ms,
+            latencies=latencies,
+            extra={k: v for k, v in metrics.items() if k != "accuracy"},
+        )
+
+    def latency(
+        self, adapter: ModelAdapter, model: Any, onnx_path: Path | None, label: str
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """All latencies from the target, and the primary one (first runtime, first batch size)."""
+        data = self.ctx.data
+        assert data is not None and self.target is not None
+        request = BenchmarkRequest(
+            onnx_path=onnx_path,
+            examples={b: data.test.example(b) for b in self.target.batch_sizes},
+            framework_model=model,
+            framework_runner=adapter.predict,
+            framework_name=adapter.name,
+        )
+        lats = self.target.benchmark(request, lambda t, c, n: self.ctx.progress(f"{label}: {t}", c, n))
+        primary = (
+            {"p50": lats[0].p50, "p90": lats[0].p90, "batch": lats[0].batch, "runtime": lats[0].runtime} if lats else {}
+        )
+        return [lat.to_dict() for lat in lats], primary
+
+    def export(self, adapter: ModelAdapter, model: Any, path: Path) -> Path:
+        data = self.ctx.data
+        assert data is not None
+        try:
+            with files.atomic_path(path) as tmp:
+                adapter.export_onnx(model, tmp, data.test.example(1))
+        except SlimkitError:
+            raise
+        except Exception as exc:
+            raise ModelError(
+                f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+                "check that the model is traceable with torch.export (no data-dependent control flow)"
+            ) from exc
+        return path
+
+    # -- stages -----------------------------------------------------------------------------------
+
+    def run_stage(
+        self,
+        index: int,
+        stage: StageSpec,
+        adapter: ModelAdapter,
+        model: Any,
+        fingerprint: str,
+        baseline: Any,
+        baseline_adapter: ModelAdapter,
+        data_fp: str,
+    ) -> tuple[ModelAdapter, Any, str, StageResult]:
+        spec = self.spec
+        technique = stage.technique(stage.config)
+        out_framework = getattr(technique, "output_framework", None) or adapter.name
+        out_adapter = adapter if out_framework == adapter.name else self.registry.adapter(out_framework)()
+        key = files.sha256_json(
+            {
+                "v": SCHEMA_VERSION,
+                "input": fingerprint,
+                "technique": stage.technique.name,
+                "config": asdict(stage.config),
+                "seed": stage_seed(spec.seed, stage.name),
+                "data": data_fp,
+            }
+        )
+        stage_dir = spec.run_dir / "stages" / f"{index:02d}_{stage.name}"
+        cache_entry = spec.cache_dir / key if spec.cache_dir else None
+        suffix = out_adapter.suffixes[0] if out_adapter.suffixes else ".bin"
+        t0 = time.perf_counter()
+        self.ctx.hook.slimkit_stage_start(
+            ctx=self.ctx, name=stage.name, technique=stage.technique.name, index=index, total=len(spec.stages)
+        )
+        if cache_entry is not None and (cache_entry / "stage.json").exists():
+            files.copy_tree(cache_entry, stage_dir)
+            meta = _read_json(stage_dir / "stage.json")
+            new_model = out_adapter.load_file(stage_dir / f"model{suffix}")
+            cached = True
+        else:
+            out_adapter.seed(stage_seed(spec.seed, stage.name))
+            assert self.ctx.data is not None
+            with files.atomic_dir(stage_dir) as tmp:
+                sctx = StageContext(
+                    stage=stage.name,
+                    seed=stage_seed(spec.seed, stage.name),
+                    data=self.ctx.data,
+                    work_dir=tmp,
+                    baseline=baseline,
+                    baseline_adapter=baseline_adapter,
+                    target_name=spec.target["name"],
+                    progress=lambda t, c, n: self.ctx.progress(f"{stage.name}: {t}", c, n),
+                    example=self.ctx.data.test.example(1),
+                )
+                try:
+                    new_model = technique.apply(adapter.copy(model), adapter, sctx)
+                except SlimkitError:
+                    raise
+                except Exception as exc:
+                    raise TechniqueError(
+                        f"stage {stage.name!r} ({stage.technique.name}) failed: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}; run with SLIMKIT_DEBUG=1 for the traceback"
+                    ) from exc
+                out_adapter.save(new_model, tmp / f"model{suffix}")
+                meta = {
+                    "key": key,
+                    "technique": stage.technique.name,
+                    "config": asdict(stage.config),
+                    "framework": out_adapter.name,
+                    "metrics": sctx.metrics,
+                    "info": sctx.info,
+                    "artifacts": {k: Path(v).name for k, v in sctx.artifacts.items()},
+                }
+                files.write_json(tmp / "stage.json", meta)
+            if cache_entry is not None:
+                files.copy_tree(stage_dir, cache_entry)
+            cached = False
+        seconds = time.perf_counter() - t0
+        new_fp = files.sha256_json([key, "out"])
+        result = StageResult(
+            name=stage.name,
+            technique=stage.technique.name,
+            index=index,
+            cached=cached,
+            seconds=seconds,
+            fingerprint=new_fp,
+            model_path=self._rel(stage_dir / f"model{suffix}"),
+            metrics={k: float(v) for k, v in meta.get("metrics", {}).items()},
+            artifacts={k: self._rel(stage_dir / v) for k, v in meta.get("artifacts", {}).items()},
+            info=meta.get("info", {}),
+        )
+        return out_adapter, new_model, new_fp, result
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def execute(self, model_obj: Any = None, data_obj: DataSplits | None = None) -> Report:
+        spec = self.spec
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        tracker_cls = self.registry.tracker(spec.tracking.get("name", "none"))
+        tracker = tracker_cls(spec.tracking)
+        tracker.check()
+        self.ctx.tracker = tracker
+        self.pm.register(tracker, name=f"tracker-{id(tracker)}")
+        try:
+            return self._execute(model_obj, data_obj)
+        except BaseException as exc:
+            self.report.status = "FAILED"
+            self.report.error = str(exc) if isinstance(exc, SlimkitError) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, SlimkitError | KeyboardInterrupt):
+                files.write_text(spec.run_dir / "error.txt", traceback.format_exc())
+            self.report.mlflow_run_id = tracker.run_id
+            self._write_report()
+            try:
+                self.ctx.hook.slimkit_run_failed(ctx=self.ctx, error=exc, report=self.report)
+            finally:
+                self.report.mlflow_run_id = tracker.run_id
+                self._write_report()
+            raise
+        finally:
+            self.pm.unregister(tracker)
+
+    def _execute(self, model_obj: Any, data_obj: DataSplits | None) -> Report:
+        spec = self.spec
+        report = self.report
+        self.target = self.registry.target(spec.target["name"])(spec.target)
+        self.target.check_available()
+        report.target = {"name": self.target.name, **_plain(self.target.cfg)}
+        self.ctx.hook.slimkit_run_start(ctx=self.ctx)
+        report.mlflow_run_id = self.ctx.tracker.run_id
+
+        # data and model
+        data_cfg = spec.data
+        if data_obj is None:
+            data_obj = self.registry.data_loader(data_cfg["name"])(data_cfg, spec.seed)
+        self.ctx.data = data_obj
+        adapter_name = spec.model.get("adapter", "torch")
+        adapter = self.registry.adapter(adapter_name)()
+        adapter.seed(spec.seed)
+        model = model_obj if model_obj is not None else adapter.load(spec.model)
+        for st in spec.stages:
+            if not st.technique.frameworks or adapter.name not in st.technique.frameworks:
+                working = [n for n, t in self.registry.techniques.items() if adapter.name in t.frameworks]
+                raise TechniqueError(
+                    f"technique {st.technique.name!r} (stage {st.name!r}) does not support {adapter.name} "
+                    f"models; techniques that do: {', '.join(sorted(working)) or 'none'}"
+                )
+        self._check_runs(adapter, model, data_obj)
+        data_fp = data_fingerprint(data_obj)
+
+        # baseline
+        base_dir = spec.run_dir / "baseline"
+        base_onnx = self.export(adapter, model, base_dir / "model.onnx")
+        report.baseline = self.measure(adapter, model, base_onnx, "baseline")
+        report.artifacts["baseline_onnx"] = self._rel(base_onnx)
+        baseline, baseline_adapter = model, adapter
+
+        # stages
+        fingerprint = adapter.fingerprint(model)
+        for i, stage in enumerate(spec.stages):
+            adapter, model, fingerprint, result = self.run_stage(
+                i, stage, adapter, model, fingerprint, baseline, baseline_adapter, data_fp
+            )
+            report.stages.append(result)
+            for kind, rel in result.artifacts.items():
+                self.ctx.artifact(spec.run_dir / rel, kind)
+            self.ctx.hook.slimkit_stage_end(ctx=self.ctx, result=result)
+
+        # final model: framework file and ONNX, written atomically
+        suffix = adapter.suffixes[0] if adapter.suffixes else ".bin"
+        model_path = spec.run_dir / f"model{suffix}"
+        with files.atomic_path(model_path) as tmp:
+            adapter.save(model, tmp)
+        onnx_path = spec.run_dir / "model.onnx"
+        if model_path.suffix != ".onnx":
+            self.export(adapter, model, onnx_path)
+        report.artifacts["model"] = self._rel(model_path)
+        report.artifacts["onnx"] = self._rel(onnx_path)
+        report.compressed = self.measure(adapter, model, onnx_path, "compressed")
+        # Latency drifts on shared machines: measure the baseline again right after the compressed
+        # model, so the two are compared under the same conditions.
+        report.baseline.latencies, report.baseline.latency_ms = self.latency(
+            baseline_adapter, baseline, base_onnx, "baseline (again)"
+        )
+        report.compressed.extra["layer_sparsity"] = adapter.layer_sparsity(model)
+        report.baseline.extra["layer_sparsity"] = baseline_adapter.layer_sparsity(baseline)
+        report.fidelity = fidelity(
+            baseline_adapter.outputs(baseline, data_obj.test, spec.eval_batch_size),
+            adapter.outputs(model, data_obj.test, spec.eval_batch_size),
+        )
+        report.status = "FINISHED"
+        report.mlflow_run_id = self.ctx.tracker.run_id
+        self._write_report()
+        self.ctx.artifact(model_path, "model")
+        self.ctx.artifact(onnx_path, "onnx")
+        self.ctx.artifact(spec.run_dir / "report.json", "report")
+        self.ctx.artifact(spec.run_dir / "report.md", "report")
+        self.ctx.hook.slimkit_run_end(ctx=self.ctx, report=report)
+        self._write_report()
+        self.model = model
+        self.adapter = adapter
+        return report
+
+
+def fidelity(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
+    """How close ``output`` is to ``reference``: max abs diff, mean cosine, top-1 agreement."""
+    ref = reference.reshape(len(reference), -1).astype(np.float64)
+    out = output.reshape(len(output), -1).astype(np.float64)
+    num = (ref * out).sum(1)
+    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    cos = np.where(den > 0, num / np.maximum(den, 1e-300), 1.0)
+    return {
+        "max_abs_diff": float(np.abs(ref - out).max()) if ref.size else 0.0,
+        "mean_cosine": float(cos.mean()) if len(cos) else 1.0,
+        "top1_agreement": float((ref.argmax(1) == out.argmax(1)).mean()) if len(ref) else 1.0,
+    }
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(Path(path).read_text())
+
+
+def execute(spec: RunSpec, pm: Any, registry: Registry, model: Any = None, data: DataSplits | None = None) -> Runner:
+    """Run ``spec``; return the runner (its ``report``, final ``model`` and ``adapter``)."""
+    runner = Runner(spec, pm, registry)
+    runner.execute(model, data)
+    return runner

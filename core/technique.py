@@ -1,0 +1,104 @@
+"""Techniques: one compression algorithm each, with a typed, validated config."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .adapter import ModelAdapter
+    from .data import DataSplits
+
+
+@dataclass
+class TechniqueConfig:
+    """Base of technique configs. Subclasses add typed, defaulted fields and check ranges in
+    ``__post_init__`` (call :func:`check_range` and friends), raising :class:`ConfigError`.
+
+    ``technique`` names the registered technique the stage runs.
+    """
+
+    technique: str = ""
+
+
+def check_range(
+    name: str,
+    value: float,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = True,
+    example: Any = None,
+) -> None:
+    """Raise a one-line :class:`ConfigError` unless ``low <= value < high`` (bounds as given)."""
+    ok = not (isinstance(value, float) and math.isnan(value))
+    ok = ok and (value > low if low_open else value >= low)
+    ok = ok and (value < high if high_open else value <= high)
+    if not ok:
+        lb = "(" if low_open else "["
+        hb = ")" if high_open else "]"
+        hint = f"; use e.g. {example}" if example is not None else ""
+        raise ConfigError(f"{name}={value} is outside {lb}{low}, {high}{hb}{hint}")
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...] | list[Any]) -> None:
+    """Raise a one-line :class:`ConfigError` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {list(choices)}; pick one of those")
+
+
+@dataclass
+class StageContext:
+    """What a technique may use while it runs: data, seed, the models around it, progress.
+
+    ``metrics`` and ``artifacts`` are filled by the technique and end up in the report, the stage's
+    directory and the tracking backend.
+    """
+
+    stage: str
+    seed: int
+    data: DataSplits
+    work_dir: Path
+    baseline: Any = None
+    baseline_adapter: ModelAdapter | None = None
+    target_name: str = "cpu"
+    progress: Callable[[str, float, float | None], None] = lambda task, done, total: None
+    log: Callable[[str], None] = lambda message: None
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    example: Mapping[str, np.ndarray] | None = None
+
+
+class Technique(ABC):
+    """Abstract base of compression techniques.
+
+    Subclasses set :attr:`name`, :attr:`frameworks` (adapter names they handle), :attr:`Config`
+    (a :class:`TechniqueConfig` subclass) and implement :meth:`apply`, which returns a new model and
+    leaves its input untouched.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    frameworks: ClassVar[tuple[str, ...]] = ()
+    targets: ClassVar[tuple[str, ...]] = ("*",)
+    Config: ClassVar[type[TechniqueConfig]] = TechniqueConfig
+
+    def __init__(self, config: TechniqueConfig) -> None:
+        self.config = config
+
+    def supports(self, framework: str) -> bool:
+        return framework in self.frameworks
+
+    @abstractmethod
+    def apply(self, model: Any, adapter: ModelAdapter, ctx: StageContext) -> Any:
+        """Return the compressed model. Must not modify ``model`` in place."""

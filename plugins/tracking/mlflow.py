@@ -1,0 +1,579 @@
+"""The ``mlflow`` tracker: every run becomes an MLflow run, every stage a nested child run.
+
+Config (the ``tracking`` group; every key optional):
+
+``uri``
+    The tracking URI. Empty or ``null``: ``sqlite:///mlflow.db`` in the current directory
+    (MLflow 3 refuses the old ``./mlruns`` file store unless ``MLFLOW_ALLOW_FILE_STORE=true``).
+    ``http(s)://...`` names a tracking server, which :meth:`MlflowTracker.check` pings before the
+    run starts. ``$MLFLOW_TRACKING_URI`` is not read: MLflow sets it itself once a run has set a
+    URI, which would carry one run's URI over to the next in the same process.
+``experiment``
+    The experiment, created if missing (default ``slimkit``).
+``run_name``
+    The parent run's name (default: MLflow picks one).
+``log_model``
+    Log the compressed ``model.onnx`` as an MLflow model with ``mlflow.onnx.log_model``
+    (default ``true``).
+``tags``
+    Extra tags for the parent run, a mapping.
+``artifact_location``
+    Where a newly created experiment keeps its artifacts. Default: the server's choice, or for a
+    SQLite URI ``mlruns/<experiment>`` beside the database file (rather than MLflow's ``./mlruns``
+    in whatever the current directory is).
+
+What is recorded:
+
+- parent run: params = the resolved config flattened to dotted keys (``stages.0.sparsity``); tags
+  ``pipeline``, ``target``, ``slimkit.version``, ``slimkit.run_dir``; metrics ``baseline_*``,
+  ``compressed_*``, ``ratio_*``, ``accuracy_drop``, ``fidelity_*`` and ``<stage>.<metric>``;
+  artifacts under their kind (``onnx/``, ``model/``, ``report/``...), ``config.yaml`` and the
+  logged ONNX model ``model``.
+- one child run per stage (tag ``mlflow.parentRunId``), named after the stage: params = its
+  technique and technique config, metrics = the stage's metrics and ``seconds``, tag ``cached``,
+  and the stage's artifacts.
+- a failed run ends ``FAILED`` (``KILLED`` on Ctrl-C) with tags ``error`` and ``error_type`` and
+  whatever was measured before the failure.
+
+MLflow is driven through :class:`mlflow.MlflowClient` with explicit run ids, so no run is left on
+MLflow's fluent active-run stack between runs in one process. Failing to log something optional
+(an artifact, the model) only warns; under pytest it raises, as MLflow's own autologging does.
+
+Importing this module does not import MLflow (about a second); it is imported when a run starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from slimkit.core import ConfigError, SlimkitError, Tracker, TrackingError, hookimpl
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from slimkit.core.registry import Registry
+    from slimkit.core.report import Report, StageResult
+    from slimkit.core.run import RunContext
+
+T = TypeVar("T")
+
+#: The tracking URI used when none is configured (resolved against the current directory).
+DEFAULT_URI = "sqlite:///mlflow.db"
+#: The experiment used when none is configured.
+DEFAULT_EXPERIMENT = "slimkit"
+#: Longest param value logged; older MLflow servers refuse more (the full config is in config.yaml).
+PARAM_VALUE_LIMIT = 500
+#: Longest ``error`` tag value.
+ERROR_TAG_LIMIT = 5000
+#: Longest param, metric or tag key MLflow accepts.
+KEY_LIMIT = 250
+#: Seconds to wait for a tracking server's ``/health`` in :meth:`MlflowTracker.check`.
+CHECK_TIMEOUT_S = 3.0
+
+_PARAMS_PER_BATCH = 100  # MLflow's limit on params (and tags) in one log_batch
+_METRICS_PER_BATCH = 1000  # and on metrics
+_BAD_KEY_CHARS = re.compile(r"[^\w.\- /]")
+_PARENT_TAG = "mlflow.parentRunId"  # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID
+
+
+@hookimpl
+def slimkit_register_trackers(registry: Registry) -> None:
+    """Register :class:`MlflowTracker` as ``tracking=mlflow``."""
+    registry.add_tracker(MlflowTracker)
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+
+
+def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Flatten a nested config into ``{"a.b.c": "value"}`` with string values.
+
+    Mappings nest with dots, lists holding mappings or lists by index (``stages.0.technique``);
+    other lists are written as JSON. Empty mappings give ``"{}"`` so that their key shows.
+    """
+    out: dict[str, str] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, Mapping):
+            if not value and key:
+                out[key] = "{}"
+            for k, v in value.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list | tuple) and any(isinstance(v, Mapping | list | tuple) for v in value):
+            for i, v in enumerate(value):
+                walk(v, f"{key}.{i}" if key else str(i))
+        elif isinstance(value, list | tuple):
+            out[key] = json.dumps(list(value), default=str)
+        else:
+            out[key] = str(value)
+
+    walk(config, prefix)
+    return out
+
+
+def clean_key(key: str) -> str:
+    """``key`` made acceptable as an MLflow param, metric or tag name (bad characters become ``_``)."""
+    key = _BAD_KEY_CHARS.sub("_", str(key)).replace("//", "/").strip("/")[:KEY_LIMIT]
+    parts = key.split("/")
+    if not key or any(p in ("", ".", "..") for p in parts):
+        key = "_" + key.replace("/", "_")
+    return key[:KEY_LIMIT]
+
+
+def _truncate(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[: limit - 3] + "..."
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool | int | float):
+            out[clean_key(key)] = float(value)
+        else:
+            try:  # numpy scalars and the like
+                out[clean_key(key)] = float(value)
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+def report_metrics(report: Report | None) -> dict[str, float]:
+    """The run-level metrics of ``report``: baseline, compressed, ratios, accuracy drop, fidelity.
+
+    Whatever is missing (a run that failed before the compressed model was measured) is left out.
+    """
+    if report is None:
+        return {}
+    out: dict[str, float] = {}
+    if report.baseline is not None:
+        out.update(report.baseline.flat("baseline"))
+    if report.compressed is not None:
+        out.update(report.compressed.flat("compressed"))
+    for name, ratio in report.ratios.items():
+        if ratio is not None:
+            out[f"ratio_{name}"] = float(ratio)
+    if report.accuracy_drop is not None:
+        out["accuracy_drop"] = float(report.accuracy_drop)
+    for name, value in report.fidelity.items():
+        out[f"fidelity_{name}"] = value
+    return _numeric(out)
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _strict() -> bool:
+    """Whether logging errors should raise instead of warn (under pytest, like MLflow autologging)."""
+    return bool(os.environ.get("PYTEST_CURRENT_TEST"))
+
+
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    if isinstance(value, bool | int) or value is None:
+        return bool(value)
+    raise ConfigError(f"{name}={value!r} is not a boolean; use {name}=true or {name}=false")
+
+
+def _is_file_store(uri: str) -> bool:
+    """Whether ``uri`` names MLflow's file store: ``file:...`` or a plain (POSIX or Windows) path."""
+    if uri.lower().startswith("file:"):
+        return True
+    if re.match(r"^[A-Za-z]:[\\/]", uri):
+        return True
+    return ":" not in uri and uri.lower() not in ("databricks", "databricks-uc", "uc")
+
+
+def _file_store_allowed() -> bool:
+    return os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("1", "true")
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///path`` URI, None for an in-memory database."""
+    rest = uri[len("sqlite://") :]
+    if not rest.startswith("/"):  # sqlite:// is in-memory
+        return None
+    path = rest[1:].split("?", 1)[0]  # sqlite:///rel.db, sqlite:////abs.db
+    if path in ("", ":memory:"):
+        return None
+    return Path(path)
+
+
+def _error_message(error: BaseException) -> str:
+    text = str(error) if isinstance(error, SlimkitError) else f"{type(error).__name__}: {error}"
+    return _truncate(_one_line(text) or type(error).__name__, ERROR_TAG_LIMIT)
+
+
+# -- the tracker ------------------------------------------------------------------------------------
+
+
+class MlflowTracker(Tracker):
+    """Records a slimkit run in MLflow: a parent run for the run, a child run per stage.
+
+    ``cfg`` keys: ``uri``, ``experiment``, ``run_name``, ``log_model``, ``tags`` (see the module
+    docstring). Registered into the plugin manager for one run; its lifecycle hooks are methods.
+    """
+
+    name = "mlflow"
+    description = "MLflow tracking: params, metrics, artifacts and the ONNX model (tracking.uri=...)"
+
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        super().__init__(cfg)
+        uri = self.cfg.get("uri") or ""
+        if not uri:
+            uri = f"sqlite:///{(Path.cwd() / 'mlflow.db').as_posix()}"
+        #: The tracking URI this tracker writes to.
+        self.uri: str = str(uri)
+        #: The experiment's name.
+        self.experiment: str = str(self.cfg.get("experiment") or DEFAULT_EXPERIMENT)
+        #: The parent run's name, or None to let MLflow pick one.
+        self.run_name: str | None = str(self.cfg["run_name"]) if self.cfg.get("run_name") else None
+        #: Whether to log the compressed ONNX model with ``mlflow.onnx.log_model``.
+        self.log_model: bool = _flag(self.cfg.get("log_model", True), "tracking.log_model")
+        tags = self.cfg.get("tags") or {}
+        if not isinstance(tags, Mapping):
+            raise ConfigError(f"tracking.tags must be a mapping, not {tags!r}; use e.g. tracking.tags={{team: ml}}")
+        #: Extra tags of the parent run.
+        self.tags: dict[str, str] = {str(k): str(v) for k, v in tags.items()}
+        #: Artifact location of a newly created experiment (None: beside a SQLite file, or the
+        #: server's choice).
+        self.artifact_location: str | None = (
+            str(self.cfg["artifact_location"]) if self.cfg.get("artifact_location") else None
+        )
+        #: The experiment's id, once the run started.
+        self.experiment_id: str | None = None
+        self._client_obj: MlflowClient | None = None
+        self._child_run_id: str | None = None
+        self._start_failed = False
+
+    # -- backend ------------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise :class:`TrackingError` unless the tracking URI looks usable.
+
+        A server (``http(s)://``) must answer within :data:`CHECK_TIMEOUT_S` seconds; a SQLite
+        database's directory is created if missing; the file store needs ``MLFLOW_ALLOW_FILE_STORE``.
+        MLflow itself is not imported.
+        """
+        uri = self.uri
+        lowered = uri.lower()
+        if lowered.startswith(("http://", "https://")):
+            self._check_server(uri)
+        elif lowered.startswith("sqlite:"):
+            path = _sqlite_path(uri)
+            if path is None:
+                return
+            parent = path.parent
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise TrackingError(
+                    f"cannot create the directory {str(parent)!r} of the MLflow database {uri}: "
+                    f"{exc.strerror or exc}; set tracking.uri=sqlite:///<writable dir>/mlflow.db"
+                ) from exc
+            if not os.access(parent, os.W_OK):
+                raise TrackingError(
+                    f"the directory {str(parent)!r} of the MLflow database {uri} is not writable; "
+                    "set tracking.uri=sqlite:///<writable dir>/mlflow.db"
+                )
+        elif _is_file_store(uri) and not _file_store_allowed():
+            raise TrackingError(
+                f"tracking.uri={uri} is MLflow's file store, which MLflow 3 disables; "
+                f"use tracking.uri={DEFAULT_URI} or set MLFLOW_ALLOW_FILE_STORE=true"
+            )
+
+    @staticmethod
+    def _check_server(uri: str) -> None:
+        import urllib.error
+        import urllib.request
+
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=CHECK_TIMEOUT_S):
+                pass
+        except urllib.error.HTTPError:
+            return  # it answered: reachable (auth and routing are MLflow's business)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise TrackingError(
+                f"cannot reach MLflow tracking server at {uri} ({reason}); start it "
+                f"(mlflow server --host 127.0.0.1 --port 5000) or set tracking.uri={DEFAULT_URI}"
+            ) from exc
+
+    def _client(self) -> MlflowClient:
+        if self._client_obj is None:
+            from mlflow import MlflowClient
+
+            self._client_obj = MlflowClient(tracking_uri=self.uri)
+        return self._client_obj
+
+    def _soft(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """Call ``fn``; if it fails, warn that ``what`` could not be logged (raise under pytest)."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if _strict():
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            warnings.warn(
+                f"MLflow: could not {what} (run {self.run_id}): {type(exc).__name__}: {first}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+
+    def _log_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = {clean_key(k): _truncate(str(v), PARAM_VALUE_LIMIT) for k, v in params.items()}
+        entities = [Param(k, v) for k, v in items.items()]
+        for chunk in _chunks(entities, _PARAMS_PER_BATCH):
+            self._client().log_batch(run_id, params=chunk)
+
+    def _log_metrics(self, run_id: str, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entities = [Metric(k, float(v), now, 0) for k, v in _numeric(metrics).items()]
+        for chunk in _chunks(entities, _METRICS_PER_BATCH):
+            self._client().log_batch(run_id, metrics=chunk)
+
+    def _log_path(self, run_id: str, path: Path, artifact_path: str | None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self._client().log_artifacts(run_id, str(path), artifact_path)
+        elif path.is_file():
+            self._client().log_artifact(run_id, str(path), artifact_path)
+        else:
+            raise FileNotFoundError(f"no such artifact: {path}")
+
+    def _artifact_location(self) -> str | None:
+        """The artifact location for a new experiment: configured, beside a SQLite file, or None."""
+        if self.artifact_location:
+            return self.artifact_location
+        if self.uri.lower().startswith("sqlite:"):
+            path = _sqlite_path(self.uri)
+            if path is not None:
+                folder = re.sub(r"[^\w.-]", "_", self.experiment).strip(".") or "experiment"
+                return (path.parent.resolve() / "mlruns" / folder).as_posix()
+        return None
+
+    def _experiment_id(self) -> str:
+        """The id of the experiment :attr:`experiment`, created if missing."""
+        from mlflow.exceptions import MlflowException
+
+        client = self._client()
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            try:
+                return client.create_experiment(self.experiment, artifact_location=self._artifact_location())
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # lost a race with another process
+                    raise
+                experiment = client.get_experiment_by_name(self.experiment)
+                assert experiment is not None
+        if experiment.lifecycle_stage != "active":
+            raise TrackingError(
+                f"MLflow experiment {self.experiment!r} at {self.uri} is deleted; restore it "
+                f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
+                "or set tracking.experiment=<another name>"
+            )
+        return experiment.experiment_id
+
+    def _start_run(self, ctx: RunContext) -> str:
+        """Set the tracking URI and experiment, create the parent run, log config params and tags."""
+        import mlflow
+
+        from slimkit import __version__
+
+        spec = ctx.spec
+        try:
+            mlflow.set_tracking_uri(self.uri)
+            self.experiment_id = self._experiment_id()
+            mlflow.set_experiment(experiment_id=self.experiment_id)
+            tags = {
+                "pipeline": str(getattr(spec, "pipeline_name", "") or ""),
+                "target": _target_name(getattr(spec, "target", None)),
+                "slimkit.version": __version__,
+                "slimkit.run_dir": str(getattr(spec, "run_dir", "")),
+                **self.tags,
+            }
+            tags = {clean_key(k): v for k, v in tags.items()}
+            try:  # user, source and git commit, as mlflow.start_run records them
+                from mlflow.tracking.context.registry import resolve_tags
+
+                tags = resolve_tags(tags)
+            except Exception:  # best effort only
+                pass
+            run = self._client().create_run(self.experiment_id, tags=tags, run_name=self.run_name)
+        except TrackingError:
+            raise
+        except Exception as exc:
+            raise TrackingError(
+                f"cannot start an MLflow run in experiment {self.experiment!r} at {self.uri}: "
+                f"{type(exc).__name__}: {_one_line(str(exc))[:300]}; "
+                "check tracking.uri and tracking.experiment"
+            ) from exc
+        self.run_id = run.info.run_id
+        params = flatten_params(getattr(spec, "config", None) or {})
+        self._soft("log the config as params", self._log_params, self.run_id, params)
+        return self.run_id
+
+    # -- lifecycle hooks ----------------------------------------------------------------------------
+
+    @hookimpl
+    def slimkit_run_start(self, ctx: RunContext) -> None:
+        """Create the parent MLflow run and log the resolved config as params."""
+        try:
+            self._start_run(ctx)
+        except BaseException:
+            self._start_failed = True
+            raise
+
+    @hookimpl
+    def slimkit_stage_end(self, ctx: RunContext, result: StageResult) -> None:
+        """Record the stage as a finished child run with its config, metrics and artifacts."""
+        if self.run_id is None:
+            return
+        self._soft(f"log stage {result.name!r}", self._log_stage, ctx, result)
+
+    def _log_stage(self, ctx: RunContext, result: StageResult) -> None:
+        client = self._client()
+        assert self.run_id is not None and self.experiment_id is not None
+        tags = {
+            _PARENT_TAG: self.run_id,
+            "cached": str(bool(result.cached)).lower(),
+            "stage": result.name,
+            "technique": result.technique,
+        }
+        child = client.create_run(self.experiment_id, tags=tags, run_name=result.name)
+        self._child_run_id = child_id = child.info.run_id
+        try:
+            params = {"technique": result.technique, "index": str(result.index)}
+            params.update(flatten_params(_stage_config(ctx, result)))
+            self._log_params(child_id, params)
+            self._log_metrics(child_id, {**result.metrics, "seconds": result.seconds})
+            run_dir = Path(ctx.spec.run_dir)
+            for kind, rel in result.artifacts.items():
+                self._soft(f"log artifact {rel}", self._log_path, child_id, run_dir / rel, clean_key(kind))
+            if result.info:
+                self._soft("log stage info", client.log_dict, child_id, _jsonable(result.info), "info.json")
+        except BaseException:
+            client.set_terminated(child_id, "FAILED")
+            self._child_run_id = None
+            raise
+        client.set_terminated(child_id, "FINISHED")
+        self._child_run_id = None
+        self._log_metrics(self.run_id, {f"{result.name}.{k}": v for k, v in result.metrics.items()})
+
+    @hookimpl
+    def slimkit_log_artifact(self, ctx: RunContext, path: Path, kind: str) -> None:
+        """Log the file (or directory) ``path`` to the parent run under the artifact path ``kind``."""
+        if self.run_id is None:
+            return
+        self._soft(f"log artifact {path}", self._log_path, self.run_id, Path(path), clean_key(kind))
+
+    @hookimpl
+    def slimkit_run_end(self, ctx: RunContext, report: Report) -> None:
+        """Log the report's metrics, the config and the ONNX model; end the parent run FINISHED."""
+        if self.run_id is None:
+            return
+        run_id = self.run_id
+        ok = False
+        try:
+            self._soft("log the run metrics", self._log_metrics, run_id, report_metrics(report))
+            config = getattr(ctx.spec, "config", None) or {}
+            self._soft("log config.yaml", self._client().log_dict, run_id, _jsonable(config), "config.yaml")
+            onnx_path = Path(ctx.spec.run_dir) / "model.onnx"
+            if self.log_model and onnx_path.is_file():
+                self._soft("log the ONNX model", self._log_onnx_model, onnx_path)
+            ok = True
+        finally:
+            self._soft("end the run", self._client().set_terminated, run_id, "FINISHED" if ok else "FAILED")
+
+    def _log_onnx_model(self, path: Path) -> None:
+        import mlflow
+        import mlflow.onnx
+        import onnx
+
+        # log_model resolves the tracking URI and experiment through MLflow's fluent state.
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_experiment(experiment_id=self.experiment_id)
+        mlflow.onnx.log_model(
+            onnx.load(str(path)),
+            name="model",
+            run_id=self.run_id,
+            pip_requirements=mlflow.onnx.get_default_pip_requirements(),  # skip slow inference
+        )
+
+    @hookimpl
+    def slimkit_run_failed(self, ctx: RunContext, error: BaseException, report: Report | None) -> None:
+        """End the run FAILED (KILLED on Ctrl-C) with tags ``error`` and ``error_type`` and what was
+        measured; if the failure came before the run started, create a run just to record it."""
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        if self._child_run_id is not None:
+            child, self._child_run_id = self._child_run_id, None
+            self._soft("end the stage run", self._client().set_terminated, child, status)
+        if self.run_id is None:
+            if self._start_failed:  # run_start already reported why MLflow cannot be used
+                return
+            try:
+                self._start_run(ctx)
+            except Exception as exc:
+                if _strict():
+                    raise
+                warnings.warn(f"MLflow: could not record the failed run: {exc}", RuntimeWarning, stacklevel=2)
+                return
+            if report is not None and report.mlflow_run_id is None:
+                report.mlflow_run_id = self.run_id
+        run_id = self.run_id
+        assert run_id is not None
+        try:
+            self._soft("tag the error", self._tag_error, run_id, error)
+            self._soft("log the metrics measured", self._log_metrics, run_id, report_metrics(report))
+        finally:
+            self._soft("end the run", self._client().set_terminated, run_id, status)
+
+    def _tag_error(self, run_id: str, error: BaseException) -> None:
+        from mlflow.entities import RunTag
+
+        tags = [RunTag("error", _error_message(error)), RunTag("error_type", type(error).__name__)]
+        self._client().log_batch(run_id, tags=tags)
+
+
+def _stage_config(ctx: RunContext, result: StageResult) -> dict[str, Any]:
+    """The technique config of the stage ``result`` came from, as a dict ({} if unknown)."""
+    for stage in getattr(ctx.spec, "stages", None) or []:
+        if getattr(stage, "name", None) != result.name:
+            continue
+        cfg = getattr(stage, "config", None)
+        if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+            return dataclasses.asdict(cfg)
+        if isinstance(cfg, Mapping):
+            return dict(cfg)
+    return {}
+
+
+def _target_name(target: Any) -> str:
+    if isinstance(target, Mapping):
+        return str(target.get("name", ""))
+    return str(getattr(target, "name", target) or "")
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` with anything JSON or YAML cannot hold (paths, numpy scalars) turned into strings."""
+    return json.loads(json.dumps(obj, default=str))
