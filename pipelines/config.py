@@ -126,11 +126,11 @@ def register_schemas(registry: Registry) -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="slimkit_schema", node=SlimkitConfig)
-    cs.store(group="pipeline", name="pipeline_schema", node=PipelineConfig)
-    cs.store(group="model", name="torch_schema", node=TorchModelConfig)
-    cs.store(group="data", name="digits_schema", node=DigitsDataConfig)
-    cs.store(group="target", name="cpu_schema", node=CpuTargetConfig)
-    cs.store(group="tracking", name="mlflow_schema", node=MlflowTrackingConfig)
+    cs.store(group="schema/pipeline", name="pipeline", node=PipelineConfig)
+    cs.store(group="schema/model", name="torch", node=TorchModelConfig)
+    cs.store(group="schema/data", name="digits", node=DigitsDataConfig)
+    cs.store(group="schema/target", name="cpu", node=CpuTargetConfig)
+    cs.store(group="schema/tracking", name="mlflow", node=MlflowTrackingConfig)
     for name, tech in registry.techniques.items():
         cfg_cls = tech.Config
         if not dataclasses.is_dataclass(cfg_cls):
@@ -139,7 +139,7 @@ def register_schemas(registry: Registry) -> None:
             node = cfg_cls(technique=name)
         except SlimkitError as exc:
             raise PluginError(f"technique {name!r}: its Config defaults are invalid ({exc})") from exc
-        cs.store(group="technique", name=f"{name}_schema", node=node)
+        cs.store(group="schema/technique", name=name, node=node)
         if not _has_yaml("technique", name):
             cs.store(group="technique", name=name, node=node)
     _registered = True
@@ -166,13 +166,15 @@ def hydra_error_line(exc: BaseException) -> str:
         group = re.search(r"Could not find '([^/']+)/", first)
         g = group.group(1) if group else "the group"
         return f"{first}; available options for {g}: {', '.join(options)}"
-    if "Key '" in text and "is not in struct" in text or "Could not override" in text:
-        key = re.search(r"Key '([^']+)'", text)
-        k = key.group(1) if key else "?"
-        return (
-            f"{first.rstrip('.')}: unknown config key '{k}'; check the spelling with `slimkit --help` "
-            "(use +key=value to add a new key)"
-        )
+    cause = exc.__cause__
+    cause_lines = [ln.strip() for ln in str(cause).strip().splitlines()] if cause is not None else []
+    full_key = next((ln.split(":", 1)[1].strip() for ln in cause_lines if ln.startswith("full_key:")), None)
+    if first.startswith("Could not override"):
+        key = full_key or first.split("'")[1] if "'" in first else "?"
+        why = f" ({cause_lines[0]})" if cause_lines else ""
+        return f"unknown config key '{key}'{why}; check the spelling with `slimkit --help`"
+    if first.startswith("Error merging override") and cause_lines:
+        return f"{first}: {cause_lines[0]}; fix the value (see `slimkit --help`)"
     rest = [ln for ln in lines[1:] if not ln.startswith(("full_key", "object_type", "reference_type"))]
     extra = f" ({'; '.join(rest[:2])})" if rest else ""
     return f"{first}{extra}; fix the override (see `slimkit --help`)"
