@@ -174,7 +174,8 @@ class Runner:
         request = BenchmarkRequest(
             onnx_path=onnx_path,
             examples={b: data.test.example(b) for b in self.target.batch_sizes},
-            framework_model=model,
+            # An ONNX model's "framework" runtime is ONNX Runtime itself: measured once, not twice.
+            framework_model=None if adapter.name == "onnx" else model,
             framework_runner=adapter.predict,
             framework_name=adapter.name,
         )
