@@ -116,10 +116,13 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
         "slimkit_register_trackers",
     ]
     for hook_name in hooks:
-        caller = getattr(pm.hook, hook_name)
-        for impl in caller.get_hookimpls():
+        impls = getattr(pm.hook, hook_name).get_hookimpls()
+        for impl in impls:
+            # One plugin at a time, so the registry knows who added what; through pluggy, so
+            # tracing, wrappers and implementations that take fewer arguments work as usual.
+            others = [i.plugin for i in impls if i.plugin is not impl.plugin]
             registry._current_plugin = impl.plugin_name
-            impl.function(registry=registry)
+            pm.subset_hook_caller(hook_name, others)(registry=registry)
     registry._current_plugin = "?"
     return registry
 

@@ -113,7 +113,7 @@ def compress(
             f"data of type {type(data).__name__} is not supported; pass DataSplits, (x, y) arrays or a data option name"
         )
     if data is not None:
-        plain["data"] = {"name": "python", "dataset": data.name, **data.describe()}
+        plain["data"] = {**data.describe(), "name": "python", "dataset": data.name}
     if run_dir is None:
         run_dir = Path("outputs") / "api" / time.strftime("%Y-%m-%d_%H-%M-%S")
         n = 0

@@ -89,6 +89,71 @@ def _precheck(args: list[str]) -> None:
         raise
 
 
+GROUPS = ("pipeline", "model", "data", "technique", "target", "tracking")
+
+HELP_HEADER = """\
+slimkit: make a trained model smaller and faster, and prove it with numbers measured on the target.
+
+Usage:
+  slimkit [group=option ...] [key=value ...]      one run (an MLflow run in ./mlflow.db)
+  slimkit -m key=a,b,c ...                        a sweep: one run per combination
+  slimkit plugins                                 list plugins, versions and hooks
+  slimkit --cfg job                               print the composed config and exit
+
+Examples:
+  slimkit                                          bundled digits ResNet, default pipeline, CPU
+  slimkit pipeline.stages.prune.sparsity=0.7       any value is an override
+  slimkit technique@pipeline.stages.prune=finetune swap the technique of a stage
+  slimkit model=torch model.factory=my.pkg:build model.weights=w.pt data=digits
+  slimkit -m pipeline.stages.prune.sparsity=0.3,0.5,0.7
+  slimkit tracking.uri=http://mlflow:5000 tracking.experiment=team-a
+Outputs go to outputs/DATE/TIME/ (report.json, report.md, model.onnx, model.pt, stages/).
+Errors print one line and exit 2; SLIMKIT_DEBUG=1 shows the traceback.
+"""
+
+
+def help_command(args: list[str]) -> int:
+    """``slimkit --help``: usage, config groups and their options, and the composed config.
+
+    Hydra's own help lists groups by copying its whole config repository once per group (seconds);
+    this reads the group folders and the ConfigStore directly and composes once.
+    """
+    import importlib.resources
+
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from slimkit.core.plugins import get_registry
+
+    from .config import CONFIG_MODULE, compose
+
+    overrides = [a for a in args if not a.startswith("-")]
+    cfg = compose(overrides)
+    root = importlib.resources.files(CONFIG_MODULE)
+    store = ConfigStore.instance().repo
+    lines = [HELP_HEADER.rstrip(), "", "== Config groups (choose one option each: group=option) =="]
+    registry = get_registry()
+    for group in GROUPS:
+        options: dict[str, str] = {}
+        for path in root.joinpath(group).iterdir():
+            if path.name.endswith(".yaml"):
+                first = path.read_text().splitlines()[:1]
+                options[path.name[: -len(".yaml")]] = (
+                    first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
+                )
+        for name in store.get(group, {}):
+            stem = name[: -len(".yaml")]
+            if group == "technique" and stem not in options:
+                options[stem] = getattr(registry.techniques.get(stem), "description", "") + " (plugin)"
+        lines.append(f"{group}:")
+        width = max((len(n) for n in options), default=0)
+        lines += [f"  {n.ljust(width)}  {d}" for n, d in sorted(options.items())]
+    lines += ["", "== Composed config (override any value: key=value) ==", "", OmegaConf.to_yaml(cfg).rstrip(), ""]
+    lines.append("Hydra's own options: slimkit --hydra-help")
+    print("\n".join(lines))
+    return 0
+
+
 def plugins_command(args: list[str]) -> int:
     """``slimkit plugins``: a table of plugins, what they provide, versions and hooks."""
     from rich.console import Console
@@ -131,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         from .config import register_schemas
 
         register_schemas(get_registry())
+        if any(a in ("--help", "-h") for a in args):
+            return help_command(args)
         if not _is_multirun(args) and not _wants_info(args):
             _precheck(args)
     except SlimkitError as exc:

@@ -316,7 +316,13 @@ class MlflowTracker(Tracker):
 
     def _client(self) -> MlflowClient:
         if self._client_obj is None:
+            import logging
+
             from mlflow import MlflowClient
+
+            # MLflow logs its database set-up at INFO; slimkit's terminal output says what matters.
+            logging.getLogger("mlflow").setLevel(logging.WARNING)
+            logging.getLogger("alembic").setLevel(logging.WARNING)
 
             self._client_obj = MlflowClient(tracking_uri=self.uri)
         return self._client_obj
