@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pluggy
 import pytest
@@ -50,8 +51,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         written.append(name)
         return name
 
-    site_obj = type("Site", (), {"root": root, "module": staticmethod(module)})
-    yield site_obj
+    yield SimpleNamespace(root=root, module=module)
     for name in written:
         sys.modules.pop(name, None)
 
@@ -76,19 +76,22 @@ def test_all_default_plugins_are_registered() -> None:
 
 
 def test_default_plugins_match_the_declared_entry_points() -> None:
-    from importlib.metadata import entry_points
+    """Built-ins register under the names and modules pyproject.toml declares as entry points."""
+    import tomllib
 
-    declared = {ep.name: ep.value for ep in entry_points(group=plugins.ENTRY_POINT_GROUP) if ep.name in DEFAULT_PLUGINS}
-    assert declared == DEFAULT_PLUGINS
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert pyproject["project"]["entry-points"][plugins.ENTRY_POINT_GROUP] == DEFAULT_PLUGINS
 
 
 def test_registry_of_the_builtins() -> None:
     registry = build_registry(build_plugin_manager())
-    assert set(registry.adapters) == {"torch"}
+    assert "torch" in registry.adapters
     assert {"magnitude_prune", "finetune"} <= set(registry.techniques)
-    assert set(registry.targets) == {"cpu"}
-    assert set(registry.data) == {"digits"}
+    assert "cpu" in registry.targets
+    assert "digits" in registry.data
     assert {"mlflow", "none"} <= set(registry.trackers)
+    # every registered thing was registered by a built-in plugin
+    assert set(registry.owners.values()) <= set(DEFAULT_PLUGINS)
     assert registry.technique("magnitude_prune").name == "magnitude_prune"
     assert registry.owners[("technique", "finetune")] == "finetune"
     assert registry.owners[("adapter", "torch")] == "torch"
@@ -98,7 +101,8 @@ def test_list_plugins_of_the_builtins() -> None:
     rows = {row.name: row for row in list_plugins(build_plugin_manager(load_entrypoints=False))}
     assert set(rows) == set(DEFAULT_PLUGINS)
     assert all(row.builtin for row in rows.values())
-    assert rows["torch"].hooks == ["slimkit_adapter_for", "slimkit_register_adapters"]
+    assert {"slimkit_adapter_for", "slimkit_register_adapters"} <= set(rows["torch"].hooks)
+    assert rows["digits"].hooks == ["slimkit_register_data"]
     assert rows["digits"].module == "slimkit.plugins.data.digits"
     assert "slimkit_run_end" in rows["terminal"].hooks
 
@@ -111,8 +115,9 @@ def test_disabled_plugins_are_blocked(monkeypatch: pytest.MonkeyPatch) -> None:
     registry = build_registry(pm)
     assert "magnitude_prune" not in registry.techniques
     assert "finetune" in registry.techniques
-    with pytest.raises(PluginError, match="unknown technique 'magnitude_prune'; available: finetune"):
+    with pytest.raises(PluginError, match="unknown technique 'magnitude_prune'; available: .*finetune") as exc:
         registry.technique("magnitude_prune")
+    assert "magnitude_prune," not in str(exc.value)
 
 
 def test_disabled_plugin_installed_through_an_entry_point(
