@@ -41,8 +41,8 @@ def _task(cfg: Any) -> None:
         plain = to_plain(cfg)
         run_config(plain, run_dir)
     except SlimkitError as exc:
-        if not plain:
-            record_failure({}, run_dir, exc)
+        if not plain:  # the config did not resolve: record with its tracking settings, if they do
+            record_failure(_tracking_only(cfg), run_dir, exc)
         _error(exc)
         _state["exit"] = max(_state["exit"], exc.exit_code)
     except KeyboardInterrupt:
@@ -58,6 +58,15 @@ def _task(cfg: Any) -> None:
         _state["exit"] = max(_state["exit"], 1)
 
 
+def _tracking_only(cfg: Any) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    try:
+        return {"tracking": OmegaConf.to_container(cfg.tracking, resolve=True)}
+    except Exception:
+        return {}
+
+
 def _is_multirun(args: list[str]) -> bool:
     return any(a in ("-m", "--multirun") for a in args)
 
@@ -70,15 +79,55 @@ def _wants_info(args: list[str]) -> bool:
     )
 
 
-def _precheck(args: list[str]) -> None:
-    """Compose once before Hydra runs, so bad overrides give one line and a FAILED tracker run."""
+def _overrides(args: list[str]) -> list[str]:
+    """The overrides among ``args`` as Hydra's argument parser sees them (``--cfg job`` is no override)."""
+    import contextlib
+    import io
+
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            namespace, _ = get_args_parser().parse_known_args(args)
+    except SystemExit:  # bad options: Hydra reports them itself
+        return []
+    return list(namespace.overrides or [])
+
+
+def _first_job(overrides: list[str]) -> list[str] | None:
+    """A sweep's first job: every sweep (``a=1,2``, ``choice``, ``range``) set to its first value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        out = []
+        for o in OverridesParser.create().parse_overrides(overrides):
+            if o.is_sweep_override():
+                out.append(f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}")
+            else:
+                out.append(o.input_line or "")
+        return out
+    except Exception:  # a glob sweep or a syntax error: leave the checking to Hydra
+        return None
+
+
+def _precheck(args: list[str], *, sweep: bool = False, record: bool = True) -> None:
+    """Compose once before Hydra runs, so bad overrides give one line and a FAILED tracker run.
+
+    ``sweep``: check a multirun's first job; ``record``: record the failure (not for ``--cfg``).
+    """
     from .config import compose, to_plain
     from .run import record_failure
 
-    overrides = [a for a in args if not a.startswith("-")]
+    overrides: list[str] | None = _overrides(args)
+    if sweep:
+        overrides = _first_job(overrides)
+        if overrides is None:
+            return
     try:
         compose(overrides)
     except SlimkitError as exc:
+        if not record:
+            raise
         # Record the failure with whatever tracking settings the valid overrides give.
         tracking = [o for o in overrides if o.lstrip("+~").startswith("tracking")]
         try:
@@ -98,6 +147,7 @@ Usage:
   slimkit [group=option ...] [key=value ...]      one run (an MLflow run in ./mlflow.db)
   slimkit -m key=a,b,c ...                        a sweep: one run per combination
   slimkit plugins                                 list plugins, versions and hooks
+  slimkit inspect model=onnx model.path=FILE.onnx  opsets, inputs/outputs, size, ops of an ONNX file
   slimkit --cfg job                               print the composed config and exit
 
 Examples:
@@ -105,6 +155,7 @@ Examples:
   slimkit pipeline.stages.prune.sparsity=0.7       any value is an override
   slimkit technique@pipeline.stages.prune=finetune swap the technique of a stage
   slimkit model=torch model.factory=my.pkg:build model.weights=w.pt data=digits
+  slimkit model=onnx model.path=m.onnx data=npz data.path=d.npz pipeline=sparse
   slimkit -m pipeline.stages.prune.sparsity=0.3,0.5,0.7
   slimkit tracking.uri=http://mlflow:5000 tracking.experiment=team-a
 Outputs go to outputs/DATE/TIME/ (report.json, report.md, model.onnx, model.pt, stages/).
@@ -176,8 +227,19 @@ def plugins_command(args: list[str]) -> int:
             "\n".join(sorted(provides.get(info.name, []))),
             "\n".join(h.removeprefix("slimkit_") for h in info.hooks),
         )
-    Console(soft_wrap=True).print(table)
+    # Piped (not a terminal, no $COLUMNS), rich would cut cells to 80 columns ("magnitude_pru…").
+    wide = not sys.stdout.isatty() and not os.environ.get("COLUMNS")
+    Console(soft_wrap=True, width=200 if wide else None).print(table)
     return 0
+
+
+def inspect_command(args: list[str]) -> int:
+    """``slimkit inspect model=onnx model.path=FILE``: opsets, inputs/outputs, sizes, ops and params."""
+    from slimkit.plugins.onnx.inspect import inspect_command as inspect_model_command
+
+    from .config import compose, to_plain
+
+    return inspect_model_command(to_plain(compose([a for a in args if not a.startswith("-")]))["model"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args and args[0] == "plugins":
             return plugins_command(args[1:])
+        if args and args[0] == "inspect":
+            return inspect_command(args[1:])
         if args and args[0] in ("--version", "-V"):
             from slimkit import __version__
 
@@ -198,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         register_schemas(get_registry())
         if any(a in ("--help", "-h") for a in args):
             return help_command(args)
-        if not _is_multirun(args) and not _wants_info(args):
-            _precheck(args)
+        if not any(a in ("--hydra-help", "--shell-completion", "-sc") for a in args):
+            _precheck(args, sweep=_is_multirun(args), record=not _wants_info(args))
     except SlimkitError as exc:
         _error(exc)
         return EXIT_USAGE

@@ -72,6 +72,68 @@ class DigitsDataConfig:
 
 
 @dataclass
+class OnnxModelConfig:
+    """``model=onnx``: an ONNX file from any exporter (external data files beside it)."""
+
+    name: str = "onnx"
+    adapter: str = "onnx"
+    path: str | None = None
+    input_size: int | None = None
+    external_data: bool = False
+
+
+@dataclass
+class HfModelConfig:
+    """``model=hf``: a local Hugging Face Transformers directory (no download)."""
+
+    name: str = "hf"
+    adapter: str = "hf"
+    path: str | None = None
+    task: str = "auto"
+    dynamic_sequence: bool = True
+    input_size: int | None = None
+
+
+@dataclass
+class NpzDataConfig:
+    """``data=npz``: arrays keyed by the model's input names, optional integer labels."""
+
+    name: str = "npz"
+    path: str | None = None
+    labels: str = "labels"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    num_classes: int | None = None
+
+
+@dataclass
+class RandomDataConfig:
+    """``data=random``: random inputs typed and shaped like the model's (``path``: its ONNX file)."""
+
+    name: str = "random"
+    path: str | None = None
+    samples: int = 256
+    dims: dict[str, int] = field(default_factory=dict)
+    int_range: list[int] = field(default_factory=lambda: [0, 100])
+    ranges: dict[str, list[int]] = field(default_factory=dict)
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    distribution: str = "normal"
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+
+
+@dataclass
+class CallableDataConfig:
+    """``data=callable``: ``fn(**kwargs)`` returns DataSplits, (x, y) or a dict of arrays."""
+
+    name: str = "callable"
+    fn: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+
+
+@dataclass
 class CpuTargetConfig:
     """``target=cpu``: ONNX Runtime CPU EP and the framework's eager runtime."""
 
@@ -84,6 +146,47 @@ class CpuTargetConfig:
     max_seconds: float = 10.0
     runtimes: list[str] = field(default_factory=lambda: ["onnxruntime", "torch"])
     graph_optimization: str = "all"
+    isolate: bool = True
+
+
+@dataclass
+class CudaTargetConfig:
+    """``target=cuda``: ONNX Runtime CUDA EP (TensorRT EP when present) and torch CUDA."""
+
+    name: str = "cuda"
+    device: int = 0
+    threads: int = 0
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
+    warmup: int = 10
+    repeats: int = 50
+    min_seconds: float = 0.0
+    max_seconds: float = 10.0
+    runtimes: list[str] = field(default_factory=lambda: ["onnxruntime", "torch"])
+    graph_optimization: str = "all"
+    isolate: bool = True
+    precision: str = "fp32"
+    tensorrt: bool = True
+    sparsity: str = "none"
+
+
+@dataclass
+class NpuTargetConfig:
+    """``target=npu``: Qualcomm QNN HTP through onnxruntime-qnn (emulated on x86_64)."""
+
+    name: str = "npu"
+    htp_arch: int = 73
+    soc_model: int = 0
+    threads: int = 0
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    warmup: int = 2
+    repeats: int = 10
+    min_seconds: float = 0.0
+    max_seconds: float = 10.0
+    isolate: bool = True
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    allow_fallback: bool = False
+    context_binary: bool = False
+    validation_samples: int = 128
 
 
 @dataclass
@@ -110,6 +213,14 @@ class PipelineConfig:
 _registered = False
 
 
+def _register_resolvers() -> None:
+    """``${first:a,b,...}``: the first value that is not null (e.g. the model's input size or 32)."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("first"):
+        OmegaConf.register_new_resolver("first", lambda *values: next((v for v in values if v is not None), None))
+
+
 def _has_yaml(group: str, name: str) -> bool:
     try:
         return importlib.resources.files(CONFIG_MODULE).joinpath(group, f"{name}.yaml").is_file()
@@ -124,12 +235,20 @@ def register_schemas(registry: Registry) -> None:
         return
     from hydra.core.config_store import ConfigStore
 
+    _register_resolvers()
     cs = ConfigStore.instance()
     cs.store(name="slimkit_schema", node=SlimkitConfig)
     cs.store(group="schema/pipeline", name="pipeline", node=PipelineConfig)
     cs.store(group="schema/model", name="torch", node=TorchModelConfig)
     cs.store(group="schema/data", name="digits", node=DigitsDataConfig)
+    cs.store(group="schema/model", name="onnx", node=OnnxModelConfig)
+    cs.store(group="schema/model", name="hf", node=HfModelConfig)
+    cs.store(group="schema/data", name="npz", node=NpzDataConfig)
+    cs.store(group="schema/data", name="random", node=RandomDataConfig)
+    cs.store(group="schema/data", name="callable", node=CallableDataConfig)
     cs.store(group="schema/target", name="cpu", node=CpuTargetConfig)
+    cs.store(group="schema/target", name="cuda", node=CudaTargetConfig)
+    cs.store(group="schema/target", name="npu", node=NpuTargetConfig)
     cs.store(group="schema/tracking", name="mlflow", node=MlflowTrackingConfig)
     for name, tech in registry.techniques.items():
         cfg_cls = tech.Config
@@ -170,8 +289,12 @@ def hydra_error_line(exc: BaseException) -> str:
     cause_lines = [ln.strip() for ln in str(cause).strip().splitlines()] if cause is not None else []
     full_key = next((ln.split(":", 1)[1].strip() for ln in cause_lines if ln.startswith("full_key:")), None)
     if first.startswith("Could not override"):
-        key = full_key or first.split("'")[1] if "'" in first else "?"
+        key = full_key or (first.split("'")[1] if "'" in first else "?")
         why = f" ({cause_lines[0]})" if cause_lines else ""
+        append = re.search(r"To append to your config use (\S+)", text)
+        if append and cause_lines and cause_lines[0].endswith("is not in struct"):
+            # A free-form mapping (model.kwargs, tracking.tags): new keys need Hydra's "+".
+            return f"config key '{key}' does not exist yet{why}; to add it, use {append.group(1)}"
         return f"unknown config key '{key}'{why}; check the spelling with `slimkit --help`"
     if first.startswith("Error merging override") and cause_lines:
         return f"{first}: {cause_lines[0]}; fix the value (see `slimkit --help`)"
