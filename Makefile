@@ -39,6 +39,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/sparsity.py
+	$(PY) benchmarks/quantization.py
 
 weights: $(STAMP)
 	$(PY) -m slimkit.plugins.torch.train digits_cnn

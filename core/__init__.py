@@ -19,7 +19,16 @@ from .errors import (
 from .hookspecs import hookimpl, hookspec
 from .registry import Registry
 from .report import ModelMetrics, Report, StageResult
-from .target import BenchmarkRequest, Capabilities, Latency, Target
+from .target import (
+    BenchmarkRequest,
+    Capabilities,
+    Latency,
+    Placement,
+    Target,
+    compare_outputs,
+    quant_preferences,
+    target_capabilities,
+)
 from .technique import StageContext, Technique, TechniqueConfig, check_choice, check_range
 from .tracker import NullTracker, Tracker
 
@@ -36,6 +45,7 @@ __all__ = [
     "ModelMetrics",
     "NullTracker",
     "ParamCount",
+    "Placement",
     "PluginError",
     "Registry",
     "Report",
@@ -52,6 +62,9 @@ __all__ = [
     "TrackingError",
     "check_choice",
     "check_range",
+    "compare_outputs",
     "hookimpl",
     "hookspec",
+    "quant_preferences",
+    "target_capabilities",
 ]

@@ -101,6 +101,14 @@ class ModelAdapter(ABC):
         """Fraction of zero weights per prunable layer (empty if the adapter cannot tell)."""
         return {}
 
+    def check_inputs(self, model: Any, split: Split) -> None:
+        """Raise a one-line :class:`~slimkit.core.errors.DataError` naming the first of ``split``'s inputs
+        that cannot feed ``model`` (name, dtype, rank, fixed dims).
+
+        Called once before a run measures anything. The default checks nothing: a mismatch then
+        shows as the model failing to run on the data.
+        """
+
     def copy(self, model: Any) -> Any:
         """An independent copy of ``model`` (techniques never modify their input in place)."""
         import copy

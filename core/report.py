@@ -7,7 +7,7 @@
     accuracy_drop: float                          # points (percentage points), baseline - compressed
     stages: [{name, technique, metrics, ...}]
     artifacts: {onnx, model, ...}                 # paths relative to the run directory
-    target: {name, ...}
+    target: {name, ..., provider, nodes_total, nodes_on_target, validation: {max_abs_diff, top1_agreement}}
     mlflow_run_id: str | null
     config: {...}                                 # the resolved config
 """
@@ -47,6 +47,9 @@ class ModelMetrics:
             tag = f"{prefix}_latency_{lat['runtime']}_b{lat['batch']}"
             out[f"{tag}_p50_ms"] = float(lat["p50"])
             out[f"{tag}_p90_ms"] = float(lat["p90"])
+            for key in ("peak_rss_mb", "gpu_mem_mb"):
+                if lat.get(key) is not None:
+                    out[f"{tag}_{key}"] = float(lat[key])
         if self.latency_ms:
             out[f"{prefix}_latency_p50_ms"] = float(self.latency_ms["p50"])
             out[f"{prefix}_latency_p90_ms"] = float(self.latency_ms["p90"])
@@ -192,6 +195,15 @@ class Report:
         if self.fidelity:
             lines += ["## Fidelity to the baseline", ""]
             lines += [f"- {k}: {v:.6g}" for k, v in self.fidelity.items()]
+            lines.append("")
+        if "provider" in self.target:
+            t = self.target
+            lines += ["## On the target", ""]
+            lines.append(
+                f"- {t.get('name')}: {t.get('nodes_on_target')} of {t.get('nodes_total')} nodes on {t['provider']}"
+                + (" (emulated)" if t.get("emulated") else "")
+            )
+            lines += [f"- validation {k}: {v:.6g}" for k, v in (t.get("validation") or {}).items()]
             lines.append("")
         if self.stages:
             lines += [

@@ -120,6 +120,7 @@ class Runner:
         files.write_text(d / "report.md", self.report.to_markdown())
 
     def _check_runs(self, adapter: ModelAdapter, model: Any, data: DataSplits) -> None:
+        adapter.check_inputs(model, data.test)
         example = data.test.example(2)
         try:
             out = adapter.predict(model, example)
@@ -256,9 +257,13 @@ class Runner:
                 )
                 try:
                     new_model = technique.apply(adapter.copy(model), adapter, sctx)
+                except TechniqueError:
+                    _keep_failed_stage(tmp, stage_dir)
+                    raise
                 except SlimkitError:
                     raise
                 except Exception as exc:
+                    _keep_failed_stage(tmp, stage_dir)
                     raise TechniqueError(
                         f"stage {stage.name!r} ({stage.technique.name}) failed: {type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}; run with SLIMKIT_DEBUG=1 for the traceback"
@@ -385,10 +390,13 @@ class Runner:
         )
         report.compressed.extra["layer_sparsity"] = adapter.layer_sparsity(model)
         report.baseline.extra["layer_sparsity"] = baseline_adapter.layer_sparsity(baseline)
+        compressed_outputs = adapter.outputs(model, data_obj.test, spec.eval_batch_size)
         report.fidelity = fidelity(
-            baseline_adapter.outputs(baseline, data_obj.test, spec.eval_batch_size),
-            adapter.outputs(model, data_obj.test, spec.eval_batch_size),
+            baseline_adapter.outputs(baseline, data_obj.test, spec.eval_batch_size), compressed_outputs
         )
+        # The target runs the shipped ONNX model and compares it with the compressed model's own outputs.
+        self.ctx.progress("target: placement and validation", 0, None)
+        report.target.update(self.target.report(onnx_path, compressed_outputs, data_obj.test.inputs))
         report.status = "FINISHED"
         report.mlflow_run_id = self.ctx.tracker.run_id
         self._write_report()
@@ -423,6 +431,19 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_plain(v) for v in obj]
     return obj
+
+
+def _keep_failed_stage(tmp: Path, stage_dir: Path) -> None:
+    """Keep what a failed stage wrote (e.g. its best candidate) as ``<stage dir>.failed``."""
+    import os
+    import shutil
+
+    if not any(Path(tmp).iterdir()):
+        return
+    failed = stage_dir.with_name(f"{stage_dir.name}.failed")
+    if failed.exists():
+        shutil.rmtree(failed)
+    os.replace(tmp, failed)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -20,6 +20,13 @@ Config (the ``target`` group; every key optional):
 ``graph_optimization``
     ONNX Runtime graph optimization level: ``all`` (default), ``extended``, ``basic`` or
     ``disable``.
+``isolate``
+    Measure ONNX Runtime in a fresh Python process per batch size (default ``true``; see
+    :mod:`slimkit.plugins.targets.worker`): nothing of this process (torch's threads, a training
+    run's memory) shares its cores, and the latencies carry the worker's peak RSS. The framework
+    runtime is always measured in this process, where its model object lives: pickling an
+    arbitrary model and its runner to another process is fragile, and torch eager shares nothing
+    with ONNX Runtime's thread pool anyway.
 
 Importing this module imports neither ONNX Runtime nor torch; they are imported when used.
 """
@@ -35,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimkit.core import BenchmarkRequest, Capabilities, Latency, Target, TargetError, hookimpl
+from slimkit.core import BenchmarkRequest, Capabilities, Latency, Placement, Target, TargetError, hookimpl
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -72,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "max_seconds": 10.0,
     "runtimes": list(RUNTIMES),
     "graph_optimization": "all",
+    "isolate": True,
 }
 
 
@@ -105,13 +113,19 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def ort_session(path: str | Path, threads: int = 0, optimization: str = "all") -> onnxruntime.InferenceSession:
+def ort_session(
+    path: str | Path,
+    threads: int = 0,
+    optimization: str = "all",
+    config: Mapping[str, str] | None = None,
+) -> onnxruntime.InferenceSession:
     """An ONNX Runtime CPU session for the model file ``path``, set up for latency measurement.
 
     ``threads`` > 0 fixes the intra-op thread count (0: ONNX Runtime's default, all physical cores);
     inter-op threads are 1, execution is sequential and ``optimization`` is one of ``all``,
-    ``extended``, ``basic`` or ``disable``. Raises :class:`TargetError` naming the file when ONNX
-    Runtime cannot load it.
+    ``extended``, ``basic`` or ``disable``. ``config`` adds session config entries (e.g.
+    :data:`RECORD_PLACEMENT`). Raises :class:`TargetError` naming the file when ONNX Runtime cannot
+    load it.
     """
     if optimization not in _ORT_LEVELS:
         raise TargetError(
@@ -133,6 +147,8 @@ def ort_session(path: str | Path, threads: int = 0, optimization: str = "all") -
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _ORT_LEVELS[optimization])
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, str(value))
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
@@ -234,6 +250,101 @@ def latency(runtime: str, batch: int, times_ms: np.ndarray, threads: int) -> Lat
     )
 
 
+#: Session config entry that makes ONNX Runtime record which provider runs each node.
+RECORD_PLACEMENT = {"session.record_ep_graph_assignment_info": "1"}
+
+
+def ort_placement(session: onnxruntime.InferenceSession, provider: str) -> Placement:
+    """Where the nodes of ``session`` run, counted from ONNX Runtime's graph assignment info.
+
+    The session must have been created with :data:`RECORD_PLACEMENT`. Nodes are those of the
+    optimized, partitioned graph (a node a provider fused or compiled counts once per original node
+    it reports). ``fallback`` lists ``"OpType name"`` of the nodes not on ``provider``.
+    """
+    total = on_target = 0
+    fallback: list[str] = []
+    for subgraph in session.get_provider_graph_assignment_info():
+        nodes = list(subgraph.get_nodes())
+        total += len(nodes)
+        if subgraph.ep_name == provider:
+            on_target += len(nodes)
+        else:
+            fallback += [f"{n.op_type} {n.name!r}" if n.name else n.op_type for n in nodes]
+    return Placement(provider=provider, nodes_total=total, nodes_on_target=on_target, fallback=fallback)
+
+
+def fixed_batch(session: onnxruntime.InferenceSession) -> int | None:
+    """The first input's batch size when it is fixed in the model, else None."""
+    shape = session.get_inputs()[0].shape
+    return int(shape[0]) if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+
+
+def run_batched(
+    session: onnxruntime.InferenceSession, inputs: Mapping[str, np.ndarray], chunk: int = 256
+) -> np.ndarray:
+    """The first output of ``session`` on every row of ``inputs``, run ``chunk`` rows at a time.
+
+    A model with a fixed batch size runs that many rows at a time, the last chunk padded by
+    repeating its last row (the padding's outputs are dropped). Raises :class:`TargetError` when a
+    run fails.
+    """
+    n = len(next(iter(inputs.values())))
+    step = fixed_batch(session) or chunk
+    outs = []
+    for start in range(0, n, step):
+        part = {k: np.asarray(v)[start : start + step] for k, v in inputs.items()}
+        rows = len(next(iter(part.values())))
+        if rows < step and fixed_batch(session):
+            part = {k: np.concatenate([v, np.repeat(v[-1:], step - rows, axis=0)]) for k, v in part.items()}
+        try:
+            out = session.run(None, ort_feed(session, part))[0]
+        except TargetError:
+            raise
+        except Exception as exc:
+            raise TargetError(
+                f"ONNX Runtime failed to run the model on rows {start}-{start + rows - 1}: {_first_line(exc)}; "
+                "check that the data fits the model's inputs"
+            ) from exc
+        outs.append(np.asarray(out)[:rows])
+    return np.concatenate(outs) if outs else np.zeros((0,))
+
+
+def measure_session(
+    session: onnxruntime.InferenceSession,
+    path: str | Path,
+    example: Mapping[str, np.ndarray],
+    batch: int,
+    timing: Mapping[str, Any],
+    progress: Progress | None,
+    task: str,
+) -> np.ndarray:
+    """Time ``session`` on ``example`` (one batch) with :func:`time_runs`; run times in ms.
+
+    Raises :class:`TargetError` naming ``path`` and ``batch`` when a run fails.
+    """
+    feed = ort_feed(session, example)
+
+    def run() -> Any:
+        return session.run(None, feed)
+
+    try:
+        return time_runs(run, progress=progress, task=task, **timing)
+    except TargetError:
+        raise
+    except Exception as exc:
+        shapes = {k: list(v.shape) for k, v in feed.items()}
+        raise TargetError(
+            f"ONNX Runtime failed to run {str(path)!r} at batch {batch} (inputs "
+            f"{shapes}): {_first_line(exc)}; export with a dynamic batch dimension or change "
+            "target.batch_sizes"
+        ) from exc
+
+
+def worker_session(path: str, spec: Mapping[str, Any]) -> onnxruntime.InferenceSession:
+    """Session factory of the isolated benchmark worker: :func:`ort_session` from ``spec``."""
+    return ort_session(path, int(spec.get("threads", 0)), str(spec.get("optimization", "all")))
+
+
 # -- config ---------------------------------------------------------------------------------------
 
 
@@ -310,6 +421,9 @@ def validate_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise TargetError(
             f"target.graph_optimization={opt!r} is not one of {list(GRAPH_OPTIMIZATIONS)}; use e.g. 'all'"
         )
+    if not isinstance(merged["isolate"], bool | np.bool_):
+        raise TargetError(f"target.isolate={merged['isolate']!r} must be true or false; use e.g. true")
+    out["isolate"] = bool(merged["isolate"])
     return out
 
 
@@ -342,14 +456,35 @@ class CpuTarget(Target):
                 ) from exc
 
     def capabilities(self) -> Capabilities:
-        """fp32 and int8 (QDQ, QOperator, dynamic, MatMulNBits) on ONNX Runtime and torch."""
+        """fp32 and int8 (QDQ, QOperator, dynamic, MatMulNBits) on ONNX Runtime and torch.
+
+        Which quantization is fastest depends on the model and the CPU (dynamic int8 is several
+        times *slower* than fp32 on CNNs here), so the preferred one is measured: ``measure`` is
+        True and ``mode`` is ``auto``.
+        """
         return Capabilities(
             precisions=("fp32", "int8"),
             quant_formats=("QDQ", "QOperator", "dynamic", "MatMulNBits"),
             static_shapes=False,
             sparsity_formats=(),
             runtimes=RUNTIMES,
+            activation_types=("uint8", "int8", "uint16", "int16"),
+            weight_types=("int8", "uint8", "int4", "uint4"),
+            supported_ops=None,
+            providers=("CPUExecutionProvider",),
         )
+
+    def infer(self, onnx_path: Path, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The model's first output on every row of ``inputs`` (ONNX Runtime CPU, ``threads``)."""
+        session = ort_session(onnx_path, self.options["threads"], self.options["graph_optimization"])
+        return run_batched(session, inputs)
+
+    def placement(self, onnx_path: Path) -> Placement:
+        """Every node runs on the CPU provider; the count is that of ONNX Runtime's optimized graph."""
+        session = ort_session(
+            onnx_path, self.options["threads"], self.options["graph_optimization"], config=RECORD_PLACEMENT
+        )
+        return ort_placement(session, "CPUExecutionProvider")
 
     def _batches(self, request: BenchmarkRequest) -> list[int]:
         order = self.batch_sizes
@@ -388,26 +523,31 @@ class CpuTarget(Target):
     ) -> list[Latency]:
         assert request.onnx_path is not None
         threads = self.options["threads"]
-        session = ort_session(request.onnx_path, threads, self.options["graph_optimization"])
         effective = threads if threads > 0 else physical_cores()
+        if self.options["isolate"]:
+            from .worker import run_isolated
+
+            return [
+                run_isolated(
+                    request.onnx_path,
+                    request.examples[batch],
+                    batch=batch,
+                    runtime="onnxruntime",
+                    factory="slimkit.plugins.targets.cpu:worker_session",
+                    session={"threads": threads, "optimization": self.options["graph_optimization"]},
+                    timing=timing,
+                    threads=effective,
+                    progress=progress,
+                    task=f"onnxruntime b{batch}",
+                )
+                for batch in batches
+            ]
+        session = ort_session(request.onnx_path, threads, self.options["graph_optimization"])
         out = []
         for batch in batches:
-            feed = ort_feed(session, request.examples[batch])
-
-            def run(feed: dict[str, np.ndarray] = feed) -> Any:
-                return session.run(None, feed)
-
-            try:
-                times = time_runs(run, progress=progress, task=f"onnxruntime b{batch}", **timing)
-            except TargetError:
-                raise
-            except Exception as exc:
-                shapes = {k: list(v.shape) for k, v in feed.items()}
-                raise TargetError(
-                    f"ONNX Runtime failed to run {str(request.onnx_path)!r} at batch {batch} (inputs "
-                    f"{shapes}): {_first_line(exc)}; export with a dynamic batch dimension or change "
-                    "target.batch_sizes"
-                ) from exc
+            times = measure_session(
+                session, request.onnx_path, request.examples[batch], batch, timing, progress, f"onnxruntime b{batch}"
+            )
             out.append(latency("onnxruntime", batch, times, effective))
         return out
 

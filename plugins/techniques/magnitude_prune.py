@@ -6,6 +6,9 @@ are masked with ``torch.nn.utils.prune`` and the model is fine-tuned ``finetune_
 masks held; at the end the masks are made permanent (``prune.remove``), so saved and exported models
 carry real zeros. Dense runtimes gain no speed from these zeros; files compress better (see the
 ``size (zipped)`` row of the report) and the sparse-execution technique turns them into speed.
+
+ONNX models (``model=onnx``) are pruned on their Conv/Gemm/MatMul weight initializers by
+:mod:`slimkit.plugins.onnx.prune`, with the same counts, one-shot and without fine-tuning.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ class MagnitudePruneConfig(TechniqueConfig):
     lr, batch_size: fine-tuning learning rate (SGD, cosine) and batch size.
     layer_types: module class names whose ``weight`` is pruned.
     ignored_layers: module names kept dense (e.g. ``stem.0``, ``fc``).
+    pattern: ``unstructured`` (default), or ``2:4``: in every group of 4 consecutive weights along
+        the input dimension (input channels of a convolution, per kernel position) the 2 largest are
+        kept, the semi-structured sparsity that NVIDIA's sparse tensor cores run (``target=cuda
+        sparsity=2:4``). Needs ``sparsity=0.5``; layers whose input size is not a multiple of 4 stay
+        dense (listed in the stage info). Torch models only.
     """
 
     sparsity: float = 0.5
@@ -50,9 +58,15 @@ class MagnitudePruneConfig(TechniqueConfig):
     batch_size: int = 64
     layer_types: list[str] = field(default_factory=lambda: ["Conv2d", "Linear"])
     ignored_layers: list[str] = field(default_factory=list)
+    pattern: str = "unstructured"
 
     def __post_init__(self) -> None:
         check_range("sparsity", self.sparsity, 0.0, 1.0, example=0.5)
+        check_choice("pattern", self.pattern, ("unstructured", "2:4"))
+        if self.pattern == "2:4" and self.sparsity != 0.5:
+            raise ConfigError(
+                f"pattern=2:4 keeps 2 of every 4 weights, so sparsity={self.sparsity} cannot hold; set sparsity=0.5"
+            )
         check_choice("scope", self.scope, ("global", "layer"))
         check_choice("schedule", self.schedule, ("cubic", "linear"))
         if self.steps < 1:
@@ -128,6 +142,50 @@ def apply_masks(layers: list[tuple[str, Any]], sparsity: float, scope: str) -> N
         prune.custom_from_mask(module, "weight", mk.view_as(module.weight))
 
 
+def nm_mask(weight: Any, n: int = 2, m: int = 4) -> Any:
+    """A 0/1 mask of ``weight``'s shape keeping the ``n`` largest magnitudes of every ``m`` consecutive
+    weights along the input dimension (dim 1; per kernel position for convolutions).
+
+    ``weight.shape[1]`` must be a multiple of ``m``. Ties keep the earlier weight.
+    """
+    import torch
+
+    w = weight.detach().abs()
+    moved = w.movedim(1, -1)  # [out, (kh, kw,) in]
+    groups = moved.reshape(-1, m)
+    order = torch.argsort(groups, dim=1, descending=True, stable=True)
+    keep = torch.zeros_like(groups)
+    keep.scatter_(1, order[:, :n], 1.0)
+    return keep.reshape(moved.shape).movedim(-1, 1).contiguous()
+
+
+def split_nm(layers: list[tuple[str, Any]], m: int = 4) -> tuple[list[tuple[str, Any]], dict[str, str]]:
+    """Layers whose input size is a multiple of ``m`` (N:M-prunable), and the others with the reason."""
+    keep, skipped = [], {}
+    for name, module in layers:
+        size = module.weight.shape[1] if module.weight.dim() > 1 else 0
+        if size and size % m == 0:
+            keep.append((name, module))
+        else:
+            skipped[name] = f"input size {size} is not a multiple of {m}"
+    if not keep:
+        raise TechniqueError(
+            f"no layer has an input size that is a multiple of {m}, so none can take the {m // 2}:{m} pattern; "
+            "use pattern=unstructured"
+        )
+    return keep, skipped
+
+
+def apply_nm_masks(layers: list[tuple[str, Any]], n: int = 2, m: int = 4) -> None:
+    """Mask every layer with :func:`nm_mask` (already-masked weights are zero, so masks only grow)."""
+    from torch.nn.utils import prune
+
+    for _, module in layers:
+        if prune.is_pruned(module):
+            prune.remove(module, "weight")
+        prune.custom_from_mask(module, "weight", nm_mask(module.weight, n, m))
+
+
 def make_permanent(layers: list[tuple[str, Any]]) -> None:
     """Fold the masks into the weights (``prune.remove``): real zeros, plain parameters."""
     from torch.nn.utils import prune
@@ -163,18 +221,34 @@ class MagnitudePrune(Technique):
 
     name = "magnitude_prune"
     description = "unstructured magnitude pruning (global or per layer, gradual, fine-tuned)"
-    frameworks = ("torch",)
+    frameworks = ("torch", "onnx")
     Config = MagnitudePruneConfig
 
     def apply(self, model: Any, adapter: Any, ctx: StageContext) -> Any:
+        if adapter.name == "onnx":
+            from slimkit.plugins.onnx.prune import prune
+
+            if self.config.pattern != "unstructured":  # type: ignore[attr-defined]
+                raise TechniqueError(
+                    f"pattern={self.config.pattern} is implemented for torch models only; "  # type: ignore[attr-defined]
+                    "prune the torch model before export, or use pattern=unstructured"
+                )
+
+            return prune(model, self.config, adapter, ctx)  # type: ignore[arg-type]
         from slimkit.plugins.torch.train import FitConfig, accuracy, fit
 
         cfg: MagnitudePruneConfig = self.config  # type: ignore[assignment]
         layers = select_layers(model, cfg.layer_types, cfg.ignored_layers)
+        if cfg.pattern == "2:4":
+            layers, skipped = split_nm(layers, 4)
+            ctx.info["pattern_skipped"] = skipped
         fit_cfg = FitConfig(epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size)
         history = []
         for step, target in enumerate(schedule_sparsities(cfg.sparsity, cfg.steps, cfg.schedule)):
-            apply_masks(layers, target, cfg.scope)
+            if cfg.pattern == "2:4":
+                apply_nm_masks(layers, 2, 4)
+            else:
+                apply_masks(layers, target, cfg.scope)
             if cfg.finetune_epochs:
                 fit(
                     model,

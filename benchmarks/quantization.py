@@ -1,0 +1,365 @@
+"""Benchmark: slimkit ``quantize`` vs ONNX Runtime's quantizers called directly, vs float.
+
+    python benchmarks/quantization.py [--quick]
+
+For each model, in one process and on one thread: the float ONNX export, slimkit's ``mode=auto``
+result, and ``onnxruntime.quantization.quantize_static`` / ``quantize_dynamic`` with their defaults on
+the same ONNX file (static calibrated on the same samples). Latency is the median of interleaved
+rounds (every variant timed in each round, so drift on a shared machine hits all alike), reported as
+float latency / variant latency at batch 1 and 64; size is variant / float. Accuracy is measured on
+the test split; the BERT-class encoder has random weights and is scored by fidelity (mean output
+cosine) to the float model. Then QAT vs PTQ with 4-bit weights on digits_resnet. The section is
+written to docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(_HERE))
+
+from _common import write_section  # noqa: E402
+
+# benchmarks/ holds scripts named like packages (onnx.py): keep it off the import path from here on.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+GOALS = "int8 ≥ 3.5× faster, ≤ 0.26× size, ≤ 0.5 pt drop (CNN, MLP); ≥ 2.5× at batch 1, cosine ≥ 0.99 (encoder)"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def digits(size: int) -> Any:
+    from slimkit.plugins.data.digits import load_digits_splits
+
+    return load_digits_splits(size=size)
+
+
+def train_wide_mlp(data: Any, epochs: int) -> Any:
+    """wide_mlp (4 x 4096) trained on the 8x8 digits with the shared training loop."""
+    import torch
+
+    from slimkit.plugins.torch.train import FitConfig, fit
+
+    try:
+        from slimkit.plugins.torch.mlp import wide_mlp
+    except ImportError:  # pragma: no cover - the model ships with slimkit
+        from torch import nn
+
+        def wide_mlp(width: int = 4096, depth: int = 4) -> Any:
+            sizes = [64] + [width] * (depth - 1) + [10]
+            layers: list[Any] = [nn.Flatten()]
+            for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+                layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < depth - 1 else [])
+            return nn.Sequential(*layers)
+
+    torch.manual_seed(0)
+    model = wide_mlp()
+    fit(model, data, FitConfig(epochs=epochs, lr=5e-4, batch_size=32, optimizer="adam", weight_decay=0.0), seed=0)
+    return model.eval()
+
+
+def bert_model(layers: int, width: int) -> tuple[Any, Any]:
+    """A random BERT encoder (peaked attention, as in the tests) and random padded token data."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from slimkit.core import DataSplits, Split
+
+    torch.manual_seed(0)
+    cfg = BertConfig(
+        vocab_size=30522,
+        hidden_size=width,
+        num_hidden_layers=layers,
+        num_attention_heads=width // 64,
+        intermediate_size=4 * width,
+        max_position_embeddings=512,
+    )
+    model = BertModel(cfg).eval()
+    with torch.no_grad():
+        for layer in model.encoder.layer:
+            layer.attention.self.query.weight.mul_(12.0)
+            layer.attention.self.key.weight.mul_(12.0)
+            layer.attention.self.value.weight.mul_(6.0)
+            layer.attention.output.dense.weight.mul_(6.0)
+    model.slimkit_export = {"dynamic_sequence": True}
+    rng = np.random.default_rng(0)
+
+    def split(n: int) -> Split:
+        ids = rng.integers(1000, 30000, size=(n, 128)).astype(np.int64)
+        lengths = rng.integers(16, 129, size=n)
+        mask = (np.arange(128)[None, :] < lengths[:, None]).astype(np.int64)
+        ids[:, 0] = 101
+        ids = np.where(mask == 1, ids, 0)
+        return Split({"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})
+
+    return model, DataSplits(name="random-text", train=split(128), val=split(32), test=split(64))
+
+
+class Variant:
+    """One ONNX file under test."""
+
+    def __init__(self, name: str, path: Path, note: str = "") -> None:
+        self.name, self.path, self.note = name, path, note
+        self.times: dict[int, list[float]] = {}
+        self.quality: dict[str, float | None] = {}
+
+
+def measure(variants: list[Variant], data: Any, batches: list[int], rounds: int, repeats: int) -> None:
+    """Interleaved timing: in each round every variant runs ``repeats`` times at each batch size."""
+    from slimkit.plugins.targets.cpu import ort_feed, ort_session, time_runs
+
+    sessions = {v.name: ort_session(v.path, threads=1) for v in variants}
+    for r in range(rounds):
+        for b in batches:
+            for v in variants:
+                sess = sessions[v.name]
+                feed = ort_feed(sess, data.test.example(b))
+                t = time_runs(lambda s=sess, f=feed: s.run(None, f), warmup=2, repeats=repeats, max_seconds=60)
+                v.times.setdefault(b, []).extend(t.tolist())
+        log(f"  timing round {r + 1}/{rounds} done")
+
+
+def score(variants: list[Variant], data: Any) -> None:
+    """Test accuracy (labelled data) and mean output cosine to the first variant (the float model)."""
+    from slimkit.core.run import fidelity
+    from slimkit.plugins.onnx.adapter import OnnxAdapter
+    from slimkit.plugins.techniques.quantize import ort
+
+    outs = [OnnxAdapter().outputs(ort.load(v.path), data.test, 16) for v in variants]
+    for v, out in zip(variants, outs, strict=True):
+        if data.test.labels is not None:
+            v.quality["accuracy"] = float((out.reshape(len(out), -1).argmax(1) == data.test.labels).mean())
+        v.quality["cosine"] = fidelity(outs[0], out)["mean_cosine"]
+
+
+def ort_defaults(src: Path, work: Path, data: Any, samples: int) -> list[Variant]:
+    """quantize_static and quantize_dynamic with their defaults (static calibrated on ``samples``)."""
+    from onnxruntime.quantization import quantize_dynamic, quantize_static
+
+    from slimkit.plugins.techniques.quantize import ort
+
+    model = ort.load(src)
+    reader = ort.calibration_reader(model, data.train, samples, 16)
+    out = []
+    with ort.scratch_dir():
+        quantize_static(str(src), str(work / "ort_static.onnx"), reader)
+    out.append(Variant("ORT quantize_static (defaults)", work / "ort_static.onnx"))
+    with ort.scratch_dir():
+        quantize_dynamic(str(src), str(work / "ort_dynamic.onnx"))
+    out.append(Variant("ORT quantize_dynamic (defaults)", work / "ort_dynamic.onnx"))
+    return out
+
+
+def slimkit_quantize(model: Any, adapter: Any, data: Any, work: Path, **cfg: Any) -> tuple[Path, dict, dict]:
+    """Run the ``quantize`` technique as a pipeline stage would; return its ONNX file, info and metrics."""
+    from slimkit.core import StageContext
+    from slimkit.plugins.techniques.quantize import Quantize, QuantizeConfig, ort
+
+    stage = work / f"stage_{cfg.get('mode', 'auto')}_{cfg.get('weight_bits', 8)}_{int(time.time() * 1000)}"
+    stage.mkdir(parents=True)
+    ctx = StageContext(stage="quantize", seed=0, data=data, work_dir=stage, example=data.test.example(1))
+    ctx.progress = lambda t, c, n: None
+    out = Quantize(QuantizeConfig(technique="quantize", threads=1, **cfg)).apply(model, adapter, ctx)
+    path = ort.save(out, stage / "model.onnx")
+    return path, ctx.info, ctx.metrics
+
+
+def bench_model(
+    name: str,
+    model: Any,
+    adapter: Any,
+    data: Any,
+    work: Path,
+    batches: list[int],
+    rounds: int,
+    repeats: int,
+    auto_cfg: dict[str, Any],
+) -> list[str]:
+    """Float vs slimkit auto vs ORT defaults on one model; markdown rows."""
+    log(f"{name}: export")
+    work.mkdir(parents=True, exist_ok=True)
+    fp32 = work / "float.onnx"
+    adapter.export_onnx(model, fp32, data.test.example(1))
+    log(f"{name}: slimkit quantize (auto)")
+    t0 = time.perf_counter()
+    path, info, metrics = slimkit_quantize(model, adapter, data, work, **auto_cfg)
+    seconds = time.perf_counter() - t0
+    float_layers = [k for k, v in (info.get("float_layers") or {}).items() if "mask" not in v]
+    note = f"mode={info.get('mode')}, {len(float_layers)} layers float, search {seconds:.0f} s"
+    variants = [Variant("float (ORT fp32)", fp32), Variant("**slimkit quantize (auto)**", path, note)]
+    log(f"{name}: ORT defaults")
+    variants += ort_defaults(fp32, work, data, auto_cfg.get("calibration_samples", 256))
+    score(variants, data)
+    log(f"{name}: timing")
+    measure(variants, data, batches, rounds, repeats)
+    base = variants[0]
+    rows = []
+    for v in variants:
+        size = v.path.stat().st_size / base.path.stat().st_size
+        lat = {b: float(np.median(v.times[b])) for b in batches}
+        speed = " | ".join(
+            f"{float(np.median(base.times[b])) / lat[b]:.2f}× ({lat[b]:.2f} ms)" if b in lat else "-" for b in batches
+        )
+        acc = v.quality.get("accuracy")
+        acc_text = "-" if acc is None else f"{acc * 100:.2f}"
+        drop = "-"
+        if acc is not None and base.quality.get("accuracy") is not None:
+            drop = f"{(base.quality['accuracy'] - acc) * 100:+.2f}"
+        cos = v.quality.get("cosine")
+        rows.append(f"| {name} | {v.name} | {acc_text} | {drop} | {cos:.4f} | {size:.3f}× | {speed} | {v.note} |")
+    log(f"{name}: done")
+    return rows
+
+
+def bench_qat(work: Path, epochs: int, per_channel_list: list[bool]) -> list[str]:
+    """QAT vs PTQ (static) with 4-bit weights, 8-bit activations, on digits_resnet."""
+    from slimkit.plugins.onnx.adapter import OnnxAdapter
+    from slimkit.plugins.techniques.quantize import ort
+    from slimkit.plugins.torch.adapter import TorchAdapter
+    from slimkit.plugins.torch.zoo import digits_resnet
+
+    data = digits(32)
+    torch_adapter = TorchAdapter()
+    base = torch_adapter.evaluate(digits_resnet(), data.test)["accuracy"]
+    rows = []
+    for pc in per_channel_list:
+        res = {}
+        for mode in ("static", "qat"):
+            log(f"QAT bench: {mode}, per_channel={pc}")
+            torch_adapter.seed(0)
+            t0 = time.perf_counter()
+            extra = {"qat_epochs": epochs} if mode == "qat" else {}
+            path, _, _ = slimkit_quantize(
+                digits_resnet(), torch_adapter, data, work, mode=mode, weight_bits=4, per_channel=pc, **extra
+            )
+            acc = OnnxAdapter().evaluate(ort.load(path), data.test)["accuracy"]
+            res[mode] = (acc, time.perf_counter() - t0)
+        gran = "per channel" if pc else "per tensor"
+        rows.append(
+            f"| digits_resnet | 4-bit weights {gran}, 8-bit activations | {base * 100:.2f} | "
+            f"{res['static'][0] * 100:.2f} ({(base - res['static'][0]) * 100:+.2f} pt) | "
+            f"{res['qat'][0] * 100:.2f} ({(base - res['qat'][0]) * 100:+.2f} pt, {epochs} epochs, "
+            f"{res['qat'][1]:.0f} s) |"
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("--quick", action="store_true", help="smaller models, fewer runs (smoke test)")
+    parser.add_argument("--skip", nargs="*", default=[], help="parts to skip: resnet mlp bert qat")
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    from slimkit.plugins.hf.adapter import HfAdapter
+    from slimkit.plugins.torch.adapter import TorchAdapter
+    from slimkit.plugins.torch.zoo import digits_resnet
+
+    rounds, repeats = (2, 3) if args.quick else (5, 10)
+    rows: list[str] = []
+    qat_rows: list[str] = []
+    auto = {"mode": "auto", "latency_batches": [1, 64], "latency_repeats": 5 if args.quick else 10}
+    with tempfile.TemporaryDirectory(prefix="slimkit-qbench-") as tmp:
+        work = Path(tmp)
+
+        def part(name: str, fn: Any) -> list[str]:
+            """Run one part; a failure becomes a row saying so instead of losing the other parts."""
+            if name in args.skip:
+                return []
+            try:
+                return fn()
+            except Exception as exc:  # a benchmark reports what broke and goes on
+                log(f"{name} failed: {type(exc).__name__}: {exc}")
+                return [f"| {name} | failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]} |"]
+
+        rows += part(
+            "resnet",
+            lambda: bench_model(
+                "digits_resnet",
+                digits_resnet(),
+                TorchAdapter(),
+                digits(32),
+                work / "resnet",
+                [1, 64],
+                rounds,
+                repeats,
+                auto,
+            ),
+        )
+
+        def mlp() -> list[str]:
+            data8 = digits(8)
+            log("wide_mlp: training")
+            model = train_wide_mlp(data8, 1 if args.quick else 3)
+            return bench_model(
+                "wide_mlp 4×4096", model, TorchAdapter(), data8, work / "mlp", [1, 64], rounds, repeats, auto
+            )
+
+        rows += part("mlp", mlp)
+
+        def bert() -> list[str]:
+            layers, width = (2, 128) if args.quick else (6, 384)
+            model, data = bert_model(layers, width)
+            bert_auto = {**auto, "latency_batches": [1], "calibration_samples": 64}
+            return bench_model(
+                f"BERT {layers}×{width}, seq 128",
+                model,
+                HfAdapter(),
+                data,
+                work / "bert",
+                [1, 64],
+                max(2, rounds - 2),
+                max(2, repeats // 3),
+                bert_auto,
+            )
+
+        rows += part("bert", bert)
+        qat_rows = part(
+            "qat", lambda: bench_qat(work / "qat", 1 if args.quick else 2, [False] if args.quick else [False, True])
+        )
+    body = [
+        "## Quantization (slimkit `quantize` vs ONNX Runtime's quantizers)",
+        "",
+        f"Goals: {GOALS}. Speed = float latency / variant latency (p50 of interleaved rounds, ONNX Runtime",
+        "CPU EP, 1 thread, batch 1 | batch 64); size = variant / float ONNX file. Accuracy on the digits",
+        "test split; cosine = mean per-sample output cosine to the float model. slimkit runs `mode=auto`",
+        "(every PTQ mode timed here, sensitive layers kept float until the 0.5 pt budget holds); the ORT rows",
+        "call `quantize_static` / `quantize_dynamic` with their defaults on the same ONNX file.",
+        "",
+        "| model | variant | accuracy % | drop pt | cosine | size | b1 speed-up | b64 speed-up | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+    if qat_rows:
+        body += [
+            "### QAT vs PTQ, 4-bit weights",
+            "",
+            "| model | setting | float % | PTQ (static) % | QAT % |",
+            "|---|---|---|---|---|",
+            *qat_rows,
+            "",
+        ]
+    text = "\n".join(body)
+    command = "python benchmarks/quantization.py" + (" --quick" if args.quick else "")
+    if args.skip:
+        command += " --skip " + " ".join(args.skip)
+    path = write_section("quantization", command, text)
+    print(text)
+    print(f"written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

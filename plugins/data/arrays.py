@@ -1,0 +1,100 @@
+"""Helpers of the array-based data sources (``npz``, ``random``, ``callable``): splitting and checks.
+
+Not a plugin itself: the data sources import it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from slimkit.core import DataError, DataSplits, Split
+
+
+def check_fractions(cfg: Mapping[str, Any]) -> tuple[float, float]:
+    """``data.val_fraction`` and ``data.test_fraction``, each in (0, 0.5); :class:`DataError` otherwise."""
+    val = float(cfg.get("val_fraction", 0.1))
+    test = float(cfg.get("test_fraction", 0.2))
+    if not (0 < val < 0.5 and 0 < test < 0.5):
+        raise DataError(
+            f"data.val_fraction={val} / data.test_fraction={test} must each be in (0, 0.5); use e.g. 0.1 and 0.2"
+        )
+    return val, test
+
+
+def split_arrays(
+    inputs: Mapping[str, np.ndarray],
+    labels: np.ndarray | None,
+    seed: int,
+    *,
+    name: str,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    num_classes: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> DataSplits:
+    """Shuffle samples with ``seed`` and split them into train/val/test (each at least one sample)."""
+    arrays = {str(k): np.asarray(v) for k, v in inputs.items()}
+    if not arrays:
+        raise DataError(f"data {name!r} has no input arrays; give at least one array named like a model input")
+    sizes = {k: (v.shape[0] if v.ndim else 0) for k, v in arrays.items()}
+    if len(set(sizes.values())) != 1:
+        raise DataError(f"data {name!r}: arrays have different sample counts {sizes}; give arrays of equal length")
+    n = next(iter(sizes.values()))
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or len(labels) != n:
+            raise DataError(
+                f"data {name!r}: labels have shape {list(labels.shape)} for {n} samples; give one integer label "
+                "per sample"
+            )
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(f"data {name!r}: labels have dtype {labels.dtype}; give integer class indices")
+        labels = labels.astype(np.int64)
+    if n < 3:
+        raise DataError(f"data {name!r} has {n} samples; give at least 3 (one each for train, val and test)")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = max(1, int(round(n * test_fraction)))
+    n_val = max(1, int(round(n * val_fraction)))
+    if n_test + n_val >= n:
+        n_test, n_val = 1, 1
+    parts = {"test": perm[:n_test], "val": perm[n_test : n_test + n_val], "train": perm[n_test + n_val :]}
+
+    def split(ix: np.ndarray) -> Split:
+        return Split(
+            {k: np.ascontiguousarray(v[ix]) for k, v in arrays.items()},
+            None if labels is None else labels[ix],
+        )
+
+    if num_classes is None and labels is not None:
+        num_classes = int(labels.max()) + 1
+    return DataSplits(
+        name=name,
+        num_classes=num_classes,
+        meta=dict(meta or {}),
+        **{k: split(v) for k, v in parts.items()},
+    )
+
+
+def import_callable(spec: Any, option: str) -> Any:
+    """Import ``package.module:function`` with a one-line :class:`DataError`."""
+    if not spec or not isinstance(spec, str):
+        raise DataError(f"{option} is not set; give package.module:function")
+    module_name, _, attr = spec.partition(":") if ":" in spec else spec.rpartition(".")
+    if not module_name or not attr:
+        raise DataError(f"{option}={spec!r} is not of the form package.module:function; fix the spelling")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise DataError(
+            f"{option}={spec!r} cannot be imported ({type(exc).__name__}: {why}); "
+            "install the package or add it to PYTHONPATH"
+        ) from exc
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise DataError(f"{option}={spec!r}: module {module_name!r} has no function {attr!r}; fix the name")
+    return fn

@@ -1,0 +1,131 @@
+"""The ``hf`` adapter: a local Hugging Face Transformers directory as a slimkit (PyTorch) model.
+
+Model config (``model=hf``)::
+
+    path: DIR                  # a save_pretrained() directory: config.json + weights (+ tokenizer)
+    task: auto                 # auto | sequence-classification | feature-extraction
+    dynamic_sequence: true     # ONNX export with a symbolic sequence length (false: fixed, as the data)
+
+``task=auto`` loads ``AutoModelForSequenceClassification`` when the config names a
+``...ForSequenceClassification`` architecture, else ``AutoModel`` (the encoder's last hidden state is
+the output; fidelity to the original model is then the measure). Everything else (running, counting,
+saving) is the torch adapter's: a Transformers model is an ``nn.Module``.
+
+transformers is imported inside the methods, and only when an ``hf`` model is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimkit.core import ModelError, hookimpl
+from slimkit.plugins.torch.adapter import TorchAdapter, _first_line, _strip_metadata
+
+TASKS = ("auto", "sequence-classification", "feature-extraction")
+
+
+def import_transformers() -> Any:
+    """``transformers``, or a one-line :class:`ModelError` saying how to install it."""
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ModelError(f"model=hf needs the transformers package ({exc}); pip install 'slimkit[hf]'") from exc
+    return transformers
+
+
+class HfAdapter(TorchAdapter):
+    """Adapter for local Hugging Face Transformers models (PyTorch)."""
+
+    name = "hf"
+    suffixes = (".pt",)
+    description = "Hugging Face Transformers directory (local files only), run and exported as PyTorch"
+
+    def load(self, cfg: Mapping[str, Any]) -> Any:
+        """Load ``model.path`` with AutoModel / AutoModelForSequenceClassification, no network."""
+        path = cfg.get("path")
+        if not path:
+            raise ModelError("model.path is not set; give a Hugging Face model directory: model=hf model.path=DIR")
+        p = Path(path)
+        if not (p / "config.json").is_file():
+            raise ModelError(
+                f"model.path={path} is not a Hugging Face model directory (no config.json); "
+                "give a directory written by save_pretrained()"
+            )
+        task = cfg.get("task", "auto")
+        if task not in TASKS:
+            raise ModelError(f"model.task={task!r} is not one of {list(TASKS)}; use e.g. auto")
+        tf = import_transformers()
+        try:
+            config = tf.AutoConfig.from_pretrained(p, local_files_only=True)
+            archs = list(getattr(config, "architectures", None) or [])
+            classify = task == "sequence-classification" or (
+                task == "auto" and any(a.endswith("ForSequenceClassification") for a in archs)
+            )
+            cls = tf.AutoModelForSequenceClassification if classify else tf.AutoModel
+            model = cls.from_pretrained(p, local_files_only=True)
+        except Exception as exc:
+            raise ModelError(
+                f"model.path={path} cannot be loaded by transformers ({_first_line(exc)}); check the directory"
+            ) from exc
+        model.slimkit_export = {"dynamic_sequence": bool(cfg.get("dynamic_sequence", True))}
+        return model.eval()
+
+    def predict(self, model: Any, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Logits (classification) or the last hidden state (encoder), as float32 numpy."""
+        return super().predict(model, {k: np.asarray(v) for k, v in inputs.items()})
+
+    def export_onnx(self, model: Any, path: Path, example: Mapping[str, np.ndarray]) -> None:
+        """Export with the torch.export-based exporter: dynamic batch, and sequence unless fixed."""
+        import logging
+        import warnings
+
+        import onnx
+        import torch
+
+        for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir", "transformers"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        names = list(example)
+        kwargs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in example.items()}
+        settings = getattr(model, "slimkit_export", {}) or {}
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        dynamic: dict[str, Any] = {}
+        seq = None
+        if settings.get("dynamic_sequence", True):
+            seq_len = max((v.shape[1] for v in kwargs.values() if v.dim() > 1), default=0)
+            seq = torch.export.Dim("sequence", min=2, max=max(seq_len, 512)) if seq_len else None
+        for k, v in kwargs.items():
+            dims: dict[int, Any] = {0: batch}
+            if seq is not None and v.dim() > 1:
+                dims[1] = seq
+            dynamic[k] = dims
+        model.eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model,
+                (),
+                kwargs=kwargs,
+                dynamo=True,
+                input_names=names,
+                output_names=["logits"],
+                dynamic_shapes=dynamic,
+                optimize=True,
+                verbose=False,
+                report=False,
+            )
+        proto = program.model_proto
+        # Keep only the first output (logits or last_hidden_state), as predict() does.
+        while len(proto.graph.output) > 1:
+            proto.graph.output.pop()
+        _strip_metadata(proto)
+        onnx.save_model(proto, str(path), save_as_external_data=proto.ByteSize() > 1_800_000_000)
+
+
+@hookimpl
+def slimkit_register_adapters(registry: Any) -> None:
+    """Register the ``hf`` adapter."""
+    registry.add_adapter(HfAdapter)

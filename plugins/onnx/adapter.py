@@ -1,0 +1,228 @@
+"""The ONNX adapter: any ONNX file as a slimkit model, run with ONNX Runtime on the CPU.
+
+Model config (``model=onnx``)::
+
+    path: FILE.onnx          # external data files are found beside it
+    external_data: false     # save with external data even when the model is small
+
+The model object is an ``onnx.ModelProto`` with all tensors in memory. Loading checks the file
+fully (ONNX checker, strict shape inference, an ONNX Runtime session) and gives a one-line error for
+each way a file can be broken; see :mod:`slimkit.plugins.onnx.io`. Predictions come from an ONNX
+Runtime session cached per model object and content, so a model changed in place is never run with a
+stale session. ``export_onnx`` writes the model as it is.
+
+onnx and onnxruntime are imported inside the methods only.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimkit.core import DataError, ModelAdapter, ModelError, ParamCount, Split, hookimpl
+
+from . import graph as g
+from .io import read_model, write_model
+from .runtime import feed, session_for, session_from_path
+
+#: Sessions kept per adapter (the baseline and the current model, with room to spare).
+_MAX_SESSIONS = 4
+
+
+class OnnxAdapter(ModelAdapter):
+    """Adapter for ONNX models (``onnx.ModelProto``), run with ONNX Runtime's CPU execution provider."""
+
+    name = "onnx"
+    suffixes = (".onnx",)
+    description = "ONNX model file from any exporter, run with ONNX Runtime (CPU)"
+
+    def __init__(self) -> None:
+        self._sessions: OrderedDict[tuple[int, str], Any] = OrderedDict()
+        self.external_data = False
+
+    # -- loading and saving -----------------------------------------------------------------------
+
+    def load(self, cfg: Mapping[str, Any]) -> Any:
+        """Load ``model.path`` with full checks; an ONNX Runtime session proves the model runs."""
+        path = cfg.get("path")
+        if not path:
+            raise ModelError("model.path is not set; give the ONNX file: model=onnx model.path=FILE.onnx")
+        source = f"model.path={path}"
+        model, external = read_model(Path(path), source)
+        self.external_data = bool(cfg.get("external_data", False)) or external
+        session = session_from_path(Path(path), model=model)
+        self._remember(model, session)
+        return model
+
+    def load_file(self, path: Path) -> Any:
+        """Load a model slimkit wrote (stage outputs, cache): no checker run, external data read."""
+        model, external = read_model(Path(path), check=False)
+        self.external_data = self.external_data or external
+        return model
+
+    def save(self, model: Any, path: Path) -> None:
+        """Write ``model``; with external data when configured or when it exceeds 1.8 GB."""
+        write_model(model, Path(path), external=self.external_data)
+
+    def copy(self, model: Any) -> Any:
+        """A deep copy of the ``ModelProto``."""
+        import onnx
+
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        return out
+
+    def fingerprint(self, model: Any) -> str:
+        """SHA-256 of the serialized model."""
+        return g.content_hash(model)
+
+    def export_onnx(self, model: Any, path: Path, example: Mapping[str, np.ndarray]) -> None:
+        """The model is ONNX already: write it as it is."""
+        self.save(model, path)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def _remember(self, model: Any, session: Any, key: tuple[int, str] | None = None) -> None:
+        key = key or (id(model), g.content_hash(model))
+        self._sessions[key] = session
+        self._sessions.move_to_end(key)
+        while len(self._sessions) > _MAX_SESSIONS:
+            self._sessions.popitem(last=False)
+
+    def session(self, model: Any) -> Any:
+        """The ONNX Runtime session of ``model`` (built once per model object and content)."""
+        key = (id(model), g.content_hash(model))
+        if key in self._sessions:
+            self._sessions.move_to_end(key)
+            return self._sessions[key]
+        session = session_for(model)
+        self._remember(model, session, key)
+        return session
+
+    def predict(self, model: Any, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The first output on ``inputs`` (fed by name; a single input positionally).
+
+        A model with a fixed batch dimension (e.g. after ``fix_shapes``) is run batch by batch of
+        that size, the last one padded, so evaluation works on any number of samples.
+        """
+        session = self.session(model)
+        arrays = feed(session, inputs)
+        n = len(next(iter(arrays.values())))
+        first = [i.shape[0] if i.shape else None for i in session.get_inputs()]
+        fixed = first[0] if first and all(isinstance(b, int) and b > 0 and b == first[0] for b in first) else None
+        output = session.get_outputs()[0].name
+        if fixed is None or fixed == n:
+            out = session.run([output], arrays)[0]
+        else:
+            parts = []
+            for i in range(0, n, fixed):
+                chunk = {k: v[i : i + fixed] for k, v in arrays.items()}
+                m = len(next(iter(chunk.values())))
+                if m < fixed:
+                    idx = np.arange(fixed) % m
+                    chunk = {k: np.ascontiguousarray(v[idx]) for k, v in chunk.items()}
+                parts.append(session.run([output], chunk)[0][:m])
+            out = np.concatenate(parts)
+        out = np.asarray(out)
+        return out.astype(np.float32) if np.issubdtype(out.dtype, np.floating) else out
+
+    def check_inputs(self, model: Any, split: Split) -> None:
+        """Raise a one-line :class:`DataError` naming the first input the data cannot feed.
+
+        Inputs match by name (one input each: by position); the data's dtype must be of the input's
+        kind, float, integer or bool (float64 data for a float32 input is cast, float data for int64
+        token ids or integer pixels for a float input are refused); the rank must be the input's
+        rank and fixed dimensions (after the first, the sample axis) must match.
+        """
+        wanted = g.graph_inputs(model)
+        data = split.inputs
+        if len(wanted) == 1 and len(data) == 1 and wanted[0].name not in data:
+            pairs = [(wanted[0], next(iter(data)))]
+        else:
+            missing = [i.name for i in wanted if i.name not in data]
+            if missing:
+                raise DataError(
+                    f"the model's input {missing[0]!r} is not in the data (data arrays: {', '.join(data)}); name the "
+                    f"arrays after the model's inputs {[i.name for i in wanted]}"
+                )
+            pairs = [(i, i.name) for i in wanted]
+        for info, key in pairs:
+            arr = data[key]
+            want = g.np_dtype(info.type.tensor_type.elem_type)
+            if want is not None and _kind(arr.dtype) != _kind(want):
+                raise DataError(
+                    f"data input {key!r} has dtype {arr.dtype} but the model's input {info.name!r} is {want}; "
+                    f"save the array as {want}"
+                )
+            dims = g.dims_of(info)
+            if dims and arr.ndim != len(dims):
+                raise DataError(
+                    f"data input {key!r} has shape {list(arr.shape)} (rank {arr.ndim}) but the model's input "
+                    f"{info.name!r} has rank {len(dims)} {_shape_text(dims)}; reshape the data (first axis: samples)"
+                )
+            for axis, (want_dim, have) in enumerate(zip(dims, arr.shape, strict=False)):
+                if axis > 0 and isinstance(want_dim, int) and want_dim != have:
+                    raise DataError(
+                        f"data input {key!r} has shape {list(arr.shape)} but the model's input {info.name!r} is "
+                        f"{_shape_text(dims)}: axis {axis} must be {want_dim}, not {have}; give data of that shape"
+                    )
+
+    # -- measuring --------------------------------------------------------------------------------
+
+    def count_params(self, model: Any) -> ParamCount:
+        """Elements of the float parameter initializers (weights, biases, norms), all and non-zero."""
+        total = nonzero = 0
+        for t in g.parameter_initializers(model):
+            arr = g.to_array(t)
+            total += arr.size
+            nonzero += int(np.count_nonzero(arr))
+        return ParamCount(total=total, nonzero=nonzero)
+
+    def layer_sparsity(self, model: Any) -> dict[str, float]:
+        """Fraction of zeros of each Conv/Gemm/MatMul weight initializer, by initializer name."""
+        out = {}
+        for w in g.weight_initializers(model):
+            arr = g.to_array(g.initializers(model)[w.name])
+            out[w.name] = float(arr.size - np.count_nonzero(arr)) / max(arr.size, 1)
+        return out
+
+    def macs(self, model: Any, example: Mapping[str, np.ndarray]) -> int:
+        """MACs of Conv, ConvTranspose, Gemm and MatMul nodes (and ONNX Runtime's fused forms) for one
+        forward pass on ``example``, from the tensor shapes.
+
+        Shapes come from ONNX shape inference on the graph with its inputs fixed to the example's
+        shapes (batch 1 for a batch-1 example); shapes inference cannot give are read from one
+        ONNX Runtime run that exposes those tensors.
+        """
+        from .macs import count_macs
+
+        return count_macs(model, example, self)
+
+
+def _kind(dtype: np.dtype) -> str:
+    """``float``, ``int`` (signed or not), ``bool`` or the dtype's name."""
+    if np.issubdtype(dtype, np.floating):
+        return "float"
+    if np.issubdtype(dtype, np.integer):
+        return "int"
+    return "bool" if dtype == np.bool_ else str(dtype)
+
+
+def _shape_text(dims: list[Any]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+@hookimpl
+def slimkit_register_adapters(registry: Any) -> None:
+    """Register the ``onnx`` adapter."""
+    registry.add_adapter(OnnxAdapter)
+
+
+@hookimpl
+def slimkit_adapter_for(path: Path) -> str | None:
+    """``onnx`` for ``.onnx`` files."""
+    return "onnx" if Path(path).suffix.lower() == ".onnx" else None

@@ -1,0 +1,285 @@
+"""Helpers on ONNX graphs shared by the adapter, ``slimkit inspect`` and the graph techniques.
+
+Which initializers are *weights*: the weight input of ``Conv``/``ConvTranspose`` (input 1), of ``Gemm``
+(input B) and of ``MatMul`` (an initializer operand), plus ONNX Runtime's fused forms of the same
+ops (``FusedConv``, ``FusedGemm``, ``FusedMatMul``, NCHWc ``Conv``). Parameters are float
+initializers with at least one dimension that no node uses as a shape, index or range operand.
+
+Importing this module imports neither onnx nor onnxruntime; functions take the ``ModelProto``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
+
+#: ONNX TensorProto element types that hold floating-point numbers.
+FLOAT_TYPES = frozenset({1, 10, 11, 16})  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+#: (op_type -> index of the weight input) of the layers whose weights are prunable.
+WEIGHT_INPUT: dict[str, int] = {
+    "Conv": 1,
+    "ConvTranspose": 1,
+    "Gemm": 1,
+    "MatMul": 1,
+    "FusedConv": 1,
+    "FusedGemm": 1,
+    "FusedMatMul": 1,
+}
+
+#: torch layer class names (as in ``layer_types`` of torch techniques) -> ONNX op types.
+TORCH_TO_ONNX: dict[str, tuple[str, ...]] = {
+    "Conv1d": ("Conv",),
+    "Conv2d": ("Conv",),
+    "Conv3d": ("Conv",),
+    "ConvTranspose1d": ("ConvTranspose",),
+    "ConvTranspose2d": ("ConvTranspose",),
+    "ConvTranspose3d": ("ConvTranspose",),
+    "Linear": ("Gemm", "MatMul"),
+}
+
+#: Inputs that are not parameters even when they are float initializers: (op_type, input index).
+_NOT_WEIGHTS = {
+    ("Resize", 1),
+    ("Resize", 2),
+    ("Upsample", 1),
+    ("Clip", 1),
+    ("Clip", 2),
+    ("Pad", 2),
+    ("Range", 0),
+    ("Range", 1),
+    ("Range", 2),
+    ("ConstantOfShape", 0),
+}
+
+
+def op_types_for(layer_types: list[str]) -> set[str]:
+    """ONNX op types for ``layer_types``, which may name torch classes (``Linear``) or ONNX ops."""
+    out: set[str] = set()
+    for name in layer_types:
+        out.update(TORCH_TO_ONNX.get(name, (name,)))
+    return out
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, Any]:
+    """Top-level initializers by name."""
+    return {t.name: t for t in model.graph.initializer}
+
+
+def to_array(tensor: Any) -> np.ndarray:
+    """The numpy array of an in-memory TensorProto (external data must already be loaded)."""
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(tensor)
+
+
+def set_array(tensor: Any, array: np.ndarray) -> None:
+    """Replace the values of ``tensor`` in place (name kept, dtype and shape taken from ``array``)."""
+    from onnx import numpy_helper
+
+    tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), tensor.name))
+
+
+@dataclass
+class WeightUse:
+    """One weight initializer and the first node that uses it as its weight."""
+
+    name: str
+    node: str
+    op_type: str
+    shape: tuple[int, ...]
+
+
+def weight_initializers(model: onnx.ModelProto, op_types: set[str] | None = None) -> list[WeightUse]:
+    """Float weight initializers of the layers of ``op_types`` (default: all prunable ops), in graph order.
+
+    A MatMul whose constant operand is the first input counts too; an initializer used by several
+    nodes is listed once.
+    """
+    inits = initializers(model)
+    seen: set[str] = set()
+    out = []
+    for i, node in enumerate(model.graph.node):
+        if node.op_type not in WEIGHT_INPUT or (op_types is not None and node.op_type not in op_types):
+            continue
+        candidates = [WEIGHT_INPUT[node.op_type]]
+        if node.op_type in ("MatMul", "FusedMatMul"):
+            candidates.append(0)
+        for idx in candidates:
+            if idx >= len(node.input):
+                continue
+            name = node.input[idx]
+            t = inits.get(name)
+            if t is None or name in seen or t.data_type not in FLOAT_TYPES or len(t.dims) < 2:
+                continue
+            seen.add(name)
+            out.append(WeightUse(name, node.name or f"{node.op_type}_{i}", node.op_type, tuple(t.dims)))
+            break
+    return out
+
+
+def parameter_initializers(model: onnx.ModelProto) -> list[Any]:
+    """Float initializers that are parameters (weights, biases, norms), not shapes, scalars or ranges."""
+    not_weights: set[str] = set()
+    for node in model.graph.node:
+        for idx, name in enumerate(node.input):
+            if (node.op_type, idx) in _NOT_WEIGHTS:
+                not_weights.add(name)
+    return [
+        t
+        for t in model.graph.initializer
+        if t.data_type in FLOAT_TYPES and len(t.dims) >= 1 and t.name not in not_weights
+    ]
+
+
+def numel(tensor: Any) -> int:
+    """Number of elements of a TensorProto from its dims."""
+    return int(np.prod(tensor.dims, dtype=np.int64)) if len(tensor.dims) else 1
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[Any]:
+    """The graph inputs that the caller feeds (initializers listed as inputs, IR < 4, excluded)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def dims_of(value_info: Any) -> list[int | str | None]:
+    """The shape of a tensor ValueInfo: ints for fixed dims, names for symbolic ones, None if unknown."""
+    tt = value_info.type.tensor_type
+    if not tt.HasField("shape"):
+        return []
+    out: list[int | str | None] = []
+    for d in tt.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            out.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            out.append(d.dim_param)
+        else:
+            out.append(None)
+    return out
+
+
+def elem_type_name(elem_type: int) -> str:
+    """``float32``, ``int64``... for an ONNX element type."""
+    from onnx import helper
+
+    try:
+        return str(np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)))
+    except Exception:  # types numpy lacks (bfloat16, float8...)
+        from onnx import TensorProto
+
+        return TensorProto.DataType.Name(elem_type).lower()
+
+
+def np_dtype(elem_type: int) -> np.dtype | None:
+    """The numpy dtype of an ONNX element type, or None when numpy has none."""
+    from onnx import helper
+
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type))
+    except Exception:
+        return None
+
+
+def iter_graphs(graph: Any) -> Iterator[Any]:
+    """``graph`` and every subgraph (If/Loop/Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                yield from iter_graphs(attr.g)
+            for g in attr.graphs:
+                yield from iter_graphs(g)
+
+
+def iter_tensors(model: onnx.ModelProto) -> Iterator[Any]:
+    """Every TensorProto of the model: initializers and Constant/attribute tensors, subgraphs included."""
+    for g in iter_graphs(model.graph):
+        yield from g.initializer
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+
+
+def uses_external_data(tensor: Any) -> bool:
+    from onnx import TensorProto
+
+    return tensor.HasField("data_location") and tensor.data_location == TensorProto.EXTERNAL
+
+
+def external_location(tensor: Any) -> str:
+    """The ``location`` entry of an externally stored tensor."""
+    return next((e.value for e in tensor.external_data if e.key == "location"), "")
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Serialized bytes of the model's tensors (what decides between one file and external data)."""
+    return sum(t.ByteSize() for t in iter_tensors(model))
+
+
+#: Protobuf cannot serialize a message above 2 GiB; above this, models go through files with external data.
+PROTO_LIMIT = 1_800_000_000
+
+
+def content_hash(model: onnx.ModelProto) -> str:
+    """SHA-256 of the serialized model (deterministic); for models above 2 GB, of the graph and the tensors."""
+    h = hashlib.sha256()
+    if tensor_bytes(model) < PROTO_LIMIT:
+        h.update(model.SerializeToString(deterministic=True))
+        return h.hexdigest()
+    import onnx
+
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for t in iter_tensors(skeleton):
+        t.ClearField("raw_data")
+    h.update(skeleton.SerializeToString(deterministic=True))
+    for t in iter_tensors(model):
+        h.update(t.name.encode())
+        h.update(t.raw_data)
+    return h.hexdigest()
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """Nodes per op type in the main graph (``domain:op`` for ops outside the default domain), largest first."""
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def select_weights(model: onnx.ModelProto, layer_types: list[str], ignored: list[str], what: str) -> list[WeightUse]:
+    """Weight initializers of ``layer_types``, minus ``ignored`` (initializer or node names).
+
+    Raises a one-line :class:`ConfigError` for ignored names that are not in the model and a
+    :class:`TechniqueError` when nothing is left.
+    """
+    from slimkit.core import ConfigError, TechniqueError
+
+    ops = op_types_for(layer_types)
+    weights = weight_initializers(model, ops)
+    known = {w.name for w in weights} | {w.node for w in weights}
+    missing = [n for n in ignored if n not in known]
+    if missing:
+        names = [w.name for w in weights]
+        raise ConfigError(
+            f"ignored_layers {missing} are not weights of the model's {'/'.join(sorted(ops))} layers; names that "
+            f"can be used: {', '.join(names[:12])}{' ...' if len(names) > 12 else ''}"
+        )
+    chosen = [w for w in weights if w.name not in ignored and w.node not in ignored]
+    if not chosen:
+        raise TechniqueError(
+            f"the ONNX model has no {'/'.join(sorted(ops))} weight initializers to {what} (after ignored_layers); "
+            "check layer_types and ignored_layers"
+        )
+    return chosen

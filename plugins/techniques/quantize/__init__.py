@@ -1,0 +1,342 @@
+"""``quantize``: int8/int4 quantization of PyTorch, Hugging Face and ONNX models, run by ONNX Runtime.
+
+Modes (``mode=``):
+
+``static``
+    Calibrated QDQ (``onnxruntime.quantization.quantize_static``): U8 activations, S8 weights,
+    per-channel by default. ORT fuses the QDQ pairs into QLinearConv / QGemm / QLinearMatMul.
+``dynamic``
+    ``quantize_dynamic``: int8 weights, activations quantized at run time. Good on transformer
+    MatMuls; slow on convolutions (ConvInteger).
+``weight_only``
+    ORT's ``MatMulNBitsQuantizer``: 4- or 8-bit blockwise weights of MatMul/Gemm layers (MatMulNBits).
+``qat``
+    Quantization-aware training in PyTorch (see :mod:`.qat`): BatchNorm folded, fake-quantized
+    weights (per-channel, symmetric) and activations (asymmetric, EMA ranges), fine-tuned with
+    :func:`slimkit.plugins.torch.train.fit`, exported as a QDQ model with the learned scales.
+``auto`` (default)
+    Accuracy- and target-aware (see :mod:`.auto`): every applicable PTQ mode is built and *timed* on
+    this machine; layers are ranked by sensitivity and the most sensitive stay in float until
+    ``max_accuracy_drop`` (labelled data) or ``min_fidelity`` (unlabelled) holds; the fastest
+    configuration that meets the constraint wins. When none does, the stage fails with one line and
+    the best candidate is kept (``best_candidate.onnx`` in the stage's ``.failed`` directory).
+
+Whatever the input framework, the output is an ``onnx.ModelProto`` (``output_framework = "onnx"``):
+a torch or hf model is exported with its adapter's ``export_onnx`` first.
+
+Attention masks: BERT-class exports add ``finfo(float32).min`` to masked attention scores; ORT's
+calibration then gives those tensors an infinite scale and the output collapses (cosine ~0.4).
+``fix_masks`` (default on) keeps every node that such a huge constant reaches before a Softmax in
+float (see :func:`.ort.mask_nodes`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimkit.core import (
+    ConfigError,
+    StageContext,
+    Technique,
+    TechniqueConfig,
+    TechniqueError,
+    check_choice,
+    check_range,
+    hookimpl,
+)
+
+MODES = ("static", "dynamic", "weight_only", "qat", "auto")
+PTQ_MODES = ("static", "dynamic", "weight_only")
+CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
+
+
+@dataclass
+class QuantizeConfig(TechniqueConfig):
+    """Config of :class:`Quantize`.
+
+    mode: ``auto`` (default), ``static``, ``dynamic``, ``weight_only`` or ``qat``.
+    weight_bits: 8, or 4 (static/qat: int8 containers holding 4-bit values; weight_only: MatMulNBits).
+    activation_bits: 8, or 16 (static only, for targets that need it).
+    weight_symmetric / activation_symmetric: symmetric ranges (zero point 0, or 128 for u8).
+    per_channel: one weight scale per output channel (static, qat; dynamic is always per tensor).
+    reduce_range: 7-bit weights (avoids u8s8 overflow on CPUs without VNNI; costs accuracy).
+    calibration: ``minmax``, ``percentile``, ``entropy`` (ORT's calibrators) or ``mse`` (slimkit's:
+        per tensor, the clipping range minimising the expected quantization error on a histogram).
+    percentile: the percentile of ``calibration=percentile``.
+    calibration_samples / calibration_batch_size: training samples used to calibrate, batch size.
+    exclude: layer-name patterns (shell-style: ``fc``, ``layers.0.*``; node or weight names) kept in float.
+    fix_masks: keep nodes reached by huge constants (attention masks) in float.
+    preprocess: run ORT's quantization pre-processing (shape inference, basic optimizations).
+    block_size / accuracy_level: MatMulNBits block size and compute type (4 = int8, 0 = ORT default).
+    max_accuracy_drop: points of validation accuracy ``auto`` may lose (labelled data).
+    min_fidelity: mean output cosine to the float model that ``auto`` must keep (unlabelled data).
+    max_float_fraction: at most this fraction of the weight layers may stay float in ``auto``.
+    modes: the PTQ modes ``auto`` tries.
+    latency_batches / threads / latency_repeats: how ``auto`` times candidates (batch sizes,
+        intra-op threads with 0 = all physical cores, timed runs per batch); pipelines set the first
+        two from the target.
+    latency_tolerance: candidates within this fraction of the fastest count as equally fast (timing
+        noise); the smaller file wins among them.
+    qat_epochs / lr / batch_size / optimizer: QAT fine-tuning.
+    ema_decay: momentum of QAT's activation range averages.
+    """
+
+    mode: str = "auto"
+    weight_bits: int = 8
+    activation_bits: int = 8
+    weight_symmetric: bool = True
+    activation_symmetric: bool = False
+    per_channel: bool = True
+    reduce_range: bool = False
+    calibration: str = "minmax"
+    percentile: float = 99.999
+    calibration_samples: int = 256
+    calibration_batch_size: int = 16
+    exclude: list[str] = field(default_factory=list)
+    fix_masks: bool = True
+    preprocess: bool = True
+    block_size: int = 32
+    accuracy_level: int = 4
+    max_accuracy_drop: float = 0.5
+    min_fidelity: float = 0.99
+    max_float_fraction: float = 0.5
+    modes: list[str] = field(default_factory=lambda: list(PTQ_MODES))
+    latency_batches: list[int] = field(default_factory=lambda: [1, 64])
+    threads: int = 0
+    latency_repeats: int = 20
+    latency_tolerance: float = 0.1
+    qat_epochs: int = 3
+    lr: float = 0.005
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    ema_decay: float = 0.99
+
+    def __post_init__(self) -> None:
+        check_choice("mode", self.mode, MODES)
+        if self.weight_bits not in (8, 4):
+            raise ConfigError(f"weight_bits={self.weight_bits} is not supported; use 8 or 4")
+        if self.activation_bits not in (8, 16):
+            raise ConfigError(f"activation_bits={self.activation_bits} is not supported; use 8 or 16")
+        check_choice("calibration", self.calibration, CALIBRATIONS)
+        check_range("percentile", self.percentile, 50.0, 100.0, high_open=False, example=99.999)
+        if self.calibration_samples < 1:
+            raise ConfigError(
+                f"calibration_samples={self.calibration_samples} must be >= 1 (calibration needs data); use e.g. 256"
+            )
+        if self.calibration_batch_size < 1:
+            raise ConfigError(f"calibration_batch_size={self.calibration_batch_size} must be >= 1; use e.g. 16")
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"block_size={self.block_size} must be a power of two >= 16; use e.g. 32")
+        check_choice("accuracy_level", self.accuracy_level, (0, 1, 2, 3, 4))
+        check_range("max_accuracy_drop", self.max_accuracy_drop, 0.0, 100.0, high_open=False, example=0.5)
+        check_range("min_fidelity", self.min_fidelity, -1.0, 1.0, high_open=False, example=0.99)
+        check_range("max_float_fraction", self.max_float_fraction, 0.0, 1.0, high_open=False, example=0.5)
+        if not self.modes:
+            raise ConfigError("modes is empty; use e.g. [static, dynamic, weight_only]")
+        for m in self.modes:
+            check_choice("modes", m, PTQ_MODES)
+        if not self.latency_batches or any(int(b) < 1 for b in self.latency_batches):
+            raise ConfigError(f"latency_batches={list(self.latency_batches)} must list batch sizes >= 1; use [1, 64]")
+        if self.threads < 0:
+            raise ConfigError(f"threads={self.threads} must be >= 0; use 0 for all physical cores")
+        check_range("latency_tolerance", self.latency_tolerance, 0.0, 1.0, example=0.1)
+        if self.latency_repeats < 1:
+            raise ConfigError(f"latency_repeats={self.latency_repeats} must be >= 1; use e.g. 20")
+        if self.qat_epochs < 0:
+            raise ConfigError(f"qat_epochs={self.qat_epochs} must be >= 0; use e.g. 3")
+        check_range("lr", self.lr, 0.0, 10.0, low_open=True, example=0.005)
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size={self.batch_size} must be >= 1; use e.g. 64")
+        check_choice("optimizer", self.optimizer, ("sgd", "adam"))
+        check_range("ema_decay", self.ema_decay, 0.0, 1.0, example=0.99)
+        if self.mode == "dynamic" and self.weight_bits == 4:
+            raise ConfigError(
+                "weight_bits=4 is not supported by mode=dynamic (ORT's dynamic kernels are int8); "
+                "use mode=weight_only, static or qat for 4-bit weights"
+            )
+        if self.activation_bits == 16 and self.mode not in ("static", "auto"):
+            raise ConfigError(f"activation_bits=16 needs mode=static (got mode={self.mode}); use mode=static")
+        if self.weight_bits == 4 and not self.weight_symmetric and self.mode in ("static", "qat"):
+            raise ConfigError(
+                f"asymmetric 4-bit weights are not supported by mode={self.mode} (int8 kernels need zero point 0); "
+                "use weight_symmetric=true"
+            )
+
+
+class Quantize(Technique):
+    """Quantization to int8/int4 through ONNX Runtime, with QAT and an accuracy/target-aware search."""
+
+    name = "quantize"
+    description = "int8/int4 quantization: static QDQ, dynamic, weight-only, QAT, or auto (measured)"
+    frameworks = ("torch", "hf", "onnx")
+    output_framework = "onnx"
+    Config = QuantizeConfig
+
+    def apply(self, model: Any, adapter: Any, ctx: StageContext) -> Any:
+        cfg: QuantizeConfig = self.config  # type: ignore[assignment]
+        work = Path(ctx.work_dir)
+        notes: list[str] = []
+        qat = None
+        if cfg.mode == "qat":
+            from .qat import train_qat
+
+            if adapter.name not in ("torch", "hf"):
+                raise TechniqueError(
+                    f"mode=qat trains in PyTorch and this is a {adapter.name} model; use mode=static or mode=auto "
+                    "(post-training quantization works on ONNX models)"
+                )
+            if ctx.data.train.labels is None:
+                notes.append("no labels: QAT distils the float model's outputs")
+            qat = train_qat(model, adapter, ctx, cfg, notes)
+            model = qat.model
+        try:
+            return self._quantize(model, adapter, ctx, cfg, qat, notes)
+        finally:
+            _record(ctx, notes)
+            for tmp in ("float.onnx", "prepared.onnx", "qat.onnx", *(f"{m}.onnx" for m in PTQ_MODES)):
+                # intermediates: the runner saves the returned model as the stage's model.onnx
+                (work / tmp).unlink(missing_ok=True)
+
+    def _quantize(
+        self, model: Any, adapter: Any, ctx: StageContext, cfg: QuantizeConfig, qat: Any, notes: list[str]
+    ) -> Any:
+        """Export, pre-process, check, then quantize in the configured mode (QAT: with learned scales)."""
+        from . import ort
+
+        work = Path(ctx.work_dir)
+        fp32 = export_float(model, adapter, ctx, work / "float.onnx")
+        src = work / "prepared.onnx"
+        if cfg.preprocess:
+            note = ort.preprocess(fp32, src)
+            if note:
+                notes.append(note)
+        else:
+            src.write_bytes(fp32.read_bytes())
+        prepared = ort.load(src)
+        check_quantizable(prepared, cfg)
+        ort.check_inputs(prepared, ctx.data.train)
+        exclude = ort.resolve_exclude(prepared, cfg.exclude)
+        masked = ort.mask_nodes(prepared) if cfg.fix_masks else []
+        if masked:
+            notes.append(
+                f"{len(masked)} nodes fed by huge constants (attention masks) kept in float: "
+                + ", ".join(masked[:6])
+                + (" ..." if len(masked) > 6 else "")
+            )
+        ctx.info["mask_nodes"] = masked
+        ctx.info["excluded"] = exclude
+        layers = {n.name: n.layer for n in ort.quantizable_nodes(prepared)}
+        if cfg.mode == "auto":
+            from .auto import search
+
+            out = search(src, prepared, ctx, cfg, exclude, masked, notes)
+        elif qat is not None:
+            from .qat import tensor_ranges
+
+            out = quantize_mode(
+                "static",
+                src,
+                work / "qat.onnx",
+                prepared,
+                ctx,
+                cfg,
+                exclude + masked,
+                scales=qat.weight_scales,
+                act_ranges=tensor_ranges(prepared, qat.input_ranges),
+            )
+            ctx.info["mode"] = "qat"
+            ctx.info["float_layers"] = {layers.get(n, n): "excluded by config" for n in exclude}
+            ctx.metrics["float_layers"] = float(len(exclude))
+        else:
+            out = quantize_mode(cfg.mode, src, work / f"{cfg.mode}.onnx", prepared, ctx, cfg, exclude + masked)
+            ctx.info["mode"] = cfg.mode
+            ctx.info["float_layers"] = {layers.get(n, n): "excluded by config" for n in exclude}
+            ctx.metrics["float_layers"] = float(len(exclude))
+        counts = ort.op_counts(out)
+        ctx.info["ops"] = counts
+        ctx.metrics["quantized_layers"] = float(len(ort.quantized_nodes(out)))
+        return out
+
+
+def _record(ctx: StageContext, notes: list[str]) -> None:
+    if notes:
+        ctx.info["notes"] = notes
+        for n in notes:
+            ctx.log(n)
+
+
+def export_float(model: Any, adapter: Any, ctx: StageContext, path: Path) -> Path:
+    """Write the float ONNX model to ``path``: the ModelProto itself, or the adapter's export."""
+    from slimkit.core import ModelError, SlimkitError
+
+    from . import ort
+
+    if adapter.name == "onnx":
+        return ort.save(model, path)
+    if ctx.example is None:
+        raise TechniqueError("no example input to export the model with; this is a bug in the caller")
+    try:
+        adapter.export_onnx(model, path, ctx.example)
+    except SlimkitError:
+        raise
+    except Exception as exc:
+        raise ModelError(
+            f"ONNX export for quantization failed: {ort._first_line(exc)}; check that the model is traceable "
+            "with torch.export (no data-dependent control flow)"
+        ) from exc
+    return path
+
+
+def check_quantizable(model: Any, cfg: QuantizeConfig) -> None:
+    """Raise a one-line :class:`TechniqueError` when the model has no weight layer to quantize."""
+    from . import ort
+
+    if not ort.quantizable_nodes(model):
+        ops = ", ".join(sorted(ort.op_counts(model))) or "no nodes"
+        raise TechniqueError(
+            f"the model has nothing to quantize: no {'/'.join(ort.WEIGHT_OPS)} node with constant weights "
+            f"(its ops: {ops}); drop the quantize stage for this model"
+        )
+
+
+def quantize_mode(
+    mode: str,
+    src: Path,
+    dst: Path,
+    prepared: Any,
+    ctx: StageContext,
+    cfg: QuantizeConfig,
+    exclude: list[str],
+    scales: dict[str, Any] | None = None,
+    act_ranges: dict[str, tuple[float, float]] | None = None,
+) -> Any:
+    """Quantize the prepared ONNX file ``src`` in one PTQ ``mode`` into ``dst``; return the ModelProto."""
+    from . import ort
+
+    left = [n for n in ort.quantizable_nodes(prepared) if n.name not in set(exclude)]
+    if not left:
+        raise TechniqueError(
+            "exclude keeps every weight layer in float, so nothing is left to quantize; exclude fewer layers"
+        )
+    if mode == "static":
+        plan = ort.StaticPlan(exclude=list(exclude))
+        if cfg.weight_bits == 4 or scales:
+            plan.overrides.update(ort.weight_grid_overrides(prepared, left, cfg.weight_bits, scales, cfg.per_channel))
+        for tensor, (lo, hi) in (act_ranges or {}).items():
+            plan.overrides.setdefault(tensor, [{"rmin": np.float32(lo), "rmax": np.float32(hi)}])
+        return ort.quantize_static_model(src, dst, ctx.data.train, cfg, plan)
+    if mode == "dynamic":
+        return ort.quantize_dynamic_model(src, dst, cfg, exclude)
+    if mode == "weight_only":
+        return ort.quantize_weight_only_model(src, dst, cfg, exclude)
+    raise TechniqueError(f"mode={mode!r} is not a post-training mode; use one of static, dynamic, weight_only")
+
+
+@hookimpl
+def slimkit_register_techniques(registry: Any) -> None:
+    """Register the ``quantize`` technique."""
+    registry.add_technique(Quantize)

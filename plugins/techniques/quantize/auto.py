@@ -1,0 +1,293 @@
+"""``mode=auto``: the fastest quantized model, measured on this target, that keeps the accuracy budget.
+
+1. Every PTQ mode in ``modes`` that applies is built in full and *timed* here with the CPU target's
+   helpers (``ort_session``, ``ort_feed``, ``time_runs``) at ``latency_batches``: ORT's dynamic int8
+   runs convolutions several times slower than float on x86, static QDQ can lose to dynamic on
+   transformer encoders; no rule gets this right on every model and CPU, a measurement does.
+2. Modes are tried fastest first. A mode whose full quantization meets the constraint
+   (``max_accuracy_drop`` points on labelled validation data, else mean output cosine ``min_fidelity``)
+   is taken as it is. Otherwise its layers are ranked by sensitivity (``1 - cosine`` with only that
+   layer quantized) and the most sensitive are kept in float, one more at a time, up to
+   ``max_float_fraction`` of them, until the constraint holds; the mixed model is timed again.
+3. A slower mode is only tried while its full quantization is not slower than the best model found
+   (beyond ``latency_tolerance``, the timing noise), so the search returns the fastest model that
+   passes, not the first; among equally fast ones, the smallest file.
+
+When nothing passes, the best candidate (highest score) is written to ``best_candidate.onnx`` in the
+stage directory and the stage fails with one line naming the constraint and the candidate's numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from slimkit.core import StageContext, TechniqueError
+
+from .sensitivity import Score, Scorer, layer_sensitivity, sensitivity_plot
+
+if TYPE_CHECKING:
+    from . import QuantizeConfig
+
+
+@dataclass
+class Candidate:
+    """One quantized model: mode, the layers kept float, its score and measured latency."""
+
+    mode: str
+    model: Any
+    score: Score
+    latency_ms: float = math.inf
+    float_layers: list[str] = field(default_factory=list)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "float_layers": len(self.float_layers),
+            "latency_ms": self.latency_ms,
+            "accuracy": self.score.accuracy,
+            "accuracy_drop": self.score.drop,
+            "cosine": self.score.cosine,
+            "size_bytes": self.model.ByteSize(),
+        }
+
+
+def measure_latencies(paths: list[Path], ctx: StageContext, cfg: QuantizeConfig, rounds: int = 3) -> list[float]:
+    """ORT latency (ms) of each model file: geometric mean over ``latency_batches`` of its typical run.
+
+    The models are timed in interleaved rounds (each round runs every model at every batch size), so
+    load changes on a shared machine hit all of them alike; a model's time at a batch size is the
+    lowest of its per-round medians, which a burst of load on another process cannot inflate.
+    """
+    from slimkit.plugins.targets.cpu import ort_feed, ort_session, time_runs
+
+    sessions = [ort_session(p, cfg.threads) for p in paths]
+    per_round = max(1, math.ceil(cfg.latency_repeats / rounds))
+    times: list[dict[int, list[float]]] = [{} for _ in paths]
+    for r in range(rounds):
+        for b in cfg.latency_batches:
+            example = ctx.data.val.example(int(b))
+            for sess, acc in zip(sessions, times, strict=True):
+                feed = ort_feed(sess, example)
+                t = time_runs(
+                    lambda s=sess, f=feed: s.run(None, f), warmup=3 if r == 0 else 1, repeats=per_round, max_seconds=5
+                )
+                acc.setdefault(int(b), []).append(float(np.median(t)))
+    return [float(math.exp(np.mean([math.log(min(v)) for v in acc.values()]))) for acc in times]
+
+
+def search(
+    src: Path, prepared: Any, ctx: StageContext, cfg: QuantizeConfig, exclude: list[str], masked: list[str], notes: list
+) -> Any:
+    """Run the search described in the module docstring; return the chosen ``onnx.ModelProto``."""
+    import shutil
+
+    scratch = Path(ctx.work_dir) / "auto"
+    scratch.mkdir(exist_ok=True)
+    try:
+        return _search(src, prepared, ctx, cfg, exclude, masked, notes, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _search(
+    src: Path,
+    prepared: Any,
+    ctx: StageContext,
+    cfg: QuantizeConfig,
+    exclude: list[str],
+    masked: list[str],
+    notes: list,
+    scratch: Path,
+) -> Any:
+    from . import ort, quantize_mode
+
+    work = Path(ctx.work_dir)
+    scorer = Scorer(src, ctx.data.val, cfg.threads)
+    labelled = scorer.accuracy is not None
+
+    def ok(s: Score) -> bool:
+        if labelled and s.drop is not None:
+            return s.drop <= cfg.max_accuracy_drop + 1e-9
+        return s.cosine >= cfg.min_fidelity
+
+    def key(s: Score) -> tuple[float, float]:
+        return (-(s.drop or 0.0), s.cosine) if labelled else (s.cosine, 0.0)
+
+    fixed = list(exclude) + list(masked)
+    full: dict[str, Candidate] = {}
+    for mode in cfg.modes:
+        ctx.progress(f"quantize ({mode})", 0, None)
+        try:
+            model = quantize_mode(mode, src, scratch / f"{mode}.onnx", prepared, ctx, cfg, fixed)
+        except TechniqueError as exc:
+            notes.append(f"mode {mode} skipped: {exc}")
+            continue
+        full[mode] = Candidate(mode, model, scorer.score(scratch / f"{mode}.onnx"))
+    if not full:
+        raise TechniqueError(f"no quantization mode of {list(cfg.modes)} applies to this model ({'; '.join(notes)})")
+    ctx.progress("time the float model and every mode", 0, None)
+    measured = measure_latencies([src] + [scratch / f"{m}.onnx" for m in full], ctx, cfg)
+    float_latency = measured[0]
+    for cand, lat in zip(full.values(), measured[1:], strict=True):
+        cand.latency_ms = lat
+
+    tol = cfg.latency_tolerance
+
+    def better(a: Candidate, b: Candidate | None) -> bool:
+        """Faster beyond the timing noise, or as fast and smaller."""
+        if b is None:
+            return True
+        if a.latency_ms < b.latency_ms * (1 - tol):
+            return True
+        return a.latency_ms <= b.latency_ms * (1 + tol) and a.model.ByteSize() < b.model.ByteSize()
+
+    tried: list[Candidate] = list(full.values())
+    best: Candidate | None = None
+    sensitivities: dict[str, dict[str, float]] = {}
+    for cand in sorted(full.values(), key=lambda c: c.latency_ms):
+        if best is not None and cand.latency_ms > best.latency_ms * (1 + tol):
+            break
+        found = cand if ok(cand.score) else None
+        if found is None:
+            found, attempts, sens = _fallback(cand, src, prepared, ctx, cfg, fixed, scorer, ok, scratch, float_latency)
+            tried += attempts
+            sensitivities[cand.mode] = sens
+        if found is not None and better(found, best):
+            best = found
+
+    ctx.info["float_latency_ms"] = float_latency
+    ctx.info["candidates"] = [c.row() for c in tried]
+    ctx.metrics["float_latency_ms"] = float_latency
+    constraint = (
+        f"max_accuracy_drop={cfg.max_accuracy_drop} pt" if labelled else f"min_fidelity={cfg.min_fidelity} (cosine)"
+    )
+    if best is None:
+        top = max(tried, key=lambda c: key(c.score))
+        ort.save(top.model, work / "best_candidate.onnx")
+        ctx.artifacts["best_candidate"] = work / "best_candidate.onnx"
+        _plot(ctx, sensitivities, top, {n.name: n.layer for n in ort.quantizable_nodes(prepared)})
+        raise TechniqueError(
+            f"no quantized model meets {constraint} on the validation split: the best candidate ({top.mode}, "
+            f"{len(top.float_layers)} layers float) has {top.score.text()} at {top.latency_ms:.3f} ms vs "
+            f"{float_latency:.3f} ms float; it is kept as best_candidate.onnx in the stage's .failed directory; "
+            f"raise max_accuracy_drop / lower min_fidelity, raise max_float_fraction, or use mode=qat"
+        )
+
+    if best.latency_ms >= float_latency:
+        notes.append(
+            f"no quantized model is faster than float here ({best.latency_ms:.3f} ms vs {float_latency:.3f} ms); "
+            "it is smaller, not faster, on this target"
+        )
+    label = {n.name: n.layer for n in ort.quantizable_nodes(prepared)}  # node name -> layer name
+    reasons = {n: "excluded by config" for n in exclude}
+    reasons.update({n: "attention-mask path (huge constant): kept float by fix_masks" for n in masked})
+    sens = sensitivities.get(best.mode) or {}
+    ranked = sorted(sens, key=lambda n: -sens[n])
+    for n in best.float_layers:
+        reasons[n] = (
+            f"sensitivity {sens.get(n, float('nan')):.3g} (rank {ranked.index(n) + 1} of {len(ranked)}): "
+            f"kept float to meet {constraint}"
+        )
+    if not sens:
+        sens = _sensitivity(best, src, prepared, ctx, cfg, fixed, scorer, scratch)
+        sensitivities[best.mode] = sens
+    _plot(ctx, sensitivities, best, label)
+    ctx.info["mode"] = best.mode
+    ctx.info["float_layers"] = {label.get(n, n): why for n, why in reasons.items()}
+    ctx.info["sensitivity"] = {label.get(n, n): v for n, v in sens.items()}
+    ctx.metrics["float_layers"] = float(len(best.float_layers) + len(exclude))
+    ctx.metrics["latency_ms"] = best.latency_ms
+    ctx.metrics["speedup_vs_float"] = float_latency / best.latency_ms if best.latency_ms > 0 else 0.0
+    ctx.metrics["val_cosine"] = best.score.cosine
+    if best.score.accuracy is not None:
+        ctx.metrics["val_accuracy"] = best.score.accuracy
+        ctx.metrics["val_accuracy_drop"] = float(best.score.drop or 0.0)
+    return best.model
+
+
+def _layers(mode: str, prepared: Any, fixed: list[str]) -> list[str]:
+    from . import ort
+
+    skip = set(fixed)
+    if mode == "weight_only":
+        nodes = ort.quantizable_nodes(ort.gemm_to_matmul(prepared), ("MatMul",))
+    else:
+        nodes = ort.quantizable_nodes(prepared)
+    return [n.name for n in nodes if n.name not in skip]
+
+
+def _variant(
+    cand: Candidate, float_set: list[str], src: Path, prepared: Any, ctx: StageContext, cfg: Any, fixed: list[str]
+) -> Any:
+    from . import ort, quantize_mode
+
+    if cand.mode == "static":
+        return ort.floatify(cand.model, prepared, float_set)
+    dst = Path(ctx.work_dir) / "auto" / f"{cand.mode}_variant.onnx"
+    return quantize_mode(cand.mode, src, dst, prepared, ctx, cfg, fixed + list(float_set))
+
+
+def _sensitivity(
+    cand: Candidate, src: Path, prepared: Any, ctx: StageContext, cfg: Any, fixed: list[str], scorer: Scorer, scratch
+) -> dict[str, float]:
+    layers = _layers(cand.mode, prepared, fixed)
+
+    def only(name: str) -> Any:
+        return _variant(cand, [n for n in layers if n != name], src, prepared, ctx, cfg, fixed)
+
+    return layer_sensitivity(layers, only, scorer, lambda t, c, n: ctx.progress(f"{t} ({cand.mode})", c, n))
+
+
+def _fallback(
+    cand: Candidate,
+    src: Path,
+    prepared: Any,
+    ctx: StageContext,
+    cfg: Any,
+    fixed: list[str],
+    scorer: Scorer,
+    ok: Any,
+    scratch: Path,
+    float_latency: float,
+) -> tuple[Candidate | None, list[Candidate], dict[str, float]]:
+    """Keep the most sensitive layers of ``cand`` in float, one more at a time, until ``ok``."""
+    sens = _sensitivity(cand, src, prepared, ctx, cfg, fixed, scorer, scratch)
+    ranked = sorted(sens, key=lambda n: -sens[n])
+    limit = int(math.floor(cfg.max_float_fraction * len(ranked)))
+    attempts: list[Candidate] = []
+    for k in range(1, limit + 1):
+        ctx.progress(f"mixed precision ({cand.mode})", k, limit)
+        model = _variant(cand, ranked[:k], src, prepared, ctx, cfg, fixed)
+        attempt = Candidate(cand.mode, model, scorer.score(model), float_layers=ranked[:k])
+        attempts.append(attempt)
+        if ok(attempt.score):
+            from . import ort
+
+            # Timed beside the float model and rescaled to its earlier timing: a fair comparison
+            # with the full candidates even if the machine's load changed meanwhile.
+            path = ort.save(model, scratch / f"{cand.mode}_mixed.onnx")
+            now_float, now_mixed = measure_latencies([src, path], ctx, cfg)
+            attempt.latency_ms = now_mixed * float_latency / now_float
+            return attempt, attempts, sens
+    return None, attempts, sens
+
+
+def _plot(
+    ctx: StageContext, sensitivities: dict[str, dict[str, float]], chosen: Candidate, label: dict[str, str]
+) -> None:
+    sens = sensitivities.get(chosen.mode)
+    if not sens:
+        return
+    path = Path(ctx.work_dir) / "sensitivity.png"
+    sensitivity_plot(
+        {label.get(n, n): v for n, v in sens.items()},
+        {label.get(n, n) for n in chosen.float_layers},
+        path,
+        f"per-layer sensitivity, mode={chosen.mode}; {len(chosen.float_layers)} of {len(sens)} layers kept float",
+    )
+    ctx.artifacts["sensitivity_plot"] = path

@@ -1,0 +1,69 @@
+"""``mode=auto``: measured mode choice, sensitivity-driven mixed precision, failure with a kept candidate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slimkit.core import TechniqueError
+from slimkit.plugins.onnx.adapter import OnnxAdapter
+from slimkit.plugins.techniques.quantize import Quantize, QuantizeConfig
+
+FAST = {"calibration_samples": 64, "latency_batches": [1, 8], "latency_repeats": 3, "threads": 1}
+
+
+def test_auto_keeps_accuracy_within_budget_and_reports_why(cnn_onnx, digits8, make_ctx, tmp_path) -> None:
+    ctx = make_ctx(digits8, tmp_path / "stage")
+    cfg = QuantizeConfig(technique="quantize", mode="auto", max_accuracy_drop=0.5, **FAST)
+    out = Quantize(cfg).apply(cnn_onnx, OnnxAdapter(), ctx)
+    # the budget holds on the validation split the search used ...
+    assert ctx.metrics["val_accuracy_drop"] <= 0.5
+    base_val = OnnxAdapter().evaluate(cnn_onnx, digits8.val)["accuracy"]
+    assert OnnxAdapter().evaluate(out, digits8.val)["accuracy"] >= base_val - 0.005
+    # ... every mode was built and timed, the choice is one of them, with its reasons
+    modes = {row["mode"] for row in ctx.info["candidates"]}
+    assert modes == {"static", "dynamic", "weight_only"}
+    assert ctx.info["mode"] in modes and ctx.metrics["latency_ms"] > 0 and ctx.metrics["float_latency_ms"] > 0
+    assert set(ctx.info["sensitivity"]) and all(v >= 0 for v in ctx.info["sensitivity"].values())
+    for reason in ctx.info["float_layers"].values():
+        assert "sensitivity" in reason and "kept float to meet max_accuracy_drop=0.5 pt" in reason
+    plot = ctx.artifacts["sensitivity_plot"]
+    assert plot.exists() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "stage" / "auto").exists()  # scratch candidates are cleaned up
+
+
+def test_auto_falls_back_to_float_layers_for_a_strict_budget(cnn_onnx, digits8, make_ctx, tmp_path) -> None:
+    """Static only, zero accuracy loss allowed: the most sensitive layers are kept float until it holds."""
+    ctx = make_ctx(digits8, tmp_path / "stage")
+    cfg = QuantizeConfig(
+        technique="quantize", mode="auto", modes=["static"], max_accuracy_drop=0.0, max_float_fraction=1.0, **FAST
+    )
+    Quantize(cfg).apply(cnn_onnx, OnnxAdapter(), ctx)
+    assert ctx.metrics["val_accuracy_drop"] <= 0.0
+    sens = ctx.info["sensitivity"]
+    kept = [n for n, why in ctx.info["float_layers"].items() if "sensitivity" in why]
+    full = next(r for r in ctx.info["candidates"] if r["mode"] == "static" and r["float_layers"] == 0)
+    if full["accuracy_drop"] > 0:  # then layers were kept float, the most sensitive first
+        ranked = sorted(sens, key=lambda n: -sens[n])
+        assert kept and kept == ranked[: len(kept)]
+    assert ctx.metrics["float_layers"] == len(kept)
+
+
+def test_nothing_meets_the_constraint_keeps_best_candidate(cnn_onnx, digits8, make_ctx, one_split, tmp_path) -> None:
+    """Unlabelled data, a fidelity floor of exactly 1.0 and no float layers allowed: nothing can pass."""
+    data = one_split({"input": digits8.val.inputs["input"]})
+    ctx = make_ctx(data, tmp_path / "stage")
+    cfg = QuantizeConfig(
+        technique="quantize", mode="auto", modes=["static", "dynamic"], min_fidelity=1.0, max_float_fraction=0.0, **FAST
+    )
+    with pytest.raises(TechniqueError) as err:
+        Quantize(cfg).apply(cnn_onnx, OnnxAdapter(), ctx)
+    text = str(err.value)
+    assert "\n" not in text
+    assert text.startswith("no quantized model meets min_fidelity=1.0 (cosine) on the validation split: the best")
+    assert "kept as best_candidate.onnx" in text and "; raise max_accuracy_drop / lower min_fidelity" in text
+    best = tmp_path / "stage" / "best_candidate.onnx"
+    assert best.exists() and ctx.artifacts["best_candidate"] == best
+    # the kept candidate is a working quantized model with the reported fidelity
+    out = OnnxAdapter().predict(OnnxAdapter().load_file(best), {"input": digits8.val.inputs["input"]})
+    assert np.isfinite(out).all()

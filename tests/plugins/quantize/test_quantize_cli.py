@@ -1,0 +1,81 @@
+"""End to end through the ``slimkit`` CLI: a quantize run, a failing one, a bad value."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FAST = ["tracking=none", "target.repeats=3", "target.warmup=1", "target.batch_sizes=[1,8]"]
+
+
+def slimkit(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("SLIMKIT_DEBUG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "slimkit.pipelines.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def run_dir(cwd: Path) -> Path:
+    (report,) = (cwd / "outputs").glob("*/*/report.json")
+    return report.parent
+
+
+@pytest.mark.slow
+def test_quantize_pipeline_end_to_end(tmp_path) -> None:
+    proc = slimkit(tmp_path, "pipeline=quantize", "model=digits_cnn", *FAST)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    d = run_dir(tmp_path)
+    report = json.loads((d / "report.json").read_text())
+    assert report["status"] == "FINISHED"
+    (stage,) = report["stages"]
+    assert stage["technique"] == "quantize" and stage["info"]["mode"] in ("static", "dynamic", "weight_only")
+    assert stage["metrics"]["val_accuracy_drop"] <= 0.5  # the budget, enforced on the validation split
+    assert report["accuracy_drop"] <= 1.0  # the test split: within a few samples of the budget
+    assert (d / "model.onnx").exists() and report["artifacts"]["model"] == "model.onnx"
+    assert (d / stage["artifacts"]["sensitivity_plot"]).exists()
+    assert report["config"]["pipeline"]["stages"]["quantize"]["latency_batches"] == [1, 8]
+
+
+@pytest.mark.slow
+def test_failing_constraint_exits_2_keeps_the_candidate_and_earlier_artifacts(tmp_path, digits8) -> None:
+    np.savez(tmp_path / "unlabelled.npz", input=digits8.test.inputs["input"][:200])
+    proc = slimkit(
+        tmp_path,
+        "pipeline=quantize",
+        "model=digits_cnn",
+        "data=npz",
+        f"data.path={tmp_path / 'unlabelled.npz'}",
+        "pipeline.stages.quantize.modes=[static]",
+        "pipeline.stages.quantize.min_fidelity=1.0",
+        "pipeline.stages.quantize.max_float_fraction=0.0",
+        *FAST,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("slimkit: error:")]
+    assert len(errors) == 1 and "no quantized model meets min_fidelity=1.0 (cosine)" in errors[0]
+    assert "Traceback" not in proc.stderr
+    d = run_dir(tmp_path)
+    report = json.loads((d / "report.json").read_text())
+    assert report["status"] == "FAILED" and "min_fidelity=1.0" in report["error"]
+    assert (d / "stages" / "00_quantize.failed" / "best_candidate.onnx").exists()
+    assert (d / "baseline" / "model.onnx").exists()
+
+
+def test_bad_value_exits_2_with_one_line(tmp_path) -> None:
+    proc = slimkit(tmp_path, "pipeline=quantize", "pipeline.stages.quantize.weight_bits=3", *FAST)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "slimkit: error: pipeline.stages.quantize.weight_bits=3 is not supported; use 8 or 4"
+    )

@@ -1,0 +1,137 @@
+"""Hugging Face encoders: the ``hf`` adapter, ``text`` data, and static quantization with the mask fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slimkit.core import DataError, ModelError
+from slimkit.core.run import fidelity
+
+pytest.importorskip("transformers")
+
+from slimkit.plugins.hf.adapter import HfAdapter  # noqa: E402
+from slimkit.plugins.hf.text_data import load as load_text  # noqa: E402
+from slimkit.plugins.onnx.adapter import OnnxAdapter  # noqa: E402
+from slimkit.plugins.techniques.quantize import Quantize, QuantizeConfig  # noqa: E402
+
+
+def test_hf_adapter_loads_a_local_encoder_and_runs_it(bert_dir, bert_data) -> None:
+    model = HfAdapter().load({"path": str(bert_dir)})
+    assert type(model).__name__ == "BertModel"
+    out = HfAdapter().predict(model, bert_data.test.example(2))
+    assert out.shape == (2, 24, 64) and out.dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({}, "model.path is not set; give a Hugging Face model directory"),
+        ({"path": "/nonexistent/bert"}, "model.path=/nonexistent/bert is not a Hugging Face model directory"),
+        ({"path": "BERT_DIR", "task": "ner"}, "model.task='ner' is not one of"),
+    ],
+)
+def test_hf_adapter_errors(cfg, message, bert_dir) -> None:
+    cfg = {k: (str(bert_dir) if v == "BERT_DIR" else v) for k, v in cfg.items()}
+    with pytest.raises(ModelError, match=message) as err:
+        HfAdapter().load(cfg)
+    assert "\n" not in str(err.value)
+
+
+def test_text_data_tokenizes_pads_and_splits(bert_data) -> None:
+    assert len(bert_data.train) + len(bert_data.val) + len(bert_data.test) == 120
+    assert set(bert_data.test.inputs) == {"input_ids", "attention_mask", "token_type_ids"}
+    mask = bert_data.train.inputs["attention_mask"]
+    assert mask.dtype == np.int64 and mask.shape[1] == 24
+    assert 0 < mask.mean() < 1  # padded: the attention mask matters
+    assert bert_data.test.labels is None and bert_data.num_classes is None
+
+
+def test_text_data_errors(tmp_path, bert_dir) -> None:
+    with pytest.raises(DataError, match="data.path=.*missing.txt does not exist"):
+        load_text({"path": str(tmp_path / "missing.txt"), "tokenizer": str(bert_dir)}, 0)
+    short = tmp_path / "short.txt"
+    short.write_text("one line\n")
+    with pytest.raises(DataError, match="has 1 non-empty lines; give at least 3"):
+        load_text({"path": str(short), "tokenizer": str(bert_dir)}, 0)
+
+
+@pytest.fixture(scope="module")
+def bert_onnx(bert_dir, bert_data, tmp_path_factory):
+    import onnx
+
+    model = HfAdapter().load({"path": str(bert_dir)})
+    path = tmp_path_factory.mktemp("bert_onnx") / "bert.onnx"
+    HfAdapter().export_onnx(model, path, bert_data.test.example(1))
+    return onnx.load(str(path))
+
+
+def test_static_quantization_of_bert_needs_the_mask_fix(bert_onnx, bert_data, make_ctx, tmp_path) -> None:
+    """ORT's calibration gives the finfo.min attention mask an infinite scale; the fix keeps it float."""
+    adapter = OnnxAdapter()
+    reference = adapter.outputs(bert_onnx, bert_data.test)
+    results = {}
+    for fix in (True, False):
+        ctx = make_ctx(bert_data, tmp_path / str(fix))
+        cfg = QuantizeConfig(mode="static", fix_masks=fix, calibration_samples=64)
+        out = Quantize(cfg).apply(bert_onnx, adapter, ctx)
+        results[fix] = fidelity(reference, adapter.outputs(out, bert_data.test))["mean_cosine"]
+        if fix:
+            kept = ctx.info["mask_nodes"]
+            assert {n.split("_")[1] for n in kept} == {"Where", "Add", "Softmax"}
+            assert ctx.metrics["quantized_layers"] >= 12  # Q, K, V, O and two FFN MatMuls per layer
+    assert results[True] >= 0.99
+    assert results[False] < 0.97 and results[False] < results[True] - 0.02
+
+
+def test_export_has_dynamic_batch_and_sequence(bert_onnx) -> None:
+    for vi in bert_onnx.graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        assert len(dims) == 2 and not dims[0].HasField("dim_value") and not dims[1].HasField("dim_value")
+
+
+@pytest.mark.slow
+def test_export_with_fixed_sequence_length(bert_dir, bert_data, tmp_path) -> None:
+    import onnx
+
+    model = HfAdapter().load({"path": str(bert_dir), "dynamic_sequence": False})
+    HfAdapter().export_onnx(model, tmp_path / "fixed.onnx", bert_data.test.example(1))
+    for vi in onnx.load(str(tmp_path / "fixed.onnx")).graph.input:
+        dims = vi.type.tensor_type.shape.dim
+        assert not dims[0].HasField("dim_value") and dims[1].dim_value == 24
+
+
+@pytest.mark.slow
+def test_hf_quantize_pipeline_end_to_end(bert_dir, text_file, tmp_path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    args = [
+        "pipeline=quantize",
+        "model=hf",
+        f"model.path={bert_dir}",
+        "data=text",
+        f"data.path={text_file}",
+        "data.max_length=24",
+        "tracking=none",
+        "target.repeats=3",
+        "target.warmup=1",
+        "target.batch_sizes=[1,4]",
+        "pipeline.stages.quantize.modes=[static,dynamic]",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "slimkit.pipelines.cli", *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (path,) = (tmp_path / "outputs").glob("*/*/report.json")
+    report = json.loads(path.read_text())
+    assert report["status"] == "FINISHED" and report["accuracy_drop"] is None  # no labels
+    assert report["fidelity"]["mean_cosine"] >= 0.99  # min_fidelity, held on the test split too
+    assert report["stages"][0]["info"]["mode"] in ("static", "dynamic")

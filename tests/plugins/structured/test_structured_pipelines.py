@@ -1,0 +1,98 @@
+"""The ``structured`` and ``layers`` pipelines: they compose, validate, run from the CLI, fail in one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from slimkit.core.plugins import get_registry
+from slimkit.pipelines.config import build_spec, compose, to_plain
+
+FAST = ["tracking=none", "target.repeats=3", "target.warmup=1", "target.batch_sizes=[1,8]", "target.threads=1"]
+
+
+def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "slimkit.pipelines.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def report_of(cwd: Path) -> dict:
+    (path,) = cwd.glob("outputs/*/*/report.json")
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "techniques"),
+    [("structured", ["channel_prune", "distill"]), ("layers", ["layer_prune", "distill"])],
+)
+def test_pipelines_compose_into_valid_stages(pipeline, techniques, tmp_path):
+    spec = build_spec(to_plain(compose([f"pipeline={pipeline}"])), get_registry(), tmp_path)
+    assert [s.technique.name for s in spec.stages] == techniques
+    assert spec.stages[1].config.epochs >= 1
+
+
+@pytest.mark.parametrize("technique", ["channel_prune", "layer_prune", "distill"])
+def test_each_technique_option_composes_as_a_stage(technique, tmp_path):
+    plain = to_plain(compose(["pipeline=none", f"+technique@pipeline.stages.extra={technique}"]))
+    spec = build_spec(plain, get_registry(), tmp_path)
+    assert [s.technique.name for s in spec.stages] == [technique]
+
+
+def test_bad_values_fail_at_validation_in_one_line(tmp_path):
+    from slimkit.core import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        build_spec(
+            to_plain(compose(["pipeline=structured", "pipeline.stages.prune.ratio=1.5"])), get_registry(), tmp_path
+        )
+    assert str(err.value) == "pipeline.stages.prune.ratio=1.5 is outside [0.0, 1.0); use e.g. 0.5"
+
+
+@pytest.mark.slow
+def test_structured_pipeline_end_to_end_from_the_cli(tmp_path):
+    """channel_prune -> distill on the bundled CNN: fewer MACs, an ONNX model with the same outputs."""
+    import onnxruntime as ort
+
+    args = [
+        "pipeline=structured",
+        "model=digits_cnn",
+        *FAST,
+        "pipeline.stages.prune.steps=1",
+        "pipeline.stages.prune.finetune_epochs=1",
+        "pipeline.stages.distill.epochs=1",
+    ]
+    done = cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = report_of(tmp_path)
+    assert report["status"] == "FINISHED"
+    assert report["ratios"]["macs"] > 3.0 and report["ratios"]["params"] > 3.0
+    assert report["compressed"]["accuracy"] > 0.9
+    prune, distill = report["stages"]
+    assert prune["info"]["layers"]["features.3"] == {"before": 64, "after": 32}
+    assert distill["metrics"]["kd_divergence_after"] < distill["metrics"]["kd_divergence_before"]
+    run_dir = next(tmp_path.glob("outputs/*/*"))
+    assert (run_dir / prune["artifacts"]["channels_plot"]).exists()
+    session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"input": np.zeros((3, 1, 8, 8), np.float32)})[0]
+    assert out.shape == (3, 10)
+
+
+@pytest.mark.slow
+def test_a_ratio_that_empties_a_layer_exits_2_with_one_line(tmp_path):
+    done = cli(["pipeline=structured", "model=digits_cnn", *FAST, "pipeline.stages.prune.ratio=0.99"], tmp_path)
+    assert done.returncode == 2
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("slimkit: error:")]
+    assert len(lines) == 1 and "all 32 output channels of features.0" in lines[0]
+    assert "Traceback" not in done.stderr
+    report = report_of(tmp_path)
+    assert report["status"] == "FAILED" and "features.0" in report["error"]
