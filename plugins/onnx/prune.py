@@ -23,23 +23,36 @@ if TYPE_CHECKING:
     from slimkit.plugins.techniques.magnitude_prune import MagnitudePruneConfig
 
 
+def smallest(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` smallest of 1-D ``values``, ties broken by position: the first ``k`` of a
+    stable argsort, found in linear time (a partition for the threshold, then one pass)."""
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if k >= values.size:
+        return np.arange(values.size)
+    threshold = np.partition(values, k - 1)[k - 1]
+    below = np.flatnonzero(values < threshold)
+    ties = np.flatnonzero(values == threshold)[: k - below.size]
+    return np.concatenate([below, ties])
+
+
 def magnitude_masks(arrays: list[np.ndarray], sparsity: float, scope: str) -> list[np.ndarray]:
-    """Boolean keep-masks of ``arrays`` (True: kept) at ``sparsity``, global or per array."""
+    """Boolean keep-masks of ``arrays`` (True: kept) at ``sparsity``, global or per array.
+
+    The ``round(sparsity * n)`` smallest magnitudes go, ties broken by position, exactly as a stable
+    sort (the torch side's ``torch.argsort(stable=True)``) would choose them.
+    """
     flats = [np.abs(a).ravel() for a in arrays]
     if scope == "global":
         flat = np.concatenate(flats) if flats else np.zeros(0)
-        k = int(round(sparsity * flat.size))
         keep = np.ones(flat.size, dtype=bool)
-        if k > 0:
-            keep[np.argsort(flat, kind="stable")[:k]] = False
+        keep[smallest(flat, int(round(sparsity * flat.size)))] = False
         bounds = np.cumsum([f.size for f in flats])[:-1]
         return [m.reshape(a.shape) for m, a in zip(np.split(keep, bounds), arrays, strict=True)]
     masks = []
     for f, a in zip(flats, arrays, strict=True):
-        k = int(round(sparsity * f.size))
         keep = np.ones(f.size, dtype=bool)
-        if k > 0:
-            keep[np.argsort(f, kind="stable")[:k]] = False
+        keep[smallest(f, int(round(sparsity * f.size)))] = False
         masks.append(keep.reshape(a.shape))
     return masks
 

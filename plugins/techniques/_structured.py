@@ -120,7 +120,7 @@ def plan_keep(
     original: Mapping[str, int],
     ratio: float,
     scope: str,
-    round_to: int,
+    round_to: int | Mapping[str, int],
     max_layer_ratio: float,
     unit: str,
     option: str = "ratio",
@@ -131,6 +131,7 @@ def plan_keep(
     original: per layer, its unit count before any pruning step; ``ratio`` is relative to it.
     scope: ``uniform`` (every layer loses ``ratio`` of its units) or ``global`` (one ranking over all
         layers' scores, each normalised by its layer mean; no layer loses more than ``max_layer_ratio``).
+    round_to: kept units are rounded to multiples of it (one value, or one per layer).
     A layer that would keep no unit raises a one-line :class:`TechniqueError` naming it.
     """
     import torch
@@ -165,7 +166,8 @@ def plan_keep(
             fix = f"use max_layer_ratio < 1 (e.g. 0.9) or add {k} to ignored_layers"
             where = f" (global ranking, max_layer_ratio={max_layer_ratio})"
         raise TechniqueError(f"{option}={ratio} would remove all {n0} {unit} of {k}{where}; {fix}")
-    return {k: min(current[k], round_channels(r, original[k], round_to)) for k, r in raw.items()}
+    rounding = round_to if isinstance(round_to, Mapping) else dict.fromkeys(raw, round_to)
+    return {k: min(current[k], round_channels(r, original[k], rounding[k])) for k, r in raw.items()}
 
 
 def channel_plot(rows: Mapping[str, tuple[int, int]], path: Path, title: str, unit: str = "channels") -> Path:

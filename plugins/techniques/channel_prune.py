@@ -341,21 +341,9 @@ def prune_step(
             "the model has no prunable channel groups (after ignored_layers and the output layers); "
             "check ignored_layers"
         )
+    # grouped layers are planned in units of one channel per group: round_to / groups units
     unit_round = {n: (cfg.round_to // g if cfg.round_to % g == 0 else 1) for n, (_, g, _) in groups.items()}
-    keep: dict[str, int] = {}
-    for rt in sorted(set(unit_round.values())):
-        subset = [n for n in groups if unit_round[n] == rt]
-        keep.update(
-            plan_keep(
-                {n: scores[n] for n in subset},
-                {n: units0[n] for n in subset},
-                ratio,
-                cfg.scope,
-                rt,
-                cfg.max_layer_ratio,
-                "output channels",
-            )
-        )
+    keep = plan_keep(scores, units0, ratio, cfg.scope, unit_round, cfg.max_layer_ratio, "output channels")
     for name, (root, ch_groups, handler) in groups.items():
         units = scores[name].numel()
         n_remove = units - keep[name]
@@ -559,8 +547,8 @@ def prune_transformer(model: Any, adapter: Any, ctx: StageContext, cfg: ChannelP
     teacher_fallback = adapter.copy(model) if cfg.finetune == "distill" and ctx.baseline is None else None
     labelled = ctx.data.val.labels is not None
     history: list[dict[str, Any]] = []
-    for step, k in enumerate(range(cfg.steps)):
-        frac = (k + 1) / cfg.steps
+    for step in range(cfg.steps):
+        frac = (step + 1) / cfg.steps
         if cfg.importance == "taylor":
             accumulate_gradients(model, ctx, cfg.calibration_batches, cfg.batch_size)
         kind = cfg.importance

@@ -243,11 +243,19 @@ class Sparse(Technique):
                 skipped[n] = f"sparsity {sparsity:.3f} < min_sparsity {cfg.min_sparsity}"
             else:
                 ready.append((n, m, sparsity))
-        if not ready:
-            detail = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:4]) or "no Linear/Conv2d layers"
+        if not candidates:
+            detail = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]) or "no Linear/Conv2d layers"
             raise TechniqueError(
-                f"no layer can run sparse ({detail}); prune first (pipeline=sparse_exec) or lower min_sparsity"
+                f"the model has no layer the sparse kernels cover ({detail}); they run Linear and 1x1 ungrouped "
+                "Conv2d layers: use another technique for this model (e.g. channel_prune)"
             )
+        if not ready:
+            # Covered layers exist but none is sparse enough: nothing to gain, not an error.
+            ctx.log(f"sparse: no layer is at least {cfg.min_sparsity:.0%} sparse; the model is unchanged")
+            ctx.metrics["sparse_layers"] = 0.0
+            ctx.metrics["dense_layers"] = float(len(candidates))
+            ctx.info["skipped"] = skipped
+            return model
         assert ctx.example is not None or ctx.data is not None
         example = ctx.example if ctx.example is not None else ctx.data.test.example(1)
         shapes = _input_shapes(model, [n for n, _, _ in ready], example)

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
     from . import QuantizeConfig
 
 
+#: Up to this many layers, ``auto`` computes the sensitivity of a dynamic/weight-only model that
+#: needed no float layer anyway (for the report and plot); static models always get it (cheap).
+CHEAP_LAYERS = 16
+
+
 @dataclass
 class Candidate:
     """One quantized model: mode, the layers kept float, its score and measured latency."""
@@ -193,9 +198,16 @@ def _search(
             f"sensitivity {sens.get(n, float('nan')):.3g} (rank {ranked.index(n) + 1} of {len(ranked)}): "
             f"kept float to meet {constraint}"
         )
-    if not sens:
+    if not sens and (best.mode == "static" or len(_layers(best.mode, prepared, fixed)) <= CHEAP_LAYERS):
+        # Nothing had to stay float; the sensitivity is still worth a plot when it is cheap: static
+        # variants are graph surgery, dynamic and weight-only ones a re-quantization per layer.
         sens = _sensitivity(best, src, prepared, ctx, cfg, fixed, scorer, scratch)
         sensitivities[best.mode] = sens
+    elif not sens:
+        notes.append(
+            f"no layer had to stay float; per-layer sensitivity of mode {best.mode} was not computed "
+            f"(one re-quantization per layer for more than {CHEAP_LAYERS} layers)"
+        )
     _plot(ctx, sensitivities, best, label)
     ctx.info["mode"] = best.mode
     ctx.info["float_layers"] = {label.get(n, n): why for n, why in reasons.items()}

@@ -92,21 +92,25 @@ def test_cli_random_data_optimize_pipeline_logs_fidelity_to_mlflow(tmp_path: Pat
     assert {"fidelity_mean_cosine", "fidelity_max_abs_diff"} <= set(run.data.metrics)
 
 
-def test_technique_without_torch_support_names_those_with(tmp_path: Path) -> None:
+def test_technique_without_onnx_support_names_those_with(tmp_path: Path) -> None:
     import slimkit
 
+    model = tmp_path / "m.onnx"
+    onnx.save(mlp_graph(), str(model))
     with pytest.raises(TechniqueError) as err:
         slimkit.compress(
-            "digits_cnn",
-            "digits",
-            pipeline="lowrank",
+            "onnx",
+            "random",
+            pipeline="finetune",
             tracking="none",
             run_dir=tmp_path / "run",
-            overrides=["target.repeats=1", "target.warmup=0"],
+            overrides=[f"model.path={model}", "data.samples=16", "target.repeats=1", "target.warmup=0"],
         )
     message = str(err.value)
-    assert message.startswith("technique 'lowrank' (stage 'lowrank') does not support torch models")
-    assert "magnitude_prune" in message and "ort_optimize" in message and "cluster" not in message.split(":")[-1]
+    assert message.startswith("technique 'finetune' (stage 'finetune') does not support onnx models")
+    works = message.split("techniques that do: ")[1].split(", ")
+    assert {"magnitude_prune", "lowrank", "cluster", "ort_optimize", "fix_shapes"} <= set(works)
+    assert "finetune" not in works and "\n" not in message
 
 
 def test_inspect_prints_what_is_in_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -59,6 +59,16 @@ def test_prune_exact_counts_and_input_untouched(tmp_path: Path, scope: str) -> N
     assert adapter.count_params(pruned).nonzero == adapter.count_params(model).nonzero - zeros
 
 
+def test_smallest_is_a_stable_argsort_in_linear_time() -> None:
+    from slimkit.plugins.onnx.prune import smallest
+
+    rng = np.random.default_rng(0)
+    cases = [rng.random(1000), np.round(rng.random(5000), 1), np.zeros(50), np.array([2.0, 1.0, 1.0, 0.0, 1.0])]
+    for values in cases:
+        for k in sorted({0, 1, 3, 7, values.size // 2, values.size - 1, values.size}):
+            np.testing.assert_array_equal(np.sort(smallest(values, k)), np.sort(np.argsort(values, kind="stable")[:k]))
+
+
 def test_prune_matches_the_torch_side(tmp_path: Path, mlp_onnx: Path) -> None:
     """Same model, same config (no fine-tuning): the same weights become zero through torch and ONNX."""
     from slimkit.plugins.torch.adapter import TorchAdapter

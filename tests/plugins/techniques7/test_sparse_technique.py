@@ -90,11 +90,22 @@ def test_bad_input_is_one_line(make_pruned_mlp: Any, adapter: Any, make_ctx: Any
     with pytest.raises(TechniqueError, match="layer '0' is a 3x3 Conv2d, which the sparse kernels do not cover") as e:
         run(convnet, adapter, make_ctx(digits8), layers=["0"])
     assert "\n" not in str(e.value)
+    only_3x3 = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.ReLU()).eval()
+    with pytest.raises(TechniqueError, match="the model has no layer the sparse kernels cover .*0: a 3x3 Conv2d"):
+        run(only_3x3, adapter, make_ctx(digits8))
     dense = make_pruned_mlp((64, 32, 10), 0.0)
-    with pytest.raises(TechniqueError, match="no layer can run sparse .*prune first"):
-        run(dense, adapter, make_ctx(digits8))
     with pytest.raises(ConfigError, match="not modules of the model"):
         run(dense, adapter, make_ctx(digits8), layers=["nope"])
+
+
+def test_dense_model_is_left_unchanged(make_pruned_mlp: Any, adapter: Any, make_ctx: Any, digits8: Any) -> None:
+    """Covered layers that are not sparse enough: nothing to gain, and no error (the pipeline goes on)."""
+    dense = make_pruned_mlp((64, 32, 10), 0.0)
+    ctx = make_ctx(digits8)
+    out = run(dense, adapter, ctx)
+    assert ctx.metrics["sparse_layers"] == 0 and ctx.metrics["dense_layers"] == 2
+    assert all("< min_sparsity 0.5" in why for why in ctx.info["skipped"].values())
+    assert not any(isinstance(m, SparseLinear) for m in out.modules())
 
 
 def test_int8_values_stay_close(make_pruned_mlp: Any, adapter: Any, make_ctx: Any, digits8: Any) -> None:

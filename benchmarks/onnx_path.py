@@ -1,14 +1,14 @@
 """Benchmark: the same models and techniques through the ONNX path (``model=onnx``) and the torch path.
 
-    python benchmarks/onnx.py [--quick]
+    python benchmarks/onnx_path.py [--quick]
 
 Two models: the bundled ResNet-20-style ``digits_resnet`` (1x32x32) and a wide MLP (4 Linear layers,
 4096 wide, ``slimkit.plugins.torch.mlp.wide_mlp``) trained briefly on the 8x8 digits. Each is exported
 to ONNX once; then every technique runs as a slimkit run on the torch model and on the ONNX file, one
 after the other in this process, with the same config (magnitude pruning one-shot, no fine-tuning, so
 both paths do the same thing). Latency is p50 on 1 thread. The torch path is timed in torch eager and,
-for its exported ONNX, in ONNX Runtime; the ONNX path in ONNX Runtime (its own runtime). Techniques that
-exist on the ONNX side only (lowrank, cluster) have ONNX rows only.
+for its exported ONNX, in ONNX Runtime; the ONNX path in ONNX Runtime (its own runtime). The torch side's
+fine-tuning after lowrank and cluster is switched off (``finetune=none``) for the same reason.
 """
 
 from __future__ import annotations
@@ -84,21 +84,25 @@ def run(
 
     print(f"{label} ...", flush=True)
     t0 = time.perf_counter()
-    result = slimkit.compress(
-        model,
-        data,
-        pipeline=pipeline,
-        tracking="none",
-        run_dir=run_dir,
-        overrides=[
-            f"target.threads={THREADS}",
-            f"target.repeats={repeats}",
-            "target.warmup=5",
-            f"target.batch_sizes=[{','.join(map(str, batches))}]",
-            "cache=false",
-            *overrides,
-        ],
-    )
+    try:
+        result = slimkit.compress(
+            model,
+            data,
+            pipeline=pipeline,
+            tracking="none",
+            run_dir=run_dir,
+            overrides=[
+                f"target.threads={THREADS}",
+                f"target.repeats={repeats}",
+                "target.warmup=5",
+                f"target.batch_sizes=[{','.join(map(str, batches))}]",
+                "cache=false",
+                *overrides,
+            ],
+        )
+    except Exception as exc:  # one failing path must not lose the other rows
+        print(f"  FAILED: {type(exc).__name__}: {exc}", flush=True)
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
     print(f"  done in {time.perf_counter() - t0:.0f} s", flush=True)
     return result.report
 
@@ -138,12 +142,22 @@ def main(argv: list[str] | None = None) -> int:
                 ("magnitude_prune 30 %", "sparse", [*prune, "pipeline.stages.prune.sparsity=0.3"], True),
                 ("magnitude_prune 50 %", "sparse", prune, True),
                 ("ort_optimize (extended)", "optimize", [], True),
-                ("cluster 16", "none", ["+technique@pipeline.stages.cluster=cluster"], False),
+                (
+                    "cluster 16",
+                    "none",
+                    ["+technique@pipeline.stages.cluster=cluster", "pipeline.stages.cluster.finetune=none"],
+                    True,
+                ),
             ]
+            if name.startswith("digits_resnet"):  # BatchNorm folded into the ONNX weights: per-layer ranking too
+                techniques.insert(
+                    2, ("magnitude_prune 50 % per layer", "sparse", [*prune, "pipeline.stages.prune.scope=layer"], True)
+                )
             if name.startswith("wide"):
-                techniques.append(("lowrank energy 0.95", "lowrank", [], False))
+                no_ft = "pipeline.stages.lowrank.finetune=none"
+                techniques.append(("lowrank energy 0.95", "lowrank", [no_ft], True))
                 techniques.append(
-                    ("lowrank rank_ratio 0.25", "lowrank", ["pipeline.stages.lowrank.rank_ratio=0.25"], False)
+                    ("lowrank rank_ratio 0.25", "lowrank", [no_ft, "pipeline.stages.lowrank.rank_ratio=0.25"], True)
                 )
             for tech, pipeline, extra, both in techniques:
                 slug = tech.split()[0] + "-" + "".join(c for c in tech if c.isalnum())
@@ -169,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
                     repeats,
                     batches,
                 )
+                failed = {path: rep for path, rep in reports.items() if isinstance(rep, str)}
+                for path, why in failed.items():
+                    rows.append(f"| {name} | {tech} | {path} | - | failed: {why} | - | - | - | - |")
+                reports = {path: rep for path, rep in reports.items() if path not in failed}
                 if tech == techniques[0][0]:  # the baselines, once per model
                     for path, rep in reports.items():
                         runtimes = ["torch", "onnxruntime"] if path == "torch" else ["onnxruntime"]
@@ -196,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"| {rep.fidelity['top1_agreement']:.4f} | {_ms(_p50(comp, rt, 1))} "
                             f"| {_ms(_p50(comp, rt, 64))} | {seconds:.1f} |"
                         )
-                if both:
+                if both and len(reports) == 2:
                     t, o = reports["torch"], reports["onnx"]
                     acc_ok = o.compressed.accuracy >= t.compressed.accuracy - 0.005
                     eager = {b: _p50(t.compressed, "torch", b) for b in batches}
@@ -218,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "The same trained models, exported to ONNX once, compressed by the same techniques through",
             "`model=onnx model.path=FILE` and through the torch model (magnitude pruning one-shot without",
-            "fine-tuning on both paths, so they do the same thing). p50 latency in ms per batch on 1 thread;",
+            "fine-tuning on both paths, so they do the same thing; global scope unless it says per layer). p50",
+            "latency in ms per batch on 1 thread; stage s: seconds the compression stage took;",
             "top-1 agreement is the fidelity to the model before compression on the digits test split.",
             "",
             "| model | technique | path | runtime | accuracy % | top-1 agreement | p50 b1 ms | p50 b64 ms | stage s |",
@@ -236,13 +255,14 @@ def main(argv: list[str] | None = None) -> int:
             "exporter folds BatchNorm into the convolution weights (scaling each output channel by",
             "gamma/sigma), so *global* magnitude ranking sees different magnitudes on the ONNX path than on",
             "the torch path and keeps different weights: one-shot, the two paths' accuracies differ for that",
-            "reason, not because of the runtime (an ONNX file cannot give back the weights before folding).",
-            "lowrank and cluster exist on the ONNX side only so far.",
+            "reason, not because of the runtime (an ONNX file cannot give back the weights before folding);",
+            "which path wins depends on the scope (global or per layer) and the sparsity.",
+            "On the torch path, lowrank and cluster fine-tune by default; here they do not (finetune=none).",
             f"Machine load (1-minute load average) {load_before:.1f} before and {load_after:.1f} after the run:",
             "other jobs shared the 2 cores, so absolute times are noisy; rows of one model ran back to back.",
         ]
     )
-    command = "python benchmarks/onnx.py" + (" --quick" if args.quick else "")
+    command = "python benchmarks/onnx_path.py" + (" --quick" if args.quick else "")
     path = write_section("onnx", command, body)
     print(body)
     print(f"written to {path}")
