@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from . import QuantizeConfig
 
 
-#: Up to this many layers, ``auto`` computes the sensitivity of a dynamic/weight-only model that
-#: needed no float layer anyway (for the report and plot); static models always get it (cheap).
-CHEAP_LAYERS = 16
+#: Up to this many layers, ``auto`` computes the per-layer sensitivity (for the report and plot) even
+#: when no layer had to stay float; above it, only when the fallback needs the ranking.
+CHEAP_LAYERS = 24
 
 
 @dataclass
@@ -198,15 +198,14 @@ def _search(
             f"sensitivity {sens.get(n, float('nan')):.3g} (rank {ranked.index(n) + 1} of {len(ranked)}): "
             f"kept float to meet {constraint}"
         )
-    if not sens and (best.mode == "static" or len(_layers(best.mode, prepared, fixed)) <= CHEAP_LAYERS):
-        # Nothing had to stay float; the sensitivity is still worth a plot when it is cheap: static
-        # variants are graph surgery, dynamic and weight-only ones a re-quantization per layer.
+    if not sens and len(_layers(best.mode, prepared, fixed)) <= CHEAP_LAYERS:
+        # Nothing had to stay float; the sensitivity is still worth a plot when it is cheap.
         sens = _sensitivity(best, src, prepared, ctx, cfg, fixed, scorer, scratch)
         sensitivities[best.mode] = sens
     elif not sens:
         notes.append(
-            f"no layer had to stay float; per-layer sensitivity of mode {best.mode} was not computed "
-            f"(one re-quantization per layer for more than {CHEAP_LAYERS} layers)"
+            f"no layer had to stay float; per-layer sensitivity was not computed (one model evaluation per "
+            f"layer, more than {CHEAP_LAYERS} layers)"
         )
     _plot(ctx, sensitivities, best, label)
     ctx.info["mode"] = best.mode
