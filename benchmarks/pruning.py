@@ -238,9 +238,11 @@ def reading(accs: dict[str, list[float]], n_test: int) -> str:
     spread = max((max(v) - min(v)) * 100 for v in accs.values())
     sample = 100 / n_test
     best = max(means, key=lambda n: means[n])
+    seeds = min(len(v) for v in accs.values())
+    noise = f", while one recipe's own seeds differ by up to {spread:.2f} pt" if seeds > 1 else " (one seed)"
     return (
         f"\nReading: the three recipes end {gap:.2f} pt apart on the mean ({gap / sample:.1f} test samples of "
-        f"{n_test}; best: {best}), while one recipe's own seeds differ by up to {spread:.2f} pt. On this easy "
+        f"{n_test}; best: {best}){noise}. On this easy "
         "dataset with a near-perfect teacher the recovery method changes little; the speed comes from the "
         "architecture, which all three share (the same channel counts)."
     )
