@@ -89,12 +89,33 @@ def set_array(tensor: Any, array: np.ndarray) -> None:
 
 @dataclass
 class WeightUse:
-    """One weight initializer and the first node that uses it as its weight."""
+    """One weight initializer and the first node that uses it as its weight.
+
+    ``channel_axis`` is the axis of the weight that indexes the node's output channels (``Conv``: 0,
+    ``ConvTranspose``: 1, ``Gemm``: 1, or 0 with ``transB=1``, ``MatMul``: the last axis of a constant
+    second operand, the second last of a constant first operand): the axis a per-output-channel scale
+    such as a folded BatchNorm multiplies.
+    """
 
     name: str
     node: str
     op_type: str
     shape: tuple[int, ...]
+    channel_axis: int = 0
+
+
+def _channel_axis(node: Any, index: int, rank: int) -> int:
+    """The output-channel axis (non-negative) of the weight at input ``index`` of ``node``."""
+    trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+    if node.op_type in ("ConvTranspose",):
+        return 1
+    if node.op_type in ("Gemm", "FusedGemm"):
+        return 0 if trans_b else 1
+    if node.op_type in ("MatMul", "FusedMatMul"):
+        if index == 0:  # W @ x: the rows of W are the outputs
+            return rank - 2
+        return rank - 2 if trans_b else rank - 1
+    return 0
 
 
 def weight_initializers(model: onnx.ModelProto, op_types: set[str] | None = None) -> list[WeightUse]:
@@ -120,7 +141,15 @@ def weight_initializers(model: onnx.ModelProto, op_types: set[str] | None = None
             if t is None or name in seen or t.data_type not in FLOAT_TYPES or len(t.dims) < 2:
                 continue
             seen.add(name)
-            out.append(WeightUse(name, node.name or f"{node.op_type}_{i}", node.op_type, tuple(t.dims)))
+            out.append(
+                WeightUse(
+                    name,
+                    node.name or f"{node.op_type}_{i}",
+                    node.op_type,
+                    tuple(t.dims),
+                    _channel_axis(node, idx, len(t.dims)),
+                )
+            )
             break
     return out
 

@@ -7,6 +7,11 @@ masks held; at the end the masks are made permanent (``prune.remove``), so saved
 carry real zeros. Dense runtimes gain no speed from these zeros; files compress better (see the
 ``size (zipped)`` row of the report) and the sparse-execution technique turns them into speed.
 
+Scores: ``score=normalized`` (default) ranks ``|w| / rms(output channel) / sqrt(fan_in)``, magnitudes
+brought to the He-initialisation scale; it ignores per-output-channel scales, so a model and its
+ONNX export with BatchNorm folded into the convolutions lose the same weights. ``score=magnitude``
+ranks raw ``|w|`` (the classic rule; on a BN-folded ONNX graph it ranks the folded scales too).
+
 ONNX models (``model=onnx``) are pruned on their Conv/Gemm/MatMul weight initializers by
 :mod:`slimkit.plugins.onnx.prune`, with the same counts, one-shot and without fine-tuning.
 """
@@ -42,6 +47,9 @@ class MagnitudePruneConfig(TechniqueConfig):
     lr, batch_size: fine-tuning learning rate (SGD, cosine) and batch size.
     layer_types: module class names whose ``weight`` is pruned.
     ignored_layers: module names kept dense (e.g. ``stem.0``, ``fc``).
+    score: ``normalized`` (default): ``|w|`` divided by the root mean square of its output channel
+        and by ``sqrt(fan_in)``, blind to per-channel scales such as BatchNorm folded into an ONNX
+        graph, so torch and ONNX models prune alike; ``magnitude``: raw ``|w|``.
     pattern: ``unstructured`` (default), or ``2:4``: in every group of 4 consecutive weights along
         the input dimension (input channels of a convolution, per kernel position) the 2 largest are
         kept, the semi-structured sparsity that NVIDIA's sparse tensor cores run (``target=cuda
@@ -51,6 +59,7 @@ class MagnitudePruneConfig(TechniqueConfig):
 
     sparsity: float = 0.5
     scope: str = "global"
+    score: str = "normalized"
     steps: int = 3
     schedule: str = "cubic"
     finetune_epochs: int = 1
@@ -68,6 +77,7 @@ class MagnitudePruneConfig(TechniqueConfig):
                 f"pattern=2:4 keeps 2 of every 4 weights, so sparsity={self.sparsity} cannot hold; set sparsity=0.5"
             )
         check_choice("scope", self.scope, ("global", "layer"))
+        check_choice("score", self.score, ("normalized", "magnitude"))
         check_choice("schedule", self.schedule, ("cubic", "linear"))
         if self.steps < 1:
             raise ConfigError(f"steps={self.steps} must be >= 1; use 1 for one-shot pruning")
@@ -112,19 +122,43 @@ def select_layers(model: Any, layer_types: list[str], ignored: list[str]) -> lis
     return layers
 
 
-def apply_masks(layers: list[tuple[str, Any]], sparsity: float, scope: str) -> None:
-    """Mask the smallest-magnitude weights so that the chosen layers reach ``sparsity``.
+def channel_axis(module: Any) -> int:
+    """The axis of ``module.weight`` indexing output channels (1 for transposed convolutions, else 0)."""
+    return 1 if "ConvTranspose" in type(module).__name__ else 0
 
-    Already-masked weights are zero and are therefore pruned first: masks only grow.
+
+def weight_scores(module: Any, score: str) -> Any:
+    """Flat pruning scores of ``module.weight``: ``|w|``, or for ``normalized`` ``|w| / rms(channel) /
+    sqrt(fan_in)`` in float64 (the rule of :func:`slimkit.plugins.onnx.prune.normalized_scores`)."""
+    import torch
+
+    a = module.weight.detach().abs()
+    if score != "normalized":
+        return a.flatten()
+    a = a.double()
+    if a.dim() < 2:
+        rms = a.pow(2).mean().sqrt()
+        return (a / rms if rms > 0 else a).flatten()
+    axis = channel_axis(module)
+    rms = a.pow(2).mean(dim=tuple(d for d in range(a.dim()) if d != axis), keepdim=True).sqrt()
+    fan_in = a.numel() // a.shape[axis]
+    out = torch.where(rms > 0, a / (rms * fan_in**0.5), torch.zeros((), dtype=a.dtype))
+    return out.flatten()
+
+
+def apply_masks(layers: list[tuple[str, Any]], sparsity: float, scope: str, score: str = "magnitude") -> None:
+    """Mask the lowest-scoring weights (:func:`weight_scores`) so that the chosen layers reach ``sparsity``.
+
+    Already-masked weights are zero and score zero, so they are pruned first: masks only grow.
     """
     import torch
     from torch.nn.utils import prune
 
-    weights = [m.weight.detach().abs().flatten() for _, m in layers]
+    weights = [weight_scores(m, score) for _, m in layers]
     if scope == "global":
         flat = torch.cat(weights)
         k = int(round(sparsity * flat.numel()))
-        mask = torch.ones_like(flat)
+        mask = torch.ones_like(flat, dtype=torch.float32)
         if k > 0:
             mask[torch.argsort(flat, stable=True)[:k]] = 0
         masks = torch.split(mask, [w.numel() for w in weights])
@@ -132,14 +166,14 @@ def apply_masks(layers: list[tuple[str, Any]], sparsity: float, scope: str) -> N
         masks = []
         for w in weights:
             k = int(round(sparsity * w.numel()))
-            mk = torch.ones_like(w)
+            mk = torch.ones_like(w, dtype=torch.float32)
             if k > 0:
                 mk[torch.argsort(w, stable=True)[:k]] = 0
             masks.append(mk)
     for (_, module), mk in zip(layers, masks, strict=True):
         if prune.is_pruned(module):
             prune.remove(module, "weight")
-        prune.custom_from_mask(module, "weight", mk.view_as(module.weight))
+        prune.custom_from_mask(module, "weight", mk.view_as(module.weight).to(module.weight.dtype))
 
 
 def nm_mask(weight: Any, n: int = 2, m: int = 4) -> Any:
@@ -248,7 +282,7 @@ class MagnitudePrune(Technique):
             if cfg.pattern == "2:4":
                 apply_nm_masks(layers, 2, 4)
             else:
-                apply_masks(layers, target, cfg.scope)
+                apply_masks(layers, target, cfg.scope, cfg.score)
             if cfg.finetune_epochs:
                 fit(
                     model,
@@ -270,7 +304,7 @@ class MagnitudePrune(Technique):
         ctx.artifacts["sparsity_plot"] = sparsity_plot(
             per_layer,
             ctx.work_dir / "layer_sparsity.png",
-            f"{cfg.scope} magnitude pruning to {cfg.sparsity:.0%} ({cfg.steps} steps)",
+            f"{cfg.scope} magnitude pruning ({cfg.score}) to {cfg.sparsity:.0%} ({cfg.steps} steps)",
         )
         return model
 

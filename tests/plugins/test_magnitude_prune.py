@@ -71,7 +71,7 @@ def assert_permanent(model: nn.Module) -> None:
 
 def test_config_defaults() -> None:
     cfg = MagnitudePruneConfig()
-    assert (cfg.sparsity, cfg.scope, cfg.steps, cfg.schedule) == (0.5, "global", 3, "cubic")
+    assert (cfg.sparsity, cfg.scope, cfg.score, cfg.steps, cfg.schedule) == (0.5, "global", "normalized", 3, "cubic")
     assert cfg.layer_types == ["Conv2d", "Linear"] and cfg.ignored_layers == []
 
 
@@ -83,6 +83,7 @@ def test_config_defaults() -> None:
         ({"sparsity": 1.0}, r"^sparsity=1\.0 is outside"),
         ({"steps": 0}, r"^steps=0 must be >= 1; use 1 for one-shot pruning$"),
         ({"scope": "x"}, r"^scope='x' is not one of \['global', 'layer'\]"),
+        ({"score": "l2"}, r"^score='l2' is not one of \['normalized', 'magnitude'\]"),
         ({"schedule": "exp"}, r"^schedule='exp' is not one of \['cubic', 'linear'\]"),
         ({"finetune_epochs": -1}, r"^finetune_epochs=-1 must be >= 0"),
         ({"lr": 0.0}, r"^lr=0\.0 is outside \(0\.0, 10\.0\)"),
@@ -131,10 +132,19 @@ def test_global_pruning_hits_the_exact_sparsity(sparsity: float, tmp_path: Path)
     assert len({round(v, 6) for v in per_layer.values()}) > 1
 
 
-def test_global_pruning_removes_the_smallest_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("score", ["magnitude", "normalized"])
+def test_global_pruning_removes_the_lowest_scores(tmp_path: Path, score: str) -> None:
     original = mlp()
-    before = torch.cat([w.flatten().abs() for w in weights(original).values()])
-    model = prune(mlp(), context(tmp_path, vector_data()), sparsity=0.5, steps=1)
+    if score == "magnitude":
+        before = torch.cat([w.flatten().abs() for w in weights(original).values()])
+    else:  # |w| / rms(output row) / sqrt(fan_in)
+        before = torch.cat(
+            [
+                (w.abs() / w.pow(2).mean(1, keepdim=True).sqrt() / w.shape[1] ** 0.5).flatten()
+                for w in weights(original).values()
+            ]
+        )
+    model = prune(mlp(), context(tmp_path, vector_data()), sparsity=0.5, steps=1, score=score)
     after = torch.cat([w.flatten() for w in weights(model).values()])
     kept = before[after != 0]
     dropped = before[after == 0]
@@ -151,6 +161,26 @@ def test_layer_pruning_hits_the_exact_sparsity_in_every_layer(tmp_path: Path) ->
     assert_permanent(model)
     assert [h["step"] for h in ctx.info["schedule"]] == [1, 2, 3]
     assert ctx.info["schedule"][-1]["sparsity"] == pytest.approx(0.7)
+
+
+def test_normalized_score_ignores_output_channel_scales(tmp_path: Path) -> None:
+    """Scaling each output channel (as a folded BatchNorm does) changes raw global magnitude
+    pruning but not ``score=normalized``: the same weights go."""
+    scaled = mlp()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for w in weights(scaled).values():
+            w.mul_(torch.empty(w.shape[0], 1).uniform_(0.05, 20, generator=gen))
+
+    def zero_pattern(model: nn.Module, score: str, sub: str) -> list[torch.Tensor]:
+        (tmp_path / sub).mkdir()
+        pruned = prune(model, context(tmp_path / sub, vector_data()), sparsity=0.6, steps=2, score=score)
+        return [w == 0 for w in weights(pruned).values()]
+
+    plain, folded = zero_pattern(mlp(), "normalized", "a"), zero_pattern(scaled, "normalized", "b")
+    assert all(torch.equal(a, b) for a, b in zip(plain, folded, strict=True))
+    raw_plain, raw_folded = zero_pattern(mlp(), "magnitude", "c"), zero_pattern(scaled, "magnitude", "d")
+    assert not all(torch.equal(a, b) for a, b in zip(raw_plain, raw_folded, strict=True))
 
 
 def test_zero_sparsity_changes_nothing(tmp_path: Path) -> None:

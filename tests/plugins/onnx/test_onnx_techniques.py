@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx_testlib import mlp_graph, random_splits, save, stage_ctx, torch_mlp
 
-from slimkit.core import ConfigError, TechniqueError
+from slimkit.core import ConfigError, DataSplits, TechniqueError
 from slimkit.plugins.onnx import graph as g
 from slimkit.plugins.onnx.adapter import OnnxAdapter
 from slimkit.plugins.onnx.cluster import kmeans_1d
@@ -31,13 +31,25 @@ def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 # -- magnitude pruning ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scope", ["global", "layer"])
-def test_prune_exact_counts_and_input_untouched(tmp_path: Path, scope: str) -> None:
+@pytest.mark.parametrize(
+    ("scope", "score"), [("global", "magnitude"), ("layer", "magnitude"), ("global", "normalized")]
+)
+def test_prune_exact_counts_and_input_untouched(tmp_path: Path, scope: str, score: str) -> None:
+    from slimkit.plugins.onnx.prune import normalized_scores
+
     adapter = OnnxAdapter()
     model = _load(adapter, mlp_graph(), tmp_path / "m.onnx")
+    axes = {w.name: w.channel_axis for w in g.weight_initializers(model)}
     before = _weights(model)
     ctx = stage_ctx(tmp_path)
-    cfg = MagnitudePruneConfig(technique="magnitude_prune", sparsity=0.7, scope=scope, steps=3, finetune_epochs=2)
+    cfg = MagnitudePruneConfig(
+        technique="magnitude_prune",
+        sparsity=0.7,
+        scope=scope,
+        score=score,
+        steps=3 if score == "magnitude" else 1,  # normalized steps re-normalise between them
+        finetune_epochs=2,
+    )
     pruned = MagnitudePrune(cfg).apply(adapter.copy(model), adapter, ctx)
     after = _weights(pruned)
     total = sum(w.size for w in before.values())
@@ -46,8 +58,10 @@ def test_prune_exact_counts_and_input_untouched(tmp_path: Path, scope: str) -> N
     if scope == "layer":
         for name, w in after.items():
             assert int((w == 0).sum()) == round(0.7 * w.size), name
-    else:  # global: every kept weight is at least as large as every pruned one
-        flat_b = np.concatenate([np.abs(w).ravel() for w in before.values()])
+    else:  # global: every kept weight scores at least as high as every pruned one
+        flat_b = np.concatenate(
+            [(np.abs(w) if score == "magnitude" else normalized_scores(w, axes[n])).ravel() for n, w in before.items()]
+        )
         flat_a = np.concatenate([w.ravel() for w in after.values()])
         assert flat_b[flat_a != 0].min() >= flat_b[flat_a == 0].max()
     for name, w in after.items():  # kept weights are unchanged
@@ -89,6 +103,48 @@ def test_prune_matches_the_torch_side(tmp_path: Path, mlp_onnx: Path) -> None:
         np.testing.assert_array_equal(w == 0, torch_w[name] == 0)
     x = data.test.example(8)
     np.testing.assert_allclose(adapter.predict(omodel, x), TorchAdapter().predict(tmodel, x), atol=1e-5)
+
+
+def test_channel_axes_and_normalized_masks_ignore_channel_scales() -> None:
+    """MatMul weights [in, out] scale along axis 1, Gemm transB=1 weights [out, in] along axis 0;
+    normalized masks are the same after any positive per-output-channel scaling (a folded BatchNorm)."""
+    from slimkit.plugins.onnx.prune import magnitude_masks
+
+    model = mlp_graph()
+    axes = {w.name: w.channel_axis for w in g.weight_initializers(model)}
+    assert axes == {"w1": 1, "w2": 0}
+    arrays = [_weights(model)["w1"], _weights(model)["w2"]]
+    rng = np.random.default_rng(1)
+    scaled = [arrays[0] * rng.uniform(0.01, 100, (1, 256)), arrays[1] * rng.uniform(0.01, 100, (10, 1))]
+    for scope in ("global", "layer"):
+        plain = magnitude_masks(arrays, 0.6, scope, "normalized", [1, 0])
+        folded = magnitude_masks([a.astype(np.float32) for a in scaled], 0.6, scope, "normalized", [1, 0])
+        for a, b in zip(plain, folded, strict=True):
+            np.testing.assert_array_equal(a, b)
+    raw = magnitude_masks(arrays, 0.6, "global", "magnitude")
+    raw_scaled = magnitude_masks(scaled, 0.6, "global", "magnitude")
+    assert any((a != b).any() for a, b in zip(raw, raw_scaled, strict=True))  # raw magnitudes see the scales
+
+
+def test_prune_bn_folded_export_loses_the_same_weights(tmp_path: Path, cnn_onnx: Path, digits8: DataSplits) -> None:
+    """digits_cnn pruned in torch, and its export (BatchNorm folded into the convolutions) pruned as
+    ONNX: the same weights become zero and the predictions agree (default score=normalized)."""
+    from slimkit.plugins.torch import zoo
+    from slimkit.plugins.torch.adapter import TorchAdapter
+
+    cfg = MagnitudePruneConfig(technique="magnitude_prune", sparsity=0.5, steps=1, finetune_epochs=0)
+    (tmp_path / "t").mkdir()
+    tmodel = MagnitudePrune(cfg).apply(zoo.digits_cnn(), TorchAdapter(), stage_ctx(tmp_path / "t", digits8))
+    adapter = OnnxAdapter()
+    omodel = MagnitudePrune(cfg).apply(adapter.load({"path": str(cnn_onnx)}), adapter, stage_ctx(tmp_path, digits8))
+    torch_zero = [m.weight.detach().numpy() == 0 for m in tmodel.modules() if type(m).__name__ in ("Conv2d", "Linear")]
+    onnx_zero = [w == 0 for w in _weights(omodel).values()]
+    assert [z.shape for z in onnx_zero] == [z.shape for z in torch_zero]
+    for a, b in zip(onnx_zero, torch_zero, strict=True):
+        assert (a == b).mean() > 0.999  # float rounding of the folded scales may swap a pair at the threshold
+    x = digits8.test.example(64)
+    agree = (adapter.predict(omodel, x).argmax(1) == TorchAdapter().predict(tmodel, x).argmax(1)).mean()
+    assert agree >= 0.98
 
 
 def test_prune_ignored_layers(tmp_path: Path) -> None:
