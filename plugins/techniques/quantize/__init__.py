@@ -180,6 +180,7 @@ class Quantize(Technique):
         cfg: QuantizeConfig = self.config  # type: ignore[assignment]
         work = Path(ctx.work_dir)
         notes: list[str] = []
+        cfg = follow_target(cfg, ctx.target_name, notes)
         qat = None
         if cfg.mode == "qat":
             from .qat import train_qat
@@ -260,6 +261,49 @@ class Quantize(Technique):
         ctx.info["ops"] = counts
         ctx.metrics["quantized_layers"] = float(len(ort.quantized_nodes(out)))
         return out
+
+
+def follow_target(cfg: QuantizeConfig, target: str, notes: list[str]) -> QuantizeConfig:
+    """``cfg`` adapted to what ``target`` runs (:func:`slimkit.core.quant_preferences`).
+
+    A target that measures (the CPU) leaves ``cfg`` as it is: ``auto`` times every mode there. A
+    target that dictates its format (an NPU: static QDQ, uint8/uint16 activations, int8 weights)
+    restricts ``auto`` to its modes and refuses, with one line, a mode or width it cannot run.
+    """
+    from dataclasses import replace
+
+    from slimkit.core import PluginError, TargetError, quant_preferences, target_capabilities
+
+    try:
+        prefs = quant_preferences(target_capabilities(target))
+    except PluginError:  # an unknown target is reported by the pipeline, not here
+        return cfg
+    allowed = list(prefs["modes"])
+    if prefs["measure"] or not allowed:
+        return cfg
+    runs = ", ".join(f"mode={m}" for m in allowed)
+    if cfg.mode in PTQ_MODES and cfg.mode not in allowed:
+        raise TargetError(
+            f"target={target} cannot run mode={cfg.mode} quantization (it runs {prefs['format']} only); "
+            f"use {runs} or mode=auto"
+        )
+    widths = sorted({b for b in (_bits(t) for t in prefs["activation_types"]) if b})
+    if widths and cfg.activation_bits not in widths:
+        raise TargetError(
+            f"target={target} cannot run {cfg.activation_bits}-bit activations (it runs "
+            f"{', '.join(prefs['activation_types'])}); use activation_bits={widths[0]}"
+        )
+    if cfg.mode == "auto":
+        modes = [m for m in cfg.modes if m in allowed] or allowed
+        if modes != list(cfg.modes):
+            notes.append(f"target={target} runs {prefs['format']} only: auto tries {modes}, not {list(cfg.modes)}")
+        cfg = replace(cfg, modes=modes)
+    return cfg
+
+
+def _bits(element_type: str) -> int | None:
+    digits = "".join(ch for ch in element_type if ch.isdigit())
+    return int(digits) if digits else None
 
 
 def _record(ctx: StageContext, notes: list[str]) -> None:

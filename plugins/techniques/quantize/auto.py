@@ -1,17 +1,20 @@
 """``mode=auto``: the fastest quantized model, measured on this target, that keeps the accuracy budget.
 
-1. Every PTQ mode in ``modes`` that applies is built in full and *timed* here with the CPU target's
-   helpers (``ort_session``, ``ort_feed``, ``time_runs``) at ``latency_batches``: ORT's dynamic int8
-   runs convolutions several times slower than float on x86, static QDQ can lose to dynamic on
-   transformer encoders; no rule gets this right on every model and CPU, a measurement does.
-2. Modes are tried fastest first. A mode whose full quantization meets the constraint
-   (``max_accuracy_drop`` points on labelled validation data, else mean output cosine ``min_fidelity``)
-   is taken as it is. Otherwise its layers are ranked by sensitivity (``1 - cosine`` with only that
-   layer quantized) and the most sensitive are kept in float, one more at a time, up to
-   ``max_float_fraction`` of them, until the constraint holds; the mixed model is timed again.
-3. A slower mode is only tried while its full quantization is not slower than the best model found
-   (beyond ``latency_tolerance``, the timing noise), so the search returns the fastest model that
-   passes, not the first; among equally fast ones, the smallest file.
+1. Every PTQ mode in ``modes`` that applies is built in full (static QDQ twice: per-channel and
+   per-tensor weights, which take different int8 kernels) and *timed* here with the CPU target's
+   helpers (``ort_session``, ``ort_feed``, ``time_runs``) at ``latency_batches``, in interleaved rounds:
+   ORT's dynamic int8 runs convolutions several times slower than float on x86, static QDQ can lose
+   to dynamic on transformer encoders; no rule gets this right on every model and CPU, a measurement
+   does. A target that dictates its format (an NPU) leaves only its modes (see ``follow_target``).
+2. The fastest full candidate that meets the constraint (``max_accuracy_drop`` points on labelled
+   validation data, else mean output cosine ``min_fidelity``) is the one to beat. A candidate that
+   misses it is searched further only when it is faster than that (keeping layers float only slows
+   a model down): its layers are ranked by sensitivity (``1 - cosine`` of the output on
+   ``SENSITIVITY_SAMPLES`` validation samples with only that layer quantized) and the most
+   sensitive are kept in float, one more at a time, up to ``max_float_fraction`` of them, until the
+   constraint holds; the mixed model is timed again beside the float one.
+3. Among candidates within ``latency_tolerance`` (the timing noise) of each other the smaller file
+   wins, so the search returns the fastest model that passes, not the first.
 
 When nothing passes, the best candidate (highest score) is written to ``best_candidate.onnx`` in the
 stage directory and the stage fails with one line naming the constraint and the candidate's numbers.
@@ -20,7 +23,7 @@ stage directory and the stage fails with one line naming the constraint and the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +40,9 @@ if TYPE_CHECKING:
 #: Up to this many layers, ``auto`` computes the per-layer sensitivity (for the report and plot) even
 #: when no layer had to stay float; above it, only when the fallback needs the ranking.
 CHEAP_LAYERS = 24
+#: Per-layer sensitivity is the output error (``1 - cosine``) on this many validation samples: a
+#: ranking needs the relative error of the layers, not a full evaluation of each variant.
+SENSITIVITY_SAMPLES = 64
 
 
 @dataclass
@@ -48,10 +54,18 @@ class Candidate:
     score: Score
     latency_ms: float = math.inf
     float_layers: list[str] = field(default_factory=list)
+    per_channel: bool | None = None
+
+    def label(self) -> str:
+        """The mode, with the weight granularity for static QDQ."""
+        if self.mode != "static" or self.per_channel is None:
+            return self.mode
+        return f"static ({'per-channel' if self.per_channel else 'per-tensor'} weights)"
 
     def row(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
+            "per_channel": self.per_channel,
             "float_layers": len(self.float_layers),
             "latency_ms": self.latency_ms,
             "accuracy": self.score.accuracy,
@@ -132,11 +146,21 @@ def _search(
         except TechniqueError as exc:
             notes.append(f"mode {mode} skipped: {exc}")
             continue
-        full[mode] = Candidate(mode, model, scorer.score(scratch / f"{mode}.onnx"))
+        full[mode] = Candidate(mode, model, scorer.score(scratch / f"{mode}.onnx"), per_channel=_per_channel(mode, cfg))
+        if mode == "static" and cfg.per_channel and cfg.weight_bits == 8:
+            # Per-tensor weights take other int8 kernels: faster on wide MatMuls at batch 1, slower on
+            # small convolutions here. Which one wins is measured like the modes.
+            ctx.progress("quantize (static, per-tensor weights)", 0, None)
+            flat = replace(cfg, per_channel=False)
+            path = scratch / "static_per_tensor.onnx"
+            model = quantize_mode(mode, src, path, prepared, ctx, flat, fixed)
+            full["static per-tensor"] = Candidate(mode, model, scorer.score(path), per_channel=False)
     if not full:
         raise TechniqueError(f"no quantization mode of {list(cfg.modes)} applies to this model ({'; '.join(notes)})")
     ctx.progress("time the float model and every mode", 0, None)
-    measured = measure_latencies([src] + [scratch / f"{m}.onnx" for m in full], ctx, cfg)
+    paths = {"static": "static.onnx", "dynamic": "dynamic.onnx", "weight_only": "weight_only.onnx"}
+    files = [scratch / paths.get(k, "static_per_tensor.onnx") for k in full]
+    measured = measure_latencies([src, *files], ctx, cfg)
     float_latency = measured[0]
     for cand, lat in zip(full.values(), measured[1:], strict=True):
         cand.latency_ms = lat
@@ -153,15 +177,23 @@ def _search(
 
     tried: list[Candidate] = list(full.values())
     best: Candidate | None = None
+    for cand in full.values():  # the full candidates that pass need no search
+        if ok(cand.score) and better(cand, best):
+            best = cand
     sensitivities: dict[str, dict[str, float]] = {}
     for cand in sorted(full.values(), key=lambda c: c.latency_ms):
-        if best is not None and cand.latency_ms > best.latency_ms * (1 + tol):
-            break
-        found = cand if ok(cand.score) else None
-        if found is None:
-            found, attempts, sens = _fallback(cand, src, prepared, ctx, cfg, fixed, scorer, ok, scratch, float_latency)
-            tried += attempts
-            sensitivities[cand.mode] = sens
+        if ok(cand.score):
+            continue
+        if best is not None and cand.latency_ms >= best.latency_ms * (1 - tol):
+            # Keeping layers float only makes a model slower: this one cannot beat the best that passes.
+            notes.append(
+                f"{cand.label()} misses the budget ({cand.score.text()}) and is not faster than "
+                f"{best.label()} ({cand.latency_ms:.3f} vs {best.latency_ms:.3f} ms): no mixed precision search"
+            )
+            continue
+        found, attempts, sens = _fallback(cand, src, prepared, ctx, cfg, fixed, scorer, ok, scratch, float_latency)
+        tried += attempts
+        sensitivities[cand.label()] = sens
         if found is not None and better(found, best):
             best = found
 
@@ -191,7 +223,7 @@ def _search(
     label = {n.name: n.layer for n in ort.quantizable_nodes(prepared)}  # node name -> layer name
     reasons = {n: "excluded by config" for n in exclude}
     reasons.update({n: "attention-mask path (huge constant): kept float by fix_masks" for n in masked})
-    sens = sensitivities.get(best.mode) or {}
+    sens = sensitivities.get(best.label()) or {}
     ranked = sorted(sens, key=lambda n: -sens[n])
     for n in best.float_layers:
         reasons[n] = (
@@ -201,7 +233,7 @@ def _search(
     if not sens and len(_layers(best.mode, prepared, fixed)) <= CHEAP_LAYERS:
         # Nothing had to stay float; the sensitivity is still worth a plot when it is cheap.
         sens = _sensitivity(best, src, prepared, ctx, cfg, fixed, scorer, scratch)
-        sensitivities[best.mode] = sens
+        sensitivities[best.label()] = sens
     elif not sens:
         notes.append(
             f"no layer had to stay float; per-layer sensitivity was not computed (one model evaluation per "
@@ -209,6 +241,8 @@ def _search(
         )
     _plot(ctx, sensitivities, best, label)
     ctx.info["mode"] = best.mode
+    if best.per_channel is not None:
+        ctx.info["per_channel"] = best.per_channel
     ctx.info["float_layers"] = {label.get(n, n): why for n, why in reasons.items()}
     ctx.info["sensitivity"] = {label.get(n, n): v for n, v in sens.items()}
     ctx.metrics["float_layers"] = float(len(best.float_layers) + len(exclude))
@@ -219,6 +253,10 @@ def _search(
         ctx.metrics["val_accuracy"] = best.score.accuracy
         ctx.metrics["val_accuracy_drop"] = float(best.score.drop or 0.0)
     return best.model
+
+
+def _per_channel(mode: str, cfg: QuantizeConfig) -> bool | None:
+    return cfg.per_channel if mode == "static" else None
 
 
 def _layers(mode: str, prepared: Any, fixed: list[str]) -> list[str]:
@@ -251,7 +289,8 @@ def _sensitivity(
     def only(name: str) -> Any:
         return _variant(cand, [n for n in layers if n != name], src, prepared, ctx, cfg, fixed)
 
-    return layer_sensitivity(layers, only, scorer, lambda t, c, n: ctx.progress(f"{t} ({cand.mode})", c, n))
+    quick = scorer.subset(SENSITIVITY_SAMPLES)
+    return layer_sensitivity(layers, only, quick, lambda t, c, n: ctx.progress(f"{t} ({cand.label()})", c, n))
 
 
 def _fallback(
@@ -274,14 +313,16 @@ def _fallback(
     for k in range(1, limit + 1):
         ctx.progress(f"mixed precision ({cand.mode})", k, limit)
         model = _variant(cand, ranked[:k], src, prepared, ctx, cfg, fixed)
-        attempt = Candidate(cand.mode, model, scorer.score(model), float_layers=ranked[:k])
+        attempt = Candidate(
+            cand.mode, model, scorer.score(model), float_layers=ranked[:k], per_channel=cand.per_channel
+        )
         attempts.append(attempt)
         if ok(attempt.score):
             from . import ort
 
             # Timed beside the float model and rescaled to its earlier timing: a fair comparison
             # with the full candidates even if the machine's load changed meanwhile.
-            path = ort.save(model, scratch / f"{cand.mode}_mixed.onnx")
+            path = ort.save(model, scratch / f"{cand.mode}_{cand.per_channel}_mixed.onnx")
             now_float, now_mixed = measure_latencies([src, path], ctx, cfg)
             attempt.latency_ms = now_mixed * float_latency / now_float
             return attempt, attempts, sens
@@ -291,7 +332,7 @@ def _fallback(
 def _plot(
     ctx: StageContext, sensitivities: dict[str, dict[str, float]], chosen: Candidate, label: dict[str, str]
 ) -> None:
-    sens = sensitivities.get(chosen.mode)
+    sens = sensitivities.get(chosen.label())
     if not sens:
         return
     path = Path(ctx.work_dir) / "sensitivity.png"
@@ -299,6 +340,6 @@ def _plot(
         {label.get(n, n): v for n, v in sens.items()},
         {label.get(n, n) for n in chosen.float_layers},
         path,
-        f"per-layer sensitivity, mode={chosen.mode}; {len(chosen.float_layers)} of {len(sens)} layers kept float",
+        f"per-layer sensitivity, {chosen.label()}; {len(chosen.float_layers)} of {len(sens)} layers kept float",
     )
     ctx.artifacts["sensitivity_plot"] = path

@@ -57,6 +57,19 @@ class Scorer:
         self.labels = split.labels
         self.accuracy = self._accuracy(self.reference)
 
+    def subset(self, samples: int) -> Scorer:
+        """A scorer on the first ``samples`` samples of the split, sharing this one's reference outputs."""
+        if samples >= len(self.split):
+            return self
+        out = object.__new__(Scorer)
+        out.split = self.split.take(samples)
+        out.threads, out.batch_size = self.threads, self.batch_size
+        out.inputs, out.mapping = self.inputs, self.mapping
+        out.reference = self.reference[:samples]
+        out.labels = out.split.labels
+        out.accuracy = out._accuracy(out.reference)
+        return out
+
     def outputs(self, path: Path) -> np.ndarray:
         """The first output of the model at ``path`` on the whole split."""
         from slimkit.plugins.targets.cpu import ort_session

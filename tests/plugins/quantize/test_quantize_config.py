@@ -58,7 +58,7 @@ def test_registered_as_builtin_and_entry_point() -> None:
     [
         (["pipeline=quantize", "target.threads=1", "target.batch_sizes=[1,8]"], "auto"),
         (["pipeline=qat"], "qat"),
-        (["technique@pipeline.stages.prune=quantize", "pipeline.stages.prune.mode=static"], "static"),
+        (["pipeline=quantize", "pipeline.stages.quantize.mode=static"], "static"),
     ],
 )
 def test_pipelines_compose(overrides: list[str], mode: str) -> None:

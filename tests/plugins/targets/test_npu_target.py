@@ -7,6 +7,7 @@ accuracy on the whole digits test set is within 0.5 point of the same QDQ model 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -245,14 +246,13 @@ def test_cli_bad_npu_override_exits_2(tmp_path: Path, cli, cli_error) -> None:
 
 @pytest.mark.slow
 def test_quantize_pipeline_on_npu_end_to_end(tmp_path: Path, cli) -> None:
-    """``slimkit pipeline=quantize target=npu``: a static QDQ model, every node on the HTP, validated."""
+    """``slimkit pipeline=quantize target=npu`` (mode=auto): the target's format, every node on the HTP."""
     import json
 
     pytest.importorskip("slimkit.plugins.techniques.quantize")
     proc = cli(
         [
             "pipeline=quantize",
-            "pipeline.stages.quantize.mode=static",
             "model=digits_cnn",
             "target=npu",
             "target.repeats=2",
@@ -272,3 +272,47 @@ def test_quantize_pipeline_on_npu_end_to_end(tmp_path: Path, cli) -> None:
     assert target["validation"]["samples"] == 64 and target["validation"]["top1_agreement"] >= 0.98
     assert report["accuracy_drop"] < 1.0
     assert Path(target["prepared_model"]).is_file()
+    assert set(target) >= {"name", "provider", "nodes_total", "nodes_on_target", "validation"}
+    assert target["name"] == "npu" and {"max_abs_diff", "top1_agreement"} <= set(target["validation"])
+    (stage,) = report["stages"]
+    assert stage["info"]["mode"] == "static"  # auto follows the target: QDQ, never dynamic/weight-only
+    assert any("target=npu runs QDQ only" in n for n in stage["info"]["notes"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("pipeline.stages.quantize.mode=dynamic", "target=npu cannot run mode=dynamic quantization"),
+        ("pipeline.stages.quantize.weight_bits=4", "target=npu cannot run mode=weight_only quantization"),
+    ],
+)
+def test_quantize_format_the_npu_cannot_run_is_one_line(
+    tmp_path: Path, cli, cli_error, override: str, needle: str
+) -> None:
+    """dynamic or int4 weight-only quantization for target=npu: refused before anything is quantized."""
+    pytest.importorskip("slimkit.plugins.techniques.quantize")
+    args = ["pipeline=quantize", "model=digits_cnn", "target=npu", "tracking=none", override]
+    if "weight_bits" in override:
+        args.append("pipeline.stages.quantize.mode=weight_only")
+    proc = cli(args, tmp_path)
+    assert needle in cli_error(proc)
+
+
+def test_quantize_follows_the_npu_preferences() -> None:
+    """auto on npu tries static QDQ only; a mode or activation width the HTP cannot run is one line."""
+    quantize = pytest.importorskip("slimkit.plugins.techniques.quantize")
+    notes: list[str] = []
+    cfg = quantize.follow_target(quantize.QuantizeConfig(technique="quantize"), "npu", notes)
+    assert (cfg.mode, cfg.modes, cfg.activation_bits) == ("auto", ["static"], 8)
+    assert notes and "target=npu runs QDQ only" in notes[0]
+    u16 = quantize.follow_target(quantize.QuantizeConfig(technique="quantize", activation_bits=16), "npu", [])
+    assert u16.modes == ["static"] and u16.activation_bits == 16
+    cpu = quantize.QuantizeConfig(technique="quantize")
+    assert quantize.follow_target(cpu, "cpu", []) is cpu  # the CPU measures every mode
+    for kwargs, needle in [
+        ({"mode": "dynamic"}, "target=npu cannot run mode=dynamic quantization (it runs QDQ only); use mode=static"),
+        ({"mode": "weight_only", "weight_bits": 4}, "target=npu cannot run mode=weight_only quantization"),
+    ]:
+        with pytest.raises(TargetError, match=re.escape(needle)):
+            quantize.follow_target(quantize.QuantizeConfig(technique="quantize", **kwargs), "npu", [])
