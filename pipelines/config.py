@@ -43,6 +43,7 @@ class SlimkitConfig:
     data: Any = None
     target: Any = None
     tracking: Any = None
+    search: Any = None  # pipeline=search only (conf/search/, schema from the search plugin)
 
 
 @dataclass
