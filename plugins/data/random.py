@@ -42,6 +42,9 @@ def input_specs(path: Path) -> list[tuple[str, np.dtype, list[int | str | None]]
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
+        from slimkit.plugins.onnx.io import read_model
+
+        read_model(path, f"data.path={path}")  # raises the one-line error that says what is wrong with the file
         raise DataError(
             f"data.path={path} cannot be read as ONNX ({type(exc).__name__}); give the model's .onnx file"
         ) from exc

@@ -54,7 +54,14 @@ class OnnxAdapter(ModelAdapter):
         source = f"model.path={path}"
         model, external = read_model(Path(path), source)
         self.external_data = bool(cfg.get("external_data", False)) or external
-        session = session_from_path(Path(path), model=model)
+        try:
+            session = session_from_path(Path(path), model=model)
+        except ModelError:
+            # ONNX Runtime's shape inference cannot read shape constants (a Reshape's shape) kept in
+            # external data; with every tensor loaded the same graph loads: retry from memory.
+            if not external or g.tensor_bytes(model) >= g.PROTO_LIMIT:
+                raise
+            session = session_for(model, source=source)
         self._remember(model, session)
         return model
 

@@ -57,6 +57,28 @@ _NOT_WEIGHTS = {
     ("Range", 1),
     ("Range", 2),
     ("ConstantOfShape", 0),
+    # quantization scales and zero points (of activations and weights) are no parameters
+    *((op, i) for op in ("QuantizeLinear", "DequantizeLinear") for i in (1, 2)),
+    *((op, i) for op in ("QLinearConv", "QLinearMatMul") for i in (1, 2, 4, 5, 6, 7)),
+    *((op, i) for op in ("MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul", "MatMulNBits") for i in (2, 3)),
+    *(("MatMulIntegerToFloat", i) for i in (2, 3, 4, 5)),
+    *(("QGemm", i) for i in (1, 2, 4, 5, 7, 8)),
+}
+
+#: Inputs that hold quantized (integer) weights and biases: (op_type, input index).
+_QUANTIZED_WEIGHTS = {
+    ("DequantizeLinear", 0),
+    ("MatMulInteger", 0),
+    ("MatMulInteger", 1),
+    ("ConvInteger", 1),
+    ("QLinearConv", 3),
+    ("QLinearConv", 8),
+    ("QLinearMatMul", 0),
+    ("QLinearMatMul", 3),
+    ("DynamicQuantizeMatMul", 1),
+    ("MatMulIntegerToFloat", 1),
+    ("QGemm", 3),
+    ("QGemm", 6),
 }
 
 
@@ -155,16 +177,21 @@ def weight_initializers(model: onnx.ModelProto, op_types: set[str] | None = None
 
 
 def parameter_initializers(model: onnx.ModelProto) -> list[Any]:
-    """Float initializers that are parameters (weights, biases, norms), not shapes, scalars or ranges."""
+    """Initializers that are parameters: float weights, biases and norms (not shapes, scalars, ranges or
+    quantization scales), and the integer weights and biases of quantized layers (int8 ``MatMulInteger``,
+    ``DequantizeLinear`` inputs ...), so a quantized model has as many parameters as the float one."""
     not_weights: set[str] = set()
+    quantized: set[str] = set()
     for node in model.graph.node:
         for idx, name in enumerate(node.input):
             if (node.op_type, idx) in _NOT_WEIGHTS:
                 not_weights.add(name)
+            elif (node.op_type, idx) in _QUANTIZED_WEIGHTS:
+                quantized.add(name)
     return [
         t
         for t in model.graph.initializer
-        if t.data_type in FLOAT_TYPES and len(t.dims) >= 1 and t.name not in not_weights
+        if len(t.dims) >= 1 and t.name not in not_weights and (t.data_type in FLOAT_TYPES or t.name in quantized)
     ]
 
 

@@ -104,6 +104,18 @@ def test_external_data_round_trip_through_atomic_write(tmp_path: Path) -> None:
     assert not (tmp_path / "single.onnx.data").exists()
 
 
+def test_all_tensors_external_shape_constants_included(tmp_path: Path) -> None:
+    """ONNX Runtime cannot load a file whose Reshape shape lives in external data (its shape inference
+    reads no external tensors); the adapter loads it from memory instead, and it runs."""
+    path = tmp_path / "all_ext.onnx"
+    onnx.save_model(mlp_graph(), str(path), save_as_external_data=True, location="all.bin", size_threshold=0)
+    adapter = OnnxAdapter()
+    model = adapter.load({"path": str(path)})
+    assert adapter.external_data
+    x = {"x": np.ones((3, 64), np.float32)}
+    np.testing.assert_allclose(adapter.predict(model, x), OnnxAdapter().predict(mlp_graph(), x), atol=1e-6)
+
+
 def test_fixed_batch_model_is_run_in_chunks(tmp_path: Path) -> None:
     adapter = OnnxAdapter()
     dynamic = adapter.load({"path": str(save(mlp_graph(), tmp_path / "d.onnx"))})

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 from onnx_testlib import mlp_graph, save
 
-from slimkit.core import DataError, DataSplits, Split
+from slimkit.core import DataError, DataSplits, SlimkitError, Split
 from slimkit.plugins.data import callable as callable_data
 from slimkit.plugins.data import npz, random
 
@@ -137,6 +137,10 @@ def test_random_errors(tmp_path: Path) -> None:
         random.load({"path": str(path), "dims": {"seq": 4}, "shapes": {"other": [3]}}, seed=0)
     with pytest.raises(DataError, match="int_range"):
         random.load({"path": str(path), "dims": {"seq": 4}, "int_range": [5, 5]}, seed=0)
+    # A broken model file: the reader's one-line diagnosis (data is loaded before the model).
+    (tmp_path / "text.onnx").write_text("not a model\n")
+    with pytest.raises(SlimkitError, match=r"data.path=\S+text.onnx is a text file, not an ONNX model; give"):
+        random.load({"path": str(tmp_path / "text.onnx")}, seed=0)
     unnamed = save(mlp_graph(batch=None), tmp_path / "unnamed.onnx")
     data = random.load({"path": str(unnamed), "samples": 10, "distribution": "uniform"}, seed=0)
     assert data.test.inputs["x"].dtype == np.float32 and 0 <= data.test.inputs["x"].min()
