@@ -79,3 +79,59 @@ def test_bad_value_exits_2_with_one_line(tmp_path) -> None:
     assert proc.stderr.strip().splitlines()[-1] == (
         "slimkit: error: pipeline.stages.quantize.weight_bits=3 is not supported; use 8 or 4"
     )
+
+
+def _tiny_onnx(path: Path, conv: bool) -> Path:
+    """An ONNX model for digits (1x8x8 -> 10 scores): Conv + pooling, or weight-free elementwise ops."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if conv:
+        w = numpy_helper.from_array(rng.standard_normal((10, 1, 3, 3)).astype(np.float32), "conv.weight")
+        nodes = [
+            helper.make_node("Conv", ["input", "conv.weight"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("GlobalAveragePool", ["c"], ["p"], name="pool"),
+            helper.make_node("Flatten", ["p"], ["y"], name="flat"),
+        ]
+        inits = [w]
+    else:
+        nodes = [
+            helper.make_node("Relu", ["input"], ["r"], name="relu"),
+            helper.make_node("Flatten", ["r"], ["y"], name="flat"),
+        ]
+        inits = []
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10 if conv else 64])],
+        initializer=inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("conv", "args", "needle"),
+    [
+        (False, [], "the model has nothing to quantize: no Conv/ConvTranspose/MatMul/Gemm node"),
+        (
+            True,
+            ["pipeline.stages.quantize.mode=weight_only", "pipeline.stages.quantize.weight_bits=4"],
+            "mode=weight_only with 4-bit weights quantizes MatMul/Gemm weights",
+        ),
+    ],
+)
+def test_stage_bad_input_is_one_line_failed_run_earlier_artifacts_intact(tmp_path, conv, args, needle) -> None:
+    """Nothing to quantize / int4 where the path cannot do it: exit 2, one line, FAILED, baseline kept."""
+    model = _tiny_onnx(tmp_path / "m.onnx", conv)
+    proc = slimkit(tmp_path, "pipeline=quantize", "model=onnx", f"model.path={model}", "data.size=8", *args, *FAST)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("slimkit: error:")]
+    assert len(errors) == 1 and needle in errors[0] and "Traceback" not in proc.stderr
+    d = run_dir(tmp_path)
+    report = json.loads((d / "report.json").read_text())
+    assert report["status"] == "FAILED" and needle in report["error"]
+    assert (d / "baseline" / "model.onnx").exists()
