@@ -311,109 +311,139 @@ def _p50(metrics: Any, runtime: str, batch: int) -> float | None:
     return None
 
 
-def technique_runs(mlp: Any, threads: int, quick: bool, tmp: Path) -> list[str]:
-    import slimkit
-    from slimkit.core import SlimkitError
-
-    repeats = 10 if quick else 20
-    target = [f"target.repeats={repeats}", "target.warmup=3", "target.batch_sizes=[1,64]", f"target.threads={threads}"]
-
-    def plans(epochs: int) -> list[tuple[str, str, str, list[str]]]:
-        return [
+def technique_plans(resnet_epochs: int, mlp_epochs: int, threads: int) -> list[tuple[str, str, str, str, list[str]]]:
+    """``(model, label, pipeline, extra stage, overrides)`` in the order they run: the main setting of
+    every technique on both models first, the variants after (so a spent time budget cuts variants)."""
+    plans: list[tuple[str, str, str, str, list[str]]] = []
+    variants: list[tuple[str, str, str, str, list[str]]] = []
+    for model_name, ep in (("digits_resnet", resnet_epochs), ("wide_mlp 4x4096", mlp_epochs)):
+        plans += [
             (
-                "sparse_exec (prune 90 % + sparse)",
+                model_name,
+                f"sparse_exec: prune 90 % (2 steps, {ep} ep. fine-tune each) + sparse kernels",
                 "sparse_exec",
                 "",
                 [
-                    "pipeline.stages.prune.finetune_epochs=1",
+                    "pipeline.stages.prune.steps=2",
+                    f"pipeline.stages.prune.finetune_epochs={ep}",
                     f"pipeline.stages.sparse.threads={threads}",
                 ],
             ),
-            ("depthwise", "depthwise", "", [f"pipeline.stages.depthwise.epochs={epochs + 1}"]),
             (
-                "lowrank (energy 0.9, Linear+Conv2d)",
+                model_name,
+                f"lowrank energy 0.95 (default), {ep} ep. distill",
                 "lowrank",
                 "",
-                [
-                    "pipeline.stages.lowrank.energy=0.9",
-                    "pipeline.stages.lowrank.layer_types=[Linear,Conv2d]",
-                    f"pipeline.stages.lowrank.epochs={epochs}",
-                ],
+                [f"pipeline.stages.lowrank.epochs={ep}"],
             ),
             (
-                "lowrank (rank_ratio 0.25, Linear+Conv2d)",
-                "lowrank",
-                "",
-                [
-                    "pipeline.stages.lowrank.rank_ratio=0.25",
-                    "pipeline.stages.lowrank.layer_types=[Linear,Conv2d]",
-                    f"pipeline.stages.lowrank.epochs={epochs}",
-                ],
-            ),
-            ("cluster 16", "none", "cluster", ["pipeline.stages.cluster.epochs=1"]),
-            (
-                "cluster 256",
-                "none",
+                model_name,
+                f"cluster 16 (default), {ep} ep. centroid distill",
                 "cluster",
-                ["pipeline.stages.cluster.n_clusters=256", "pipeline.stages.cluster.epochs=1"],
+                "",
+                [f"pipeline.stages.cluster.epochs={ep}"],
             ),
         ]
+        variants += [
+            (
+                model_name,
+                f"lowrank rank_ratio 0.25, {ep} ep. distill",
+                "lowrank",
+                "",
+                ["pipeline.stages.lowrank.rank_ratio=0.25", f"pipeline.stages.lowrank.epochs={ep}"],
+            ),
+            (
+                model_name,
+                "cluster 256, no fine-tuning",
+                "cluster",
+                "",
+                ["pipeline.stages.cluster.n_clusters=256", "pipeline.stages.cluster.finetune=none"],
+            ),
+        ]
+    plans.insert(
+        1,
+        (
+            "digits_resnet",
+            f"depthwise, {resnet_epochs + 1} ep. distill",
+            "depthwise",
+            "",
+            [f"pipeline.stages.depthwise.epochs={resnet_epochs + 1}"],
+        ),
+    )
+    variants.append(("wide_mlp 4x4096", "depthwise (default)", "depthwise", "", ["pipeline.stages.depthwise.epochs=1"]))
+    return plans + variants
 
+
+def technique_runs(
+    mlp: Any, threads: int, repeats: int, resnet_epochs: int, mlp_epochs: int, deadline: float, tmp: Path
+) -> list[str]:
+    """One slimkit run (Python API) per plan; plans not started before ``deadline`` get a 'not run' row."""
+    import slimkit
+    from slimkit.core import SlimkitError
+
+    target = [f"target.repeats={repeats}", "target.warmup=3", "target.batch_sizes=[1,64]", f"target.threads={threads}"]
     rows = []
-    for model_name in ("digits_resnet", "wide_mlp 4x4096"):
-        # training epochs per stage: the 34 M-parameter MLP takes ~1.5 min an epoch on 2 loaded cores
-        epochs = 1 if quick or model_name != "digits_resnet" else 2
-        for label, pipeline, extra_stage, ov in plans(epochs):
-            print(f"{model_name}: {label} ...", flush=True)
-            overrides = [*target, *ov, "cache=false"]
-            if extra_stage:
-                overrides.insert(0, f"+technique@pipeline.stages.{extra_stage}={extra_stage}")
-            run_dir = tmp / f"{model_name}-{label}"
-            kwargs: dict[str, Any] = {"pipeline": pipeline, "tracking": "none", "run_dir": run_dir}
-            if model_name == "digits_resnet":
-                model: Any = "digits_resnet"
-            else:
-                model = mlp
-                kwargs["data"] = "digits"
-                overrides.append("data.size=8")
-            t0 = time.perf_counter()
-            try:
-                result = slimkit.compress(model, overrides=overrides, **kwargs)
-            except SlimkitError as exc:
-                rows.append(f"| {model_name} | {label} | - | - | - | - | - | - | - | - | - | not applicable: {exc} |")
-                print(rows[-1], flush=True)
-                continue
-            r = result.report
-            b, c = r.baseline, r.compressed
-            stage = r.stages[-1]
-
-            def ratio(runtime: str, batch: int, b: Any = b, c: Any = c) -> str:
-                x, y = _p50(b, runtime, batch), _p50(c, runtime, batch)
-                return f"{x / y:.2f}x" if x and y else "-"
-
-            note = ", ".join(
-                f"{k}={v:.3g}"
-                for k, v in stage.metrics.items()
-                if k
-                in (
-                    "sparse_layers",
-                    "mac_ratio",
-                    "factorized_layers",
-                    "swapped_layers",
-                    "packed_ratio",
-                    "layer_speedup_b1",
-                    "layer_speedup_b64",
-                    "break_even_sparsity_b1",
-                    "break_even_sparsity_b64",
-                )
-            )
-            rows.append(
-                f"| {model_name} | {label} | {b.accuracy * 100:.2f} | {c.accuracy * 100:.2f} "
-                f"| {(c.accuracy - b.accuracy) * 100:+.2f} | {r.ratios['size']:.2f}x | {r.ratios['size_zip']:.2f}x "
-                f"| {ratio('onnxruntime', 1)} | {ratio('onnxruntime', 64)} | {ratio('torch', 1)} "
-                f"| {ratio('torch', 64)} | {note} ({time.perf_counter() - t0:.0f} s) |"
-            )
+    for model_name, label, pipeline, extra_stage, ov in technique_plans(resnet_epochs, mlp_epochs, threads):
+        if time.time() > deadline:
+            rows.append(f"| {model_name} | {label} | - | - | - | - | - | - | - | - | - | not run: time budget spent |")
             print(rows[-1], flush=True)
+            continue
+        print(f"{model_name}: {label} ...", flush=True)
+        overrides = [*target, *ov, "cache=false"]
+        if extra_stage:
+            overrides.insert(0, f"+technique@pipeline.stages.{extra_stage}={extra_stage}")
+        run_dir = tmp / f"{model_name}-{label}".replace(" ", "_").replace("/", "_")
+        kwargs: dict[str, Any] = {"pipeline": pipeline, "tracking": "none", "run_dir": run_dir}
+        if model_name == "digits_resnet":
+            model: Any = "digits_resnet"
+        else:
+            model = mlp
+            kwargs["data"] = "digits"
+            overrides.append("data.size=8")
+        t0 = time.perf_counter()
+        try:
+            result = slimkit.compress(model, overrides=overrides, **kwargs)
+        except SlimkitError as exc:
+            rows.append(f"| {model_name} | {label} | - | - | - | - | - | - | - | - | - | not applicable: {exc} |")
+            print(rows[-1], flush=True)
+            continue
+        r = result.report
+        b, c = r.baseline, r.compressed
+        stage = r.stages[-1]
+
+        def ratio(runtime: str, batch: int, b: Any = b, c: Any = c) -> str:
+            x, y = _p50(b, runtime, batch), _p50(c, runtime, batch)
+            return f"{x / y:.2f}x" if x and y else "-"
+
+        note = ", ".join(
+            f"{k}={v:.3g}"
+            for k, v in stage.metrics.items()
+            if k
+            in (
+                "sparse_layers",
+                "mac_ratio",
+                "factorized_layers",
+                "swapped_layers",
+                "packed_ratio",
+                "layer_speedup_b1",
+                "layer_speedup_b64",
+                "break_even_sparsity_b1",
+                "break_even_sparsity_b64",
+            )
+        )
+        if "packed_bytes" in stage.metrics:
+            m = stage.metrics
+            note += (
+                f", packed file {m['packed_bytes'] / 1e6:.3g} MB (zip {m['packed_zip_bytes'] / 1e6:.3g} MB)"
+                f" vs fp32 {m['fp32_bytes'] / 1e6:.3g} MB"
+            )
+        rows.append(
+            f"| {model_name} | {label} | {b.accuracy * 100:.2f} | {c.accuracy * 100:.2f} "
+            f"| {(c.accuracy - b.accuracy) * 100:+.2f} | {r.ratios['size']:.2f}x | {r.ratios['size_zip']:.2f}x "
+            f"| {ratio('onnxruntime', 1)} | {ratio('onnxruntime', 64)} | {ratio('torch', 1)} "
+            f"| {ratio('torch', 64)} | {note} ({time.perf_counter() - t0:.0f} s) |"
+        )
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -422,9 +452,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and epochs (smoke test)")
     parser.add_argument("--threads", type=int, default=1, help="threads for every runtime (default 1)")
     parser.add_argument("--skip-runs", action="store_true", help="kernels and the wide MLP only")
+    parser.add_argument("--repeats", type=int, default=0, help="timed runs per kernel cell (default 40, 10 quick)")
+    parser.add_argument("--run-repeats", type=int, default=20, help="latency runs per model in the slimkit runs")
+    parser.add_argument("--mlp-train-epochs", type=int, default=2, help="training epochs of the wide MLP")
+    parser.add_argument("--resnet-epochs", type=int, default=1, help="fine-tune/distill epochs per stage, ResNet")
+    parser.add_argument("--mlp-epochs", type=int, default=1, help="fine-tune/distill epochs per stage, wide MLP")
+    parser.add_argument(
+        "--budget-min", type=float, default=35.0, help="slimkit runs not started by then are listed as not run"
+    )
     args = parser.parse_args(argv)
+    start = time.time()
     set_threads(args.threads)
-    repeats = 10 if args.quick else 40
+    repeats = args.repeats or (10 if args.quick else 40)
+    mlp_train_epochs = 1 if args.quick else args.mlp_train_epochs
     load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -435,12 +475,24 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(os.cpu_count() or 1)  # training on every core; timings set their own threads
-        mlp, data = train_wide_mlp(1 if args.quick else 2)
+        mlp, data = train_wide_mlp(mlp_train_epochs)
         set_threads(args.threads)
         print("wide MLP end to end ...", flush=True)
         mrows = mlp_table(mlp, args.threads, repeats, tmp)
         torch.set_num_threads(os.cpu_count() or 1)
-        trows = [] if args.skip_runs else technique_runs(mlp, args.threads, args.quick, tmp)
+        trows = (
+            []
+            if args.skip_runs
+            else technique_runs(
+                mlp,
+                args.threads,
+                10 if args.quick else args.run_repeats,
+                args.resnet_epochs,
+                args.mlp_epochs,
+                start + 60 * args.budget_min,
+                tmp,
+            )
+        )
     load_after = load_average()
     be = ", ".join(f"batch {b}: {'≥ ' + format(s, '.0%') if s is not None else 'never'}" for b, s in break_even.items())
     body = "\n".join(
@@ -458,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
                 if args.threads == 1
                 else "wall-clock time."
             ),
-            "Only ratios within one table mean anything.",
+            "Only ratios within one table mean anything. "
+            f"The whole benchmark took {(time.time() - start) / 60:.0f} min.",
             "",
             "### One 4096 x 4096 Linear layer (ms per call; speed-up against the fastest dense runtime)",
             "",
@@ -496,11 +549,16 @@ def main(argv: list[str] | None = None) -> int:
                     "",
                     "### Techniques as slimkit runs (ratios baseline / compressed, p50, same run)",
                     "",
-                    "The wide MLP is `wide_mlp(4096, 4)` trained 2 epochs on the 8x8 digits; digits_resnet is the",
-                    "bundled ResNet-20. Training epochs (ResNet / MLP): lowrank 2 / 1, cluster 1 / 1, depthwise 3 / -,",
-                    "sparse_exec 3 pruning steps of 1 epoch each (distillation from the uncompressed model where the",
-                    "technique distills). Training uses every core; latency (p50 of 20 wall-clock runs, by the `cpu`",
-                    "target) is measured on the thread count above. Accuracy on the digits test split.",
+                    f"The wide MLP is `wide_mlp(4096, 4)` trained {mlp_train_epochs} epoch(s) on the 8x8 digits;",
+                    "digits_resnet is the bundled ResNet-20 (32x32 digits). Each row is one `slimkit.compress` run of",
+                    "the named pipeline with its defaults except what the label says: training epochs were cut to",
+                    f"{args.resnet_epochs} (ResNet) / {args.mlp_epochs} (MLP) per stage to fit the shared machine",
+                    "(distillation from the uncompressed model where the technique distills). Training uses every",
+                    f"core; latency (p50 of {10 if args.quick else args.run_repeats} wall-clock runs by the `cpu`",
+                    "target, baseline re-measured in the same run)",
+                    "is measured on the thread count above. Accuracy on the digits test split. Sizes: the ONNX file",
+                    "(clustering keeps dequantized float weights in ONNX; its packed indices + codebook file is in the",
+                    "metrics column).",
                     "",
                     "| model | technique | acc. before % | acc. after % | change pt | ONNX size | zipped "
                     "| ORT b1 | ORT b64 | torch b1 | torch b64 | stage metrics |",
@@ -513,6 +571,17 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/techniques.py" + (" --quick" if args.quick else "")
     command += f" --threads {args.threads}" if args.threads != 1 else ""
     command += " --skip-runs" if args.skip_runs else ""
+    defaults = {
+        "repeats": 0,
+        "run_repeats": 20,
+        "mlp_train_epochs": 2,
+        "resnet_epochs": 1,
+        "mlp_epochs": 1,
+        "budget_min": 35.0,
+    }
+    for key, default in defaults.items():
+        if getattr(args, key) != default:
+            command += f" --{key.replace('_', '-')} {getattr(args, key):g}"
     path = write_section("techniques", command, body)
     print(body)
     print(f"written to {path}")

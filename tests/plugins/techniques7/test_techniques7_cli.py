@@ -1,4 +1,4 @@
-"""End to end through ``slimkit``: the depthwise pipeline, the sparse_exec pipeline, and bad input (exit 2)."""
+"""End to end through ``slimkit``: the depthwise, sparse_exec, lowrank and cluster pipelines, and bad input (exit 2)."""
 
 from __future__ import annotations
 
@@ -48,12 +48,11 @@ def test_depthwise_pipeline(run_cli: Any, tmp_path: Path) -> None:
         (["pipeline=depthwise", *WIDE_MLP], ["no convolution can be made depthwise-separable", "use a model"]),
         (["pipeline=lowrank", *FAST, "pipeline.stages.lowrank.energy=0"], ["energy=0.0 is outside (0.0, 1.0]"]),
         (
-            [
-                "pipeline=none",
-                "+technique@pipeline.stages.cluster=cluster",
-                *FAST,
-                "pipeline.stages.cluster.n_clusters=1",
-            ],
+            ["pipeline=lowrank", *FAST, "pipeline.stages.lowrank.rank=1000"],
+            ["rank=1000 is larger than layer", "use rank <= "],
+        ),
+        (
+            ["pipeline=cluster", *FAST, "pipeline.stages.cluster.n_clusters=1"],
             ["n_clusters=1 would leave one value per weight tensor; use at least 2"],
         ),
         (
@@ -61,7 +60,7 @@ def test_depthwise_pipeline(run_cli: Any, tmp_path: Path) -> None:
             ["which the sparse kernels do not cover; use ['Linear', 'Conv2d']"],
         ),
     ],
-    ids=["depthwise-no-conv", "energy-0", "n-clusters-1", "sparse-layer-type"],
+    ids=["depthwise-no-conv", "energy-0", "rank-too-large", "n-clusters-1", "sparse-layer-type"],
 )
 def test_bad_input_exits_2(
     run_cli: Any, check_user_error: Any, tmp_path: Path, args: list[str], fragments: list[str]
@@ -118,12 +117,7 @@ def test_torch_lowrank_and_cluster_pipelines(run_cli: Any, tmp_path: Path, pipel
             "pipeline.stages.lowrank.epochs=1",
         ]
     else:
-        args = [
-            "pipeline=none",
-            "+technique@pipeline.stages.cluster=cluster",
-            *FAST,
-            "pipeline.stages.cluster.epochs=1",
-        ]
+        args = ["pipeline=cluster", *FAST, "pipeline.stages.cluster.epochs=1"]
     proc = run_cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = report_of(tmp_path)
