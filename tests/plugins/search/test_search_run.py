@@ -1,0 +1,95 @@
+"""End-to-end searches through the CLI on SQLite: report contract, MLflow child runs, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+from search_testlib import TINY, describe, reports, run_cli, study_trials, user_error
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory where a 2-trial search ran (study.db, mlflow.db, outputs/)."""
+    cwd = tmp_path_factory.mktemp("search")
+    proc = run_cli([*TINY, "search.n_trials=2"], cwd)
+    assert proc.returncode == 0, describe(proc)
+    assert "Pareto front" in proc.stdout, describe(proc)
+    return cwd
+
+
+@pytest.mark.slow
+def test_search_report_pareto_and_mlflow_children(searched: Path) -> None:
+    (report,) = reports(searched)
+    assert report["status"] == "FINISHED"
+    for key in ("baseline", "compressed", "ratios", "artifacts", "accuracy_drop", "mlflow_run_id"):
+        assert report[key] is not None, key
+    assert (searched / "study.db").exists() and (searched / "mlflow.db").exists()
+    summary, pareto = report["search"], report["pareto"]
+    assert summary["study"] == "slimkit-search" and summary["trials_this_worker"] >= 1
+    assert sum(summary["trials"].values()) == 2
+    assert pareto and all({"trial", "accuracy_drop", "speedup", "latency_ms", "size_mb"} <= set(r) for r in pareto)
+    best = summary["best_trial"]
+    assert best is not None and any(r["trial"] == best for r in pareto)
+    run_dir = Path(report["run_dir"])
+    assert (run_dir / report["artifacts"]["onnx"]).is_file()
+    assert "### Pareto front" in (run_dir / "report.md").read_text()
+    stage = report["stages"][0]
+    assert stage["technique"] == "search" and (run_dir / stage["artifacts"]["pareto_plot"]).stat().st_size > 0
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{searched / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("slimkit")
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{report['mlflow_run_id']}'")
+    trial_runs = {r.data.tags["search.trial"]: r for r in children if "search.trial" in r.data.tags}
+    rows = json.loads((run_dir / stage["artifacts"]["trials"]).read_text())
+    for row in rows:
+        if row["state"] in ("COMPLETE", "FAIL"):  # pruned duplicates run nothing
+            run = trial_runs[str(row["trial"])]
+            assert run.info.status == ("FINISHED" if row["state"] == "COMPLETE" else "FAILED")
+            assert row["mlflow_run_id"] == run.info.run_id
+    parent = client.get_run(report["mlflow_run_id"])
+    assert any(a.path == "pareto_plot" for a in client.list_artifacts(parent.info.run_id))
+
+
+@pytest.mark.slow
+def test_rerun_continues_the_sqlite_study(searched: Path) -> None:
+    before = {t.number for t in study_trials(f"sqlite:///{searched / 'study.db'}")}
+    proc = run_cli([*TINY, "search.n_trials=3"], searched)
+    assert proc.returncode == 0, describe(proc)
+    trials = study_trials(f"sqlite:///{searched / 'study.db'}")
+    assert len(trials) == 3 and before < {t.number for t in trials}
+    report = reports(searched)[-1]
+    assert report["search"]["trials_this_worker"] == 1 and sum(report["search"]["trials"].values()) == 3
+
+
+@pytest.mark.slow
+def test_impossible_constraints_fail_naming_constraint_and_closest(searched: Path) -> None:
+    # The study already holds its trials: nothing new runs, the constraints are judged on them.
+    proc = run_cli([*TINY, "search.n_trials=3", "search.max_accuracy_drop=0", "search.min_speedup=1000"], searched)
+    message = user_error(proc, "no trial meets", "min_speedup=1000", "closest: trial")
+    assert "search.n_trials" in message
+    report = reports(searched)[-1]
+    assert report["status"] == "FAILED" and report["pareto"]
+    assert report["search"]["best_trial"] is None and report["search"]["closest_trial"] is not None
+    kept = list(Path(report["run_dir"]).glob("stages/*search.failed/closest_model.onnx"))
+    assert kept and kept[0].stat().st_size > 0, "the best candidate is kept"
+
+
+@pytest.mark.slow
+def test_unreachable_storage_and_tracking_are_one_line(tmp_path: Path) -> None:
+    port = _closed_port()
+    proc = run_cli([*TINY, f"search.storage=postgresql://u:pw@127.0.0.1:{port}/optuna", "tracking=none"], tmp_path)
+    message = user_error(proc, f"postgresql://u:***@127.0.0.1:{port}/optuna")
+    assert "pw" not in message
+    proc = run_cli([*TINY, f"tracking.uri=http://127.0.0.1:{port}"], tmp_path)
+    user_error(proc, f"http://127.0.0.1:{port}")
