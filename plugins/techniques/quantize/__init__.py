@@ -81,6 +81,9 @@ class QuantizeConfig(TechniqueConfig):
         two from the target.
     latency_tolerance: candidates within this fraction of the fastest count as equally fast (timing
         noise); the smaller file wins among them.
+    measure: ``auto`` times its candidates here and keeps the fastest that passes; false (set by
+        :func:`follow_target` for a target that dictates its format, e.g. npu, whose speed this
+        machine cannot tell) keeps the first of ``modes`` that passes, untimed.
     qat_epochs / lr / batch_size / optimizer: QAT fine-tuning.
     ema_decay: momentum of QAT's activation range averages.
     """
@@ -109,6 +112,7 @@ class QuantizeConfig(TechniqueConfig):
     threads: int = 0
     latency_repeats: int = 20
     latency_tolerance: float = 0.1
+    measure: bool = True
     qat_epochs: int = 3
     lr: float = 0.005
     batch_size: int = 64
@@ -297,7 +301,7 @@ def follow_target(cfg: QuantizeConfig, target: str, notes: list[str]) -> Quantiz
         modes = [m for m in cfg.modes if m in allowed] or allowed
         if modes != list(cfg.modes):
             notes.append(f"target={target} runs {prefs['format']} only: auto tries {modes}, not {list(cfg.modes)}")
-        cfg = replace(cfg, modes=modes)
+        cfg = replace(cfg, modes=modes, measure=False)
     return cfg
 
 

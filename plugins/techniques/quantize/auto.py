@@ -147,7 +147,7 @@ def _search(
             notes.append(f"mode {mode} skipped: {exc}")
             continue
         full[mode] = Candidate(mode, model, scorer.score(scratch / f"{mode}.onnx"), per_channel=_per_channel(mode, cfg))
-        if mode == "static" and cfg.per_channel and cfg.weight_bits == 8:
+        if mode == "static" and cfg.per_channel and cfg.weight_bits == 8 and cfg.measure:
             # Per-tensor weights take other int8 kernels: faster on wide MatMuls at batch 1, slower on
             # small convolutions here. Which one wins is measured like the modes.
             ctx.progress("quantize (static, per-tensor weights)", 0, None)
@@ -157,13 +157,18 @@ def _search(
             full["static per-tensor"] = Candidate(mode, model, scorer.score(path), per_channel=False)
     if not full:
         raise TechniqueError(f"no quantization mode of {list(cfg.modes)} applies to this model ({'; '.join(notes)})")
-    ctx.progress("time the float model and every mode", 0, None)
-    paths = {"static": "static.onnx", "dynamic": "dynamic.onnx", "weight_only": "weight_only.onnx"}
-    files = [scratch / paths.get(k, "static_per_tensor.onnx") for k in full]
-    measured = measure_latencies([src, *files], ctx, cfg)
-    float_latency = measured[0]
-    for cand, lat in zip(full.values(), measured[1:], strict=True):
-        cand.latency_ms = lat
+    float_latency = 0.0
+    if cfg.measure:
+        ctx.progress("time the float model and every mode", 0, None)
+        paths = {"static": "static.onnx", "dynamic": "dynamic.onnx", "weight_only": "weight_only.onnx"}
+        files = [scratch / paths.get(k, "static_per_tensor.onnx") for k in full]
+        measured = measure_latencies([src, *files], ctx, cfg)
+        float_latency = measured[0]
+        for cand, lat in zip(full.values(), measured[1:], strict=True):
+            cand.latency_ms = lat
+    else:  # the target dictates the format: candidates are not timed here, the first in `modes` wins
+        for cand in full.values():
+            cand.latency_ms = 0.0
 
     tol = cfg.latency_tolerance
 
@@ -197,9 +202,10 @@ def _search(
         if found is not None and better(found, best):
             best = found
 
-    ctx.info["float_latency_ms"] = float_latency
     ctx.info["candidates"] = [c.row() for c in tried]
-    ctx.metrics["float_latency_ms"] = float_latency
+    if cfg.measure:
+        ctx.info["float_latency_ms"] = float_latency
+        ctx.metrics["float_latency_ms"] = float_latency
     constraint = (
         f"max_accuracy_drop={cfg.max_accuracy_drop} pt" if labelled else f"min_fidelity={cfg.min_fidelity} (cosine)"
     )
@@ -210,12 +216,13 @@ def _search(
         _plot(ctx, sensitivities, top, {n.name: n.layer for n in ort.quantizable_nodes(prepared)})
         raise TechniqueError(
             f"no quantized model meets {constraint} on the validation split: the best candidate ({top.mode}, "
-            f"{len(top.float_layers)} layers float) has {top.score.text()} at {top.latency_ms:.3f} ms vs "
-            f"{float_latency:.3f} ms float; it is kept as best_candidate.onnx in the stage's .failed directory; "
-            f"raise max_accuracy_drop / lower min_fidelity, raise max_float_fraction, or use mode=qat"
+            f"{len(top.float_layers)} layers float) has {top.score.text()}"
+            + (f" at {top.latency_ms:.3f} ms vs {float_latency:.3f} ms float" if cfg.measure else "")
+            + "; it is kept as best_candidate.onnx in the stage's .failed directory; "
+            "raise max_accuracy_drop / lower min_fidelity, raise max_float_fraction, or use mode=qat"
         )
 
-    if best.latency_ms >= float_latency:
+    if cfg.measure and best.latency_ms >= float_latency:
         notes.append(
             f"no quantized model is faster than float here ({best.latency_ms:.3f} ms vs {float_latency:.3f} ms); "
             "it is smaller, not faster, on this target"
@@ -246,8 +253,9 @@ def _search(
     ctx.info["float_layers"] = {label.get(n, n): why for n, why in reasons.items()}
     ctx.info["sensitivity"] = {label.get(n, n): v for n, v in sens.items()}
     ctx.metrics["float_layers"] = float(len(best.float_layers) + len(exclude))
-    ctx.metrics["latency_ms"] = best.latency_ms
-    ctx.metrics["speedup_vs_float"] = float_latency / best.latency_ms if best.latency_ms > 0 else 0.0
+    if cfg.measure:
+        ctx.metrics["latency_ms"] = best.latency_ms
+        ctx.metrics["speedup_vs_float"] = float_latency / best.latency_ms if best.latency_ms > 0 else 0.0
     ctx.metrics["val_cosine"] = best.score.cosine
     if best.score.accuracy is not None:
         ctx.metrics["val_accuracy"] = best.score.accuracy
@@ -322,9 +330,12 @@ def _fallback(
 
             # Timed beside the float model and rescaled to its earlier timing: a fair comparison
             # with the full candidates even if the machine's load changed meanwhile.
-            path = ort.save(model, scratch / f"{cand.mode}_{cand.per_channel}_mixed.onnx")
-            now_float, now_mixed = measure_latencies([src, path], ctx, cfg)
-            attempt.latency_ms = now_mixed * float_latency / now_float
+            if cfg.measure:
+                path = ort.save(model, scratch / f"{cand.mode}_{cand.per_channel}_mixed.onnx")
+                now_float, now_mixed = measure_latencies([src, path], ctx, cfg)
+                attempt.latency_ms = now_mixed * float_latency / now_float
+            else:
+                attempt.latency_ms = 0.0
             return attempt, attempts, sens
     return None, attempts, sens
 

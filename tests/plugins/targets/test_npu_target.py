@@ -304,7 +304,7 @@ def test_quantize_follows_the_npu_preferences() -> None:
     quantize = pytest.importorskip("slimkit.plugins.techniques.quantize")
     notes: list[str] = []
     cfg = quantize.follow_target(quantize.QuantizeConfig(technique="quantize"), "npu", notes)
-    assert (cfg.mode, cfg.modes, cfg.activation_bits) == ("auto", ["static"], 8)
+    assert (cfg.mode, cfg.modes, cfg.activation_bits, cfg.measure) == ("auto", ["static"], 8, False)
     assert notes and "target=npu runs QDQ only" in notes[0]
     u16 = quantize.follow_target(quantize.QuantizeConfig(technique="quantize", activation_bits=16), "npu", [])
     assert u16.modes == ["static"] and u16.activation_bits == 16
