@@ -1,0 +1,102 @@
+"""Scale-out: two workers on one study in PostgreSQL logging to one MLflow server; a worker killed mid-trial."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from search_testlib import TINY, cli_command, cli_env, describe, reports, run_cli, study_trials
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    cwd.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        cli_command(args),
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> subprocess.CompletedProcess:
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_postgres_study_and_an_mlflow_server(
+    postgres: Any, mlflow_server: str, tmp_path: Path
+) -> None:
+    storage = postgres.create_database("optuna_two_workers")
+    args = [*TINY, "search.n_trials=3", f"search.storage={storage}", f"tracking.uri={mlflow_server}"]
+    procs = [_start([*args, f"hydra.run.dir=outputs/w{i}"], tmp_path / f"w{i}") for i in range(2)]
+    done = [_finish(p) for p in procs]
+    for proc in done:
+        assert proc.returncode == 0, describe(proc)
+
+    trials = study_trials(storage)
+    states = [t.state.name for t in trials]
+    assert "RUNNING" not in states and len([s for s in states if s != "WAITING"]) >= 3, states
+    workers = {t.user_attrs.get("worker") for t in trials}
+    assert len(workers) == 2, f"both workers ran trials: {workers}"
+
+    parents = {r["mlflow_run_id"] for i in range(2) for r in reports(tmp_path / f"w{i}")}
+    assert len(parents) == 2 and None not in parents
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("slimkit")
+    runs = client.search_runs([exp.experiment_id], "tags.`search.study` = 'slimkit-search'", max_results=1000)
+    by_trial = {r.data.tags["search.trial"]: r for r in runs}
+    for t in trials:
+        if t.state.name == "PRUNED":  # duplicates run nothing
+            continue
+        run = by_trial.get(str(t.number))
+        assert run is not None, f"trial {t.number} ({t.state.name}) has no MLflow run"
+        assert run.info.run_id == t.user_attrs["mlflow_run_id"]
+        assert run.data.tags["mlflow.parentRunId"] in parents
+        assert run.info.status == ("FINISHED" if t.state.name == "COMPLETE" else "FAILED")
+
+
+def _states(db: Path) -> list[str]:
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return [row[0] for row in conn.execute("SELECT state FROM trials ORDER BY number")]
+    except sqlite3.Error:  # not created yet
+        return []
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_trial_is_marked_failed_and_the_study_continues(tmp_path: Path) -> None:
+    args = [*TINY, "tracking=none", "search.n_trials=2", "search.heartbeat_s=1", "search.grace_s=2"]
+    worker = _start([*args, "hydra.run.dir=outputs/killed"], tmp_path)
+    db = tmp_path / "study.db"
+    try:
+        end = time.monotonic() + 240
+        while "RUNNING" not in _states(db):
+            assert worker.poll() is None, describe(_finish(worker))
+            assert time.monotonic() < end, "no trial started"
+            time.sleep(0.3)
+        time.sleep(1.0)  # inside the trial
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(30)
+    killed = _states(db).index("RUNNING")
+
+    proc = run_cli([*args, "hydra.run.dir=outputs/second"], tmp_path)
+    assert proc.returncode == 0, describe(proc)
+    trials = study_trials(f"sqlite:///{db}")
+    assert trials[killed].state.name == "FAIL", [t.state.name for t in trials]
+    assert "RUNNING" not in [t.state.name for t in trials]
+    assert any(t.state.name == "COMPLETE" for t in trials[killed + 1 :]), "the study continued"
+    report = reports(tmp_path)[-1]
+    assert report["status"] == "FINISHED" and report["search"]["trials"]["FAIL"] >= 1
