@@ -143,6 +143,7 @@ def channel_section(args: Any, tmp: Path) -> tuple[str, dict[str, Any]]:
     models: dict[str, Any] = {"baseline": digits_resnet()}
     accs: dict[str, list[float]] = {n: [] for n in [*variants, tp_name]}
     seconds: dict[str, list[float]] = {n: [] for n in accs}
+    stages: dict[str, Any] = {}
     for seed in range(args.seeds):
         for name, extra in variants.items():
             log(f"{name}, seed {seed}")
@@ -157,6 +158,7 @@ def channel_section(args: Any, tmp: Path) -> tuple[str, dict[str, Any]]:
             seconds[name].append(time.perf_counter() - t0)
             accs[name].append(adapter.evaluate(res.model, data.test)["accuracy"])
             models.setdefault(name, res.model)
+            stages.setdefault(name, res.report.config["pipeline"]["stages"])
         log(f"{tp_name}, seed {seed}")
         t0 = time.perf_counter()
         model = torch_pruning_alone(data, steps, step_epochs, final_epochs, lr, seed=seed)
@@ -208,13 +210,18 @@ def channel_section(args: Any, tmp: Path) -> tuple[str, dict[str, Any]]:
         ),
     ]
     epochs = steps * step_epochs + final_epochs
+    pr, ds = stages["slimkit: prune + distill"]["prune"], stages["slimkit: prune + distill"]["distill"]
+    hints = ", ".join(f"`{s}`" for s, _ in ds["hint_layers"]) or "none"
     body = [
         "### digits_resnet (ResNet-20, 1x32x32) at 50 % channels",
         "",
         f"Every pruned model gets {epochs} epochs of training in total ({steps} pruning steps with {step_epochs} "
-        f"epoch(s) after each, then {final_epochs}), SGD lr {lr}, cosine schedule, batch 64, seed 0. slimkit: "
-        "`pipeline=structured` (L1 importance, uniform 50 %, channels rounded to multiples of 8, distillation from "
-        "the original, T=4, alpha=0.9); the plain row swaps both trainings for cross-entropy "
+        f"epoch(s) after each, then {final_epochs}), SGD lr {lr}, cosine schedule, batch 64, seeds "
+        f"0–{args.seeds - 1}. slimkit: `pipeline=structured` ({pr['importance']} importance, {pr['scope']} "
+        f"{pr['ratio']:.0%}, channels rounded to multiples of {pr['round_to']}, distillation from the original "
+        f"between the steps (T={pr['temperature']}, alpha={pr['alpha']}) and in the distill stage "
+        f"(T={ds['temperature']}, alpha={ds['alpha']}, feature hints on {hints}, beta={ds['beta']}); the plain "
+        "row swaps both trainings for cross-entropy "
         "(`finetune=plain`, `technique@pipeline.stages.distill=finetune`). Torch-Pruning: `MagnitudePruner` "
         "with `GroupMagnitudeImportance(p=2)`, `pruning_ratio=0.5`, `ignored_layers=[model.fc]`, same steps and "
         "plain training. Latency (seed-0 models; every seed gives the same architecture): ONNX Runtime CPU, 1 "
@@ -410,17 +417,14 @@ def combined_section(args: Any, tmp: Path) -> str:
                 "≤ 1 point drop) could not be measured.",
             ]
         )
-    log("combined: structured + quantize")
+    log("combined: the default pipeline (channel_prune -> distill -> quantize)")
     res = slimkit.compress(
         "digits_resnet",
-        pipeline="structured",
+        pipeline="default",
         tracking="none",
         run_dir=tmp / "combined",
         overrides=[
             "cache=false",
-            "+technique@pipeline.stages.quantize=quantize",
-            "pipeline.stages.quantize.mode=static",
-            "pipeline.stages.quantize.threads=1",
             "target.threads=1",
             "target.runtimes=[onnxruntime]",
             "target.batch_sizes=[1,64]",
@@ -429,6 +433,7 @@ def combined_section(args: Any, tmp: Path) -> str:
             f"pipeline.stages.distill.epochs={args.final_epochs}",
         ],
     )
+    quant = res.report.config["pipeline"]["stages"]["quantize"]
     from slimkit.plugins.data.digits import load_digits_splits
     from slimkit.plugins.torch.adapter import TorchAdapter
 
@@ -467,12 +472,13 @@ def combined_section(args: Any, tmp: Path) -> str:
     ok = speed >= 6 and size_ratio >= 10 and drop <= 1
     return "\n".join(
         [
-            "### prune + distill + int8 (`pipeline=structured` + `quantize`)",
+            "### prune + distill + int8 (the default pipeline)",
             "",
-            "One slimkit run: `pipeline=structured` plus a `quantize` stage (`mode=static`: int8 QDQ, per-channel "
-            "weights, ONNX Runtime calibration on training samples). The fp32 model of the distill stage is "
-            "exported and timed beside the original and the int8 model (ORT, 1 thread, p50, interleaved); "
-            "seed 0, one run.",
+            "One run of the default `slimkit` pipeline: `channel_prune` (as above) → `distill` → `quantize` "
+            f"(`mode={quant['mode']}`, per_channel={quant['per_channel']}, calibration={quant['calibration']} on "
+            f"{quant['calibration_samples']} training samples, excluded: {quant['exclude'] or 'none'}). The fp32 "
+            "model of the distill stage is exported and timed beside the original and the int8 model (ORT, 1 "
+            "thread, p50, interleaved); seed 0, one run.",
             "",
             "| model | test acc. % | change pt | ONNX size | ORT b1 | ORT b64 |",
             "|---|---|---|---|---|---|",

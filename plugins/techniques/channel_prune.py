@@ -56,7 +56,7 @@ from ._structured import (
     slice_linear,
     to_tensors,
 )
-from .distill import check_kd, check_training, recover
+from .distill import HINT_MODES, check_kd, check_training, recover
 
 IMPORTANCE = ("l1", "l2", "taylor", "bn_scale")
 
@@ -77,6 +77,8 @@ class ChannelPruneConfig(TechniqueConfig):
     calibration_batches: batches of the training split for ``taylor`` importance.
     finetune: ``distill`` (from the uncompressed model), ``plain`` (cross-entropy) or ``none``.
     finetune_epochs, lr, batch_size: fine-tuning after each step; alpha, temperature: distillation.
+    hints: ``none`` or ``stages``: distillation also matches the feature map at the end of every spatial
+        stage to the teacher's through a learned 1x1 projection (see ``distill``), weighed by ``beta``.
     """
 
     ratio: float = 0.5
@@ -94,6 +96,8 @@ class ChannelPruneConfig(TechniqueConfig):
     batch_size: int = 64
     alpha: float = 0.9
     temperature: float = 4.0
+    hints: str = "none"
+    beta: float = 1.0
 
     def __post_init__(self) -> None:
         check_range("ratio", self.ratio, 0.0, 1.0, example=0.5)
@@ -111,6 +115,8 @@ class ChannelPruneConfig(TechniqueConfig):
             raise ConfigError(f"calibration_batches={self.calibration_batches} must be >= 1; use e.g. 4")
         check_training(self.finetune_epochs, self.lr, self.batch_size, "finetune_epochs")
         check_kd(self.alpha, self.temperature)
+        check_choice("hints", self.hints, HINT_MODES)
+        check_range("beta", self.beta, 0.0, 1e6, example=1.0)
 
 
 def step_ratios(ratio: float, steps: int) -> list[float]:
@@ -402,6 +408,8 @@ def prune_channels(model: Any, adapter: Any, ctx: StageContext, cfg: ChannelPrun
                 seed=ctx.seed + step,
                 fallback_teacher=teacher_fallback,
                 task=f"step {step + 1}/{cfg.steps} {cfg.finetune} fine-tune",
+                hints=cfg.hints,
+                beta=cfg.beta,
             )
         )
         history.append(entry)
@@ -588,6 +596,8 @@ def prune_transformer(model: Any, adapter: Any, ctx: StageContext, cfg: ChannelP
                 seed=ctx.seed + step,
                 fallback_teacher=teacher_fallback,
                 task=f"step {step + 1}/{cfg.steps} {cfg.finetune} fine-tune",
+                hints=cfg.hints,
+                beta=cfg.beta,
             )
         )
         history.append(entry)

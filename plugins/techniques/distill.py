@@ -9,8 +9,10 @@ The teacher is the model before compression (``ctx.baseline``) unless ``teacher`
 (``{factory, kwargs, weights}`` or ``{path, trust_pickle}``, loaded through the torch adapter). The
 student is the current model unless ``student`` configures a (smaller) architecture
 (``{factory, kwargs}``). Hint projections are learned 1x1 convolutions (feature maps) or linear maps
-(vectors, token features) and are dropped after training. Without labels the CE term is left out:
-pure distillation on unlabeled data.
+(vectors, token features) and are dropped after training. ``hints: stages`` picks the hint pairs
+itself: the end of each spatial stage of a CNN (the last module, present in both models under the
+same name, whose feature map has that resolution), which is where a student pruned from its teacher
+can be matched to it. Without labels the CE term is left out: pure distillation on unlabeled data.
 
 The same loss is the fine-tuning step of ``channel_prune`` and ``layer_prune`` (``finetune: distill``):
 see :func:`recover`.
@@ -40,6 +42,7 @@ from slimkit.core import (
 from ._structured import TORCH_FRAMEWORKS, first_line, named_modules_or_error, run
 
 MODEL_KEYS = ("factory", "kwargs", "weights", "path", "trust_pickle")
+HINT_MODES = ("none", "stages")
 
 
 def check_training(epochs: int, lr: float, batch_size: int, epochs_name: str = "epochs") -> None:
@@ -70,6 +73,8 @@ class DistillConfig(TechniqueConfig):
         architecture (e.g. ``kwargs: {pretrained: false, width: 8}``).
     hint_layers: ``[[student_layer, teacher_layer], ...]`` module names whose outputs are matched
         through a learned projection; ``beta`` weighs that loss.
+    hints: ``none`` (only ``hint_layers``) or ``stages`` (add the end of every spatial stage, found
+        from the models: see :func:`stage_hints`).
     """
 
     epochs: int = 3
@@ -83,10 +88,12 @@ class DistillConfig(TechniqueConfig):
     teacher: dict[str, Any] = field(default_factory=dict)
     student: dict[str, Any] = field(default_factory=dict)
     hint_layers: list[list[str]] = field(default_factory=list)
+    hints: str = "none"
     beta: float = 1.0
 
     def __post_init__(self) -> None:
         check_training(self.epochs, self.lr, self.batch_size)
+        check_choice("hints", self.hints, HINT_MODES)
         check_choice("optimizer", self.optimizer, ("sgd", "adam"))
         check_range("weight_decay", self.weight_decay, 0.0, 1.0, example=5e-4)
         check_kd(self.alpha, self.temperature)
@@ -188,6 +195,53 @@ def _projection(s_shape: tuple[int, ...], t_shape: tuple[int, ...], pair: list[s
         f"hint pair {pair}: features of shape {list(s_shape[1:])} and {list(t_shape[1:])} cannot be projected; "
         "pick conv feature maps [C, H, W] or vectors [D] / token features [T, D]"
     )
+
+
+def stage_hints(student: Any, teacher: Any, split: Split) -> list[list[str]]:
+    """Hint pairs at the end of each spatial stage: for every feature-map resolution (H, W) larger than
+    1x1 (globally pooled maps repeat the stage before them), the last module to finish at that
+    resolution among the modules that both models have under the same name and that give a 4-D output
+    of the same resolution in both. ``[]`` when there is none (MLPs, transformers)."""
+    import torch
+
+    def outputs(model: Any, names: set[str]) -> list[tuple[str, tuple[int, ...]]]:
+        done: list[tuple[str, tuple[int, ...]]] = []
+        modules = dict(model.named_modules())
+
+        def hook(name: str) -> Callable[..., None]:
+            def record(module: Any, inputs: Any, output: Any) -> None:
+                if isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[2:].numel() > 1:
+                    done.append((name, tuple(output.shape[2:])))
+
+            return record
+
+        handles = [modules[n].register_forward_hook(hook(n)) for n in sorted(names)]
+        was = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                run(model, split.example(1))
+        finally:
+            model.train(was)
+            for h in handles:
+                h.remove()
+        return done
+
+    shared = {n for n, _ in student.named_modules() if n} & {n for n, _ in teacher.named_modules() if n}
+    s_res = dict(outputs(student, shared))
+    last: dict[tuple[int, ...], str] = {}
+    for name, res in outputs(teacher, shared):
+        if s_res.get(name) == res:
+            last[res] = name
+    return [[n, n] for n in last.values()]
+
+
+def resolve_hints(student: Any, teacher: Any, split: Split, mode: str, pairs: list[list[str]]) -> list[list[str]]:
+    """The hint pairs to train with: ``pairs`` plus, for ``mode=stages``, :func:`stage_hints`."""
+    out = [list(p) for p in pairs]
+    if mode == "stages":
+        out += [p for p in stage_hints(student, teacher, split) if p not in out]
+    return out
 
 
 def _trainable(student: Any, projections: list[Any]) -> Any:
@@ -380,9 +434,12 @@ def recover(
     seed: int,
     fallback_teacher: Any,
     task: str,
+    hints: str = "none",
+    beta: float = 1.0,
 ) -> dict[str, float]:
     """Fine-tune ``model`` in place after a pruning step: ``plain`` (cross-entropy) or ``distill``
-    (from :func:`default_teacher`). Returns ``{train_loss, val_accuracy}`` (empty for 0 epochs)."""
+    (from :func:`default_teacher`, with feature hints for ``hints=stages``). Returns
+    ``{train_loss, val_accuracy}`` (empty for 0 epochs)."""
     from slimkit.plugins.torch.train import FitConfig, fit
 
     if epochs <= 0 or mode == "none":
@@ -395,6 +452,7 @@ def recover(
     else:
         teacher, _ = default_teacher(ctx, fallback_teacher)
         check_outputs_match(model, teacher, ctx.data.train)
+        pairs = resolve_hints(model, teacher, ctx.data.train, hints, [])
         hist = distill_fit(
             model,
             teacher,
@@ -403,6 +461,8 @@ def recover(
             seed,
             alpha=alpha,
             temperature=temperature,
+            hint_layers=pairs,
+            beta=beta,
             progress=ctx.progress,
             task=task,
         )
@@ -444,6 +504,9 @@ class Distill(Technique):
             student, student_source = model, "current model"
         check_outputs_match(student, teacher, ctx.data.train)
         labelled = ctx.data.train.labels is not None
+        hint_layers = resolve_hints(student, teacher, ctx.data.train, cfg.hints, cfg.hint_layers)
+        if cfg.hints == "stages" and len(hint_layers) == len(cfg.hint_layers):
+            ctx.log("hints=stages found no feature-map stage shared by student and teacher; no stage hints")
         before = kd_divergence(student, teacher, ctx.data.val, cfg.temperature)
         hist = distill_fit(
             student,
@@ -460,7 +523,7 @@ class Distill(Technique):
             ctx.seed,
             alpha=cfg.alpha if labelled else 1.0,
             temperature=cfg.temperature,
-            hint_layers=cfg.hint_layers,
+            hint_layers=hint_layers,
             beta=cfg.beta,
             progress=ctx.progress,
             task="distill",
@@ -481,7 +544,7 @@ class Distill(Technique):
             "pure distillation (no labels)" if not labelled else f"alpha={cfg.alpha}, T={cfg.temperature}"
         )
         ctx.info["epoch_loss"] = hist.loss
-        ctx.info["hint_layers"] = [list(p) for p in cfg.hint_layers]
+        ctx.info["hint_layers"] = hint_layers
         return student
 
 

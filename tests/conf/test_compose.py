@@ -52,7 +52,7 @@ def one_line_config_error(overrides: list[str]) -> str:
 
 
 def test_groups_have_options() -> None:
-    assert {"default", "finetune", "none", "prune"} <= set(options("pipeline"))
+    assert {"default", "finetune", "magnitude", "none", "prune"} <= set(options("pipeline"))
     assert {"digits_cnn", "digits_resnet", "torch"} <= set(options("model"))
     assert options("data") and options("target") and options("tracking")
     assert {"magnitude_prune", "finetune"} <= set(options("technique"))
@@ -63,14 +63,19 @@ def test_default_config(registry, tmp_path: Path) -> None:
     assert "hydra" not in plain
     assert plain["seed"] == 0 and plain["cache"] is True
     assert plain["pipeline"]["name"] == "default"
-    assert plain["pipeline"]["stages"]["prune"]["technique"] == "magnitude_prune"
+    stages = plain["pipeline"]["stages"]
+    assert [stages[s]["technique"] for s in stages] == ["channel_prune", "distill", "quantize"]
     assert plain["model"]["name"] == "digits_resnet"
     assert plain["data"]["name"] == "digits"
     assert plain["target"]["name"] == "cpu"
     assert plain["tracking"]["name"] == "mlflow"
     spec = build_spec(plain, registry, tmp_path)
-    assert [s.name for s in spec.stages] == ["prune"]
-    assert spec.stages[0].config.sparsity == 0.5
+    assert [s.name for s in spec.stages] == ["prune", "distill", "quantize"]
+    prune, distill, quantize = (s.config for s in spec.stages)
+    assert (prune.ratio, prune.finetune) == (0.5, "distill")
+    assert distill.epochs >= 1
+    assert (quantize.mode, quantize.per_channel) == ("static", True)
+    assert quantize.threads == plain["target"]["threads"]
     assert spec.cache_dir == Path(".slimkit/cache")
 
 
@@ -87,7 +92,7 @@ def test_every_option_composes(group: str, option: str, registry, tmp_path: Path
 
 @pytest.mark.parametrize("technique", options("technique"))
 def test_every_technique_composes_into_a_stage(technique: str, registry, tmp_path: Path) -> None:
-    plain = compose_plain([f"technique@pipeline.stages.prune={technique}"])
+    plain = compose_plain(["pipeline=magnitude", f"technique@pipeline.stages.prune={technique}"])
     stage = plain["pipeline"]["stages"]["prune"]
     assert stage["technique"] == technique
     spec = build_spec(plain, registry, tmp_path)
@@ -103,6 +108,13 @@ def test_technique_swaps_a_stage() -> None:
     assert stage["technique"] == "finetune"
     assert "epochs" in stage
     assert "sparsity" not in stage
+
+
+def test_pipeline_magnitude_is_the_former_default(registry, tmp_path: Path) -> None:
+    plain = compose_plain(["pipeline=magnitude"])
+    spec = build_spec(plain, registry, tmp_path)
+    assert [(s.name, s.technique.name) for s in spec.stages] == [("prune", "magnitude_prune")]
+    assert spec.stages[0].config.sparsity == 0.5
 
 
 def test_pipeline_prune_overrides_technique_defaults() -> None:
@@ -124,8 +136,10 @@ def test_data_size_follows_the_model() -> None:
 
 
 def test_values_are_overridden() -> None:
-    plain = compose_plain(["pipeline.stages.prune.sparsity=0.7", "target.batch_sizes=[1,32]", "seed=3", "cache=false"])
-    assert plain["pipeline"]["stages"]["prune"]["sparsity"] == 0.7
+    plain = compose_plain(["pipeline.stages.prune.ratio=0.6", "target.batch_sizes=[1,32]", "seed=3", "cache=false"])
+    assert plain["pipeline"]["stages"]["prune"]["ratio"] == 0.6
+    magnitude = compose_plain(["pipeline=magnitude", "pipeline.stages.prune.sparsity=0.7"])
+    assert magnitude["pipeline"]["stages"]["prune"]["sparsity"] == 0.7
     assert plain["target"]["batch_sizes"] == [1, 32]
     assert plain["seed"] == 3 and plain["cache"] is False
 
@@ -136,7 +150,7 @@ def test_values_are_overridden() -> None:
 def test_wrong_type_fails_at_compose() -> None:
     message = one_line_config_error(["seed=abc"])
     assert "seed=abc" in message and "Integer" in message
-    message = one_line_config_error(["pipeline.stages.prune.sparsity=abc"])
+    message = one_line_config_error(["pipeline=magnitude", "pipeline.stages.prune.sparsity=abc"])
     assert "pipeline.stages.prune.sparsity=abc" in message and "Float" in message
     message = one_line_config_error(["target.repeats=many"])
     assert "target.repeats=many" in message
@@ -158,7 +172,7 @@ def test_unknown_option_lists_the_options() -> None:
 
 
 def test_build_spec_checks_ranges(registry, tmp_path: Path) -> None:
-    plain = compose_plain(["pipeline.stages.prune.sparsity=1.5"])  # a float: composes
+    plain = compose_plain(["pipeline=magnitude", "pipeline.stages.prune.sparsity=1.5"])  # a float: composes
     with pytest.raises(ConfigError) as exc:
         build_spec(plain, registry, tmp_path)
     assert str(exc.value) == "pipeline.stages.prune.sparsity=1.5 is outside [0.0, 1.0); use e.g. 0.5"
@@ -171,7 +185,7 @@ def test_build_spec_checks_ranges(registry, tmp_path: Path) -> None:
 
 
 def test_build_spec_rejects_an_unknown_stage_option(registry, tmp_path: Path) -> None:
-    plain = compose_plain([])
+    plain = compose_plain(["pipeline=magnitude"])
     plain["pipeline"]["stages"]["prune"]["amount"] = 0.3
     with pytest.raises(ConfigError) as exc:
         build_spec(plain, registry, tmp_path)

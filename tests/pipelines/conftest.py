@@ -17,8 +17,11 @@ from typing import Any
 
 import pytest
 
-#: Overrides that keep one run short: small model, one pruning step without fine-tuning, few repeats.
+#: Overrides that keep one run short: the one-stage ``magnitude`` pipeline (the default before the
+#: combined channel_prune -> distill -> quantize one), small model, one pruning step without
+#: fine-tuning, few repeats.
 FAST: list[str] = [
+    "pipeline=magnitude",
     "model=digits_cnn",
     "target.repeats=3",
     "target.warmup=1",
@@ -28,7 +31,7 @@ FAST: list[str] = [
     "pipeline.stages.prune.finetune_epochs=0",
 ]
 
-#: The same without the stage settings, for pipelines whose stages differ from ``default``'s.
+#: The same without the stage settings, for stages that differ from ``magnitude``'s.
 FAST_TARGET: list[str] = [o for o in FAST if not o.startswith("pipeline.")]
 
 #: Environment variables that would change what a run does or prints.
@@ -185,7 +188,7 @@ def model_digest() -> Callable[[Path], str]:
 
 @pytest.fixture(scope="session")
 def fast() -> list[str]:
-    """Overrides for a short run of the ``default`` pipeline (see :data:`FAST`)."""
+    """Overrides for a short run of the ``magnitude`` pipeline (see :data:`FAST`)."""
     return list(FAST)
 
 

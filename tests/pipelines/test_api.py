@@ -50,7 +50,7 @@ def arrays_result(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return slimkit.compress(
         digits_cnn(),
         _digits_arrays(),
-        pipeline="default",
+        pipeline="magnitude",
         tracking="none",
         run_dir=run_dir,
         overrides=FAST_API,
@@ -99,11 +99,13 @@ def test_api_writes_the_run_dir(arrays_result: Any) -> None:
 def test_named_model_and_data(tmp_path: Path) -> None:
     import torch
 
-    result = slimkit.compress("digits_cnn", "digits", tracking="none", run_dir=tmp_path / "r", overrides=FAST_API)
+    result = slimkit.compress(
+        "digits_cnn", "digits", pipeline="magnitude", tracking="none", run_dir=tmp_path / "r", overrides=FAST_API
+    )
     assert result.report.status == "FINISHED"
     assert result.report.config["model"]["name"] == "digits_cnn"
     assert result.report.config["data"] == {**result.report.config["data"], "name": "digits", "size": 8}
-    assert result.report.config["pipeline"]["name"] == "default"
+    assert result.report.config["pipeline"]["name"] == "magnitude"
     assert result.report.stages[0].metrics["sparsity"] == pytest.approx(0.5, abs=0.01)
     assert isinstance(result.model, torch.nn.Module)
     assert _zero_fraction(result.model) == pytest.approx(0.5, abs=0.01)
@@ -113,7 +115,12 @@ def test_named_model_and_data(tmp_path: Path) -> None:
 def test_bad_override_raises_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"sparsity=1.5"):
         slimkit.compress(
-            "digits_cnn", "digits", tracking="none", run_dir=tmp_path / "r", pipeline__stages__prune__sparsity=1.5
+            "digits_cnn",
+            "digits",
+            pipeline="magnitude",
+            tracking="none",
+            run_dir=tmp_path / "r",
+            pipeline__stages__prune__sparsity=1.5,
         )
     with pytest.raises(ConfigError, match="foo"):
         slimkit.compress("digits_cnn", "digits", tracking="none", run_dir=tmp_path / "r", overrides=["foo=1"])

@@ -1,7 +1,7 @@
 """One successful ``slimkit`` run with MLflow tracking, checked from every side.
 
 The run (module-scoped: it takes a while) prunes the bundled digits CNN to 70 % sparsity, which
-also shows that a Hydra override reaches the technique: the default pipeline's sparsity is 0.5.
+also shows that a Hydra override reaches the technique: the magnitude pipeline's sparsity is 0.5.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def test_report_contract(report: dict[str, Any]) -> None:
 def test_override_sets_achieved_sparsity(report: dict[str, Any]) -> None:
     from slimkit.pipelines.config import compose, to_plain
 
-    default = to_plain(compose([]))["pipeline"]["stages"]["prune"]["sparsity"]
+    default = to_plain(compose(["pipeline=magnitude"]))["pipeline"]["stages"]["prune"]["sparsity"]
     assert default != SPARSITY
     achieved = report["stages"][0]["metrics"]["sparsity"]
     assert achieved == pytest.approx(SPARSITY, abs=0.01)
@@ -164,7 +164,7 @@ def test_mlflow_parent_run(parent_run: Any, report: dict[str, Any], run_dir: Pat
     assert metrics["prune.sparsity"] == pytest.approx(SPARSITY, abs=0.01)
     tags = parent_run.data.tags
     assert "error" not in tags
-    assert tags["pipeline"] == "default"
+    assert tags["pipeline"] == "magnitude"
     assert Path(tags["slimkit.run_dir"]).resolve() == run_dir.resolve()
 
 

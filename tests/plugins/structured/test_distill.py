@@ -127,6 +127,31 @@ def test_hint_layers_train_a_projection_between_different_widths(adapter, digits
     assert "features.42" in str(err.value) and "features.0" in str(err.value)
 
 
+def test_stage_hints_are_the_ends_of_the_spatial_stages(digits32):
+    from slimkit.plugins.techniques.distill import stage_hints
+    from slimkit.plugins.torch.zoo import digits_resnet
+
+    # ResNet-20: 32x32, 16x16 and 8x8 stages end at blocks 2, 5 and 8 (the `layers` Sequential's output);
+    # the globally pooled 1x1 map repeats the last stage and is left out.
+    pairs = stage_hints(digits_resnet(), digits_resnet(), digits32.train)
+    assert pairs == [["layers.2", "layers.2"], ["layers.5", "layers.5"], ["layers", "layers"]]
+    assert (
+        stage_hints(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1024, 10)), digits_resnet(), digits32.train)
+        == []
+    )
+
+
+def test_stage_hints_teach_a_pruned_student(adapter, digits8, make_ctx):
+    ctx = make_ctx(digits8, baseline=digits_cnn())
+    student = pruned_cnn(adapter, make_ctx(digits8))
+    out = distill(student, adapter, ctx, epochs=1, hints="stages")
+    assert ctx.info["hint_layers"] == [["features.5", "features.5"], ["features.9", "features.9"]]
+    assert not hasattr(out, "projections")
+    assert ctx.metrics["kd_divergence_after"] < ctx.metrics["kd_divergence_before"]
+    with pytest.raises(ConfigError, match="hints='all' is not one of"):
+        DistillConfig(technique="distill", hints="all")
+
+
 def test_prune_with_distillation_uses_the_baseline_as_teacher(adapter, digits8, make_ctx):
     ctx = make_ctx(digits8, baseline=digits_cnn())
     cfg = ChannelPruneConfig(technique="channel_prune", ratio=0.5, finetune="distill", finetune_epochs=1)

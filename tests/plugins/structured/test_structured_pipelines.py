@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,12 +18,15 @@ FAST = ["tracking=none", "target.repeats=3", "target.warmup=1", "target.batch_si
 
 
 def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in ``cwd`` (which is also on PYTHONPATH, for model factories written there)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(cwd), os.environ.get("PYTHONPATH")]))}
     return subprocess.run(
         [sys.executable, "-m", "slimkit.pipelines.cli", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=600,
+        env=env,
     )
 
 
@@ -87,12 +91,69 @@ def test_structured_pipeline_end_to_end_from_the_cli(tmp_path):
     assert out.shape == (3, 10)
 
 
+#: A model that exports to ONNX (the branch is skipped while exporting) but whose eager forward
+#: branches on a tensor value: the dependency graph, traced eagerly on one input, would freeze it.
+EAGER_BRANCH = """
+import torch
+from torch import nn
+
+
+class EagerBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        if not (torch.compiler.is_compiling() or torch.compiler.is_exporting()) and y.mean() > 0.5:
+            y = y * 2
+        return self.fc(y.mean((2, 3)))
+
+
+def build():
+    return EagerBranch()
+"""
+
+#: Bad input of the structured pipeline -> (overrides, fragments of the one error line).
+BAD_INPUT = {
+    "ratio-empties-a-layer": (
+        ["model=digits_cnn", "pipeline.stages.prune.ratio=0.99"],
+        ["ratio=0.99", "all 32 output channels of features.0", "ignored_layers"],
+    ),
+    "unknown-ignored-layer": (
+        ["model=digits_cnn", "pipeline.stages.prune.ignored_layers=[features.99]"],
+        ["ignored_layers ['features.99']", "features.0"],
+    ),
+    "teacher-with-other-outputs": (
+        [
+            "model=digits_cnn",
+            "pipeline.stages.prune.finetune=none",
+            "pipeline.stages.distill.teacher={factory: 'slimkit.plugins.torch.zoo:digits_cnn', "
+            "kwargs: {pretrained: false, num_classes: 5}}",
+        ],
+        ["teacher outputs shape [2, 5]", "student outputs [2, 10]", "teacher.factory"],
+    ),
+    "data-dependent-control-flow": (
+        ["model=torch", "model.factory=eager_branch:build", "data.size=8"],
+        ["cannot be traced", "eager_branch.py", "torch.where"],
+    ),
+}
+
+
 @pytest.mark.slow
-def test_a_ratio_that_empties_a_layer_exits_2_with_one_line(tmp_path):
-    done = cli(["pipeline=structured", "model=digits_cnn", *FAST, "pipeline.stages.prune.ratio=0.99"], tmp_path)
-    assert done.returncode == 2
-    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("slimkit: error:")]
-    assert len(lines) == 1 and "all 32 output channels of features.0" in lines[0]
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_exits_2_with_one_line_and_a_failed_run(case, tmp_path):
+    (tmp_path / "eager_branch.py").write_text(EAGER_BRANCH)
+    overrides, fragments = BAD_INPUT[case]
+    done = cli(["pipeline=structured", *FAST, *overrides], tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
+    lines = [ln for ln in done.stderr.splitlines() if ln.startswith("slimkit: error:")]
+    assert len(lines) == 1, done.stderr[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
     report = report_of(tmp_path)
-    assert report["status"] == "FAILED" and "features.0" in report["error"]
+    assert report["status"] == "FAILED"
+    assert report["error"] == lines[0].removeprefix("slimkit: error: ")
+    assert report["compressed"] is None
