@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench weights clean help
+.PHONY: install demo test test-fast lint bench weights clean help mlflow-server
 
 help:
 	@echo "make demo       install, then run slimkit on the bundled model (MLflow run in ./mlflow.db)"
@@ -14,6 +14,7 @@ help:
 	@echo "make lint       ruff"
 	@echo "make bench      benchmarks -> docs/BENCHMARKS.md"
 	@echo "make weights    retrain the bundled models' weights"
+	@echo "make mlflow-server  MLflow tracking server on PostgreSQL for a team (MLFLOW_DB=postgresql://..., MLFLOW_PORT=5000)"
 
 # torch is pinned to the local CPU wheel and installed first: an unpinned torch pulls CUDA builds.
 $(STAMP): pyproject.toml
@@ -40,10 +41,30 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/sparsity.py
 	$(PY) benchmarks/quantization.py
+	$(PY) benchmarks/search.py
 
 weights: $(STAMP)
 	$(PY) -m slimkit.plugins.torch.train digits_cnn
 	$(PY) -m slimkit.plugins.torch.train digits_resnet
+
+# MLflow tracking server backed by PostgreSQL, shared by search workers (tracking.uri=http://HOST:PORT).
+# MLFLOW_DB: the team's database URL; empty starts a local PostgreSQL cluster in .slimkit/postgres
+# (port 5433, databases mlflow and optuna; the optuna one is for search.storage). See docs/SEARCH.md.
+MLFLOW_DB        ?=
+MLFLOW_HOST      ?= 127.0.0.1
+MLFLOW_PORT      ?= 5000
+MLFLOW_ARTIFACTS ?= mlartifacts
+
+mlflow-server: $(STAMP)
+	@db="$(MLFLOW_DB)"; \
+	if [ -z "$$db" ]; then \
+		urls=$$($(PY) -m slimkit.plugins.search.servers postgres --dir .slimkit/postgres --port 5433) || exit 1; \
+		db=$$(echo "$$urls" | head -1); \
+		echo "search.storage=$$(echo "$$urls" | tail -1)"; \
+	fi; \
+	echo "tracking.uri=http://$(MLFLOW_HOST):$(MLFLOW_PORT) (backend $$db)"; \
+	exec $(PY) -m slimkit.plugins.search.servers mlflow --db "$$db" --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) \
+		--artifacts $(MLFLOW_ARTIFACTS)
 
 clean:
 	rm -rf outputs multirun .slimkit .pytest_cache

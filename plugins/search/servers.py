@@ -101,6 +101,11 @@ class Postgres:
                 capture_output=True,
             )
         log = self.data_dir / "server.log"
+        try:  # already running (make mlflow-server again): nothing to do
+            wait_port(self.port, 0.5)
+            return self
+        except TimeoutError:
+            pass
         subprocess.run(
             self._cmd(
                 str(self.bin_dir / "pg_ctl"),
