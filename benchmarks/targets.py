@@ -205,11 +205,13 @@ def main(argv: list[str] | None = None) -> int:
                 "",
             ]
     if cuda_device_count() == 0:
+        from slimkit.plugins.targets.cuda import NO_DEVICE
+
         sections += [
             "### cuda",
             "",
             "No CUDA device on this machine, so no CUDA numbers: they are only ever taken on a real GPU, with the",
-            "device named. (`target=cuda` here fails with one line: `target=cuda needs a CUDA device; none found`.)",
+            f"device named. (`target=cuda` here fails with one line: `{NO_DEVICE}`.)",
         ]
     else:  # pragma: no cover - needs a GPU
         sections += ["### cuda", "", "A CUDA device is present: run `slimkit target=cuda` pipelines for its rows."]
