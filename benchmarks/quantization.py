@@ -437,8 +437,8 @@ def main(argv: list[str] | None = None) -> int:
                 data,
                 work / "bert",
                 [1],
-                4,
                 5,
+                15,
                 bert_auto,
                 warmup=1,
             )

@@ -80,7 +80,7 @@ class QuantizeConfig(TechniqueConfig):
         intra-op threads with 0 = all physical cores, timed runs per batch); pipelines set the first
         two from the target.
     latency_tolerance: candidates within this fraction of the fastest count as equally fast (timing
-        noise); the smaller file wins among them.
+        noise); the more accurate (or faithful) wins among them.
     measure: ``auto`` times its candidates here and keeps the fastest that passes; false (set by
         :func:`follow_target` for a target that dictates its format, e.g. npu, whose speed this
         machine cannot tell) keeps the first of ``modes`` that passes, untimed.
