@@ -77,8 +77,9 @@ class ChannelPruneConfig(TechniqueConfig):
     calibration_batches: batches of the training split for ``taylor`` importance.
     finetune: ``distill`` (from the uncompressed model), ``plain`` (cross-entropy) or ``none``.
     finetune_epochs, lr, batch_size: fine-tuning after each step; alpha, temperature: distillation.
-    hints: ``none`` or ``stages``: distillation also matches the feature map at the end of every spatial
-        stage to the teacher's through a learned 1x1 projection (see ``distill``), weighed by ``beta``.
+    hints: ``stages`` (default) or ``none``: distillation also matches the feature map at the end of
+        every spatial stage to the teacher's through a learned 1x1 projection (see ``distill``),
+        weighed by ``beta``.
     """
 
     ratio: float = 0.5
@@ -94,9 +95,9 @@ class ChannelPruneConfig(TechniqueConfig):
     finetune_epochs: int = 2
     lr: float = 0.01
     batch_size: int = 64
-    alpha: float = 0.9
-    temperature: float = 4.0
-    hints: str = "none"
+    alpha: float = 0.5
+    temperature: float = 1.0
+    hints: str = "stages"
     beta: float = 1.0
 
     def __post_init__(self) -> None:

@@ -66,15 +66,17 @@ class DistillConfig(TechniqueConfig):
 
     epochs, lr, batch_size, optimizer (``sgd`` | ``adam``), weight_decay, augment: training, as ``finetune``.
     alpha: weight of the distillation term in [0, 1] (1 - alpha weighs cross-entropy on the labels).
-    temperature: softening temperature T > 0 (the KL term is scaled by T^2).
+    temperature: softening temperature T > 0 (the KL term is scaled by T^2). The defaults, T=1 and
+        alpha=0.5, beat T=4 / alpha=0.9 after pruning the bundled ResNet (benchmarks/pruning.py): its
+        teacher was trained with label smoothing, which flattens what softened logits carry.
     teacher: empty for the model before compression, or ``{factory, kwargs, weights}`` /
         ``{path, trust_pickle}`` as in ``model=torch``.
     student: empty for the current model, or ``{factory, kwargs[, weights]}`` for another
         architecture (e.g. ``kwargs: {pretrained: false, width: 8}``).
     hint_layers: ``[[student_layer, teacher_layer], ...]`` module names whose outputs are matched
         through a learned projection; ``beta`` weighs that loss.
-    hints: ``none`` (only ``hint_layers``) or ``stages`` (add the end of every spatial stage, found
-        from the models: see :func:`stage_hints`).
+    hints: ``stages`` (default: add the end of every spatial stage, found from the models, see
+        :func:`stage_hints`; nothing for models without feature maps) or ``none`` (only ``hint_layers``).
     """
 
     epochs: int = 3
@@ -83,12 +85,12 @@ class DistillConfig(TechniqueConfig):
     optimizer: str = "sgd"
     weight_decay: float = 5e-4
     augment: bool = False
-    alpha: float = 0.9
-    temperature: float = 4.0
+    alpha: float = 0.5
+    temperature: float = 1.0
     teacher: dict[str, Any] = field(default_factory=dict)
     student: dict[str, Any] = field(default_factory=dict)
     hint_layers: list[list[str]] = field(default_factory=list)
-    hints: str = "none"
+    hints: str = "stages"
     beta: float = 1.0
 
     def __post_init__(self) -> None:

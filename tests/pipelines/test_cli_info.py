@@ -52,7 +52,7 @@ def test_help_lists_config_groups_and_options(run_cli, show, tmp_path: Path) -> 
     assert "cpu" in options["target"]
     assert {"mlflow", "none"} <= options["tracking"]
     # The composed config is shown, with the technique defaults a user can override.
-    assert "sparsity:" in proc.stdout
+    assert "ratio:" in proc.stdout  # channel_prune, the default pipeline's first stage
     assert not (tmp_path / "outputs").exists(), "--help must not start a run"
 
 
