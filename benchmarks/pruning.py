@@ -157,6 +157,7 @@ def channel_section(args: Any, tmp: Path) -> tuple[str, dict[str, Any]]:
             )
             seconds[name].append(time.perf_counter() - t0)
             accs[name].append(adapter.evaluate(res.model, data.test)["accuracy"])
+            log(f"  test accuracy {accs[name][-1] * 100:.2f} %, {seconds[name][-1]:.0f} s")
             models.setdefault(name, res.model)
             stages.setdefault(name, res.report.config["pipeline"]["stages"])
         log(f"{tp_name}, seed {seed}")
@@ -164,6 +165,7 @@ def channel_section(args: Any, tmp: Path) -> tuple[str, dict[str, Any]]:
         model = torch_pruning_alone(data, steps, step_epochs, final_epochs, lr, seed=seed)
         seconds[tp_name].append(time.perf_counter() - t0)
         accs[tp_name].append(adapter.evaluate(model, data.test)["accuracy"])
+        log(f"  test accuracy {accs[tp_name][-1] * 100:.2f} %, {seconds[tp_name][-1]:.0f} s")
         models.setdefault(tp_name, model)
 
     log("export and measure")
@@ -519,8 +521,10 @@ def main(argv: list[str] | None = None) -> int:
         "bert": lambda tmp: bert_section(args, tmp),
         "combined": lambda tmp: combined_section(args, tmp),
     }
-    sections = []
-    for part in parts:
+    # the sections that decide the goals first (the machine may be busy); the page keeps its order
+    order = sorted(parts, key=lambda p: ["channels", "combined", "layers", "bert"].index(p))
+    texts: dict[str, str] = {}
+    for part in order:
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 text = builders[part](Path(tmp))
@@ -530,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
                 traceback.print_exc()
                 text = f"### {part}\n\nNot measured: the benchmark failed with `{type(exc).__name__}: {exc}`."
         print(text + "\n", flush=True)
-        sections.append(text)
+        texts[part] = text
+    sections = [texts[p] for p in parts]
     body = "\n\n".join(
         [
             "## Structured pruning, layer pruning and distillation",

@@ -16,6 +16,8 @@ from slimkit.pipelines.config import build_spec, compose, to_plain
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 TOP_GROUPS = ("pipeline", "model", "data", "target", "tracking")
+
+
 # Known bug (conf/data/digits.yaml): ``size: ${oc.select:model.input_size,32}`` gives None, not 32, when
 # the model leaves input_size null, and DigitsDataConfig.size is an int; so a model option without an
 # input_size does not compose with the default data=digits.
@@ -104,7 +106,10 @@ def test_every_technique_composes_into_a_stage(technique: str, registry, tmp_pat
 
 
 def test_technique_swaps_a_stage() -> None:
-    stage = compose_plain(["technique@pipeline.stages.prune=finetune"])["pipeline"]["stages"]["prune"]
+    # (a pipeline that sets stage values, like the default, keeps them: swap a stage of pipeline=magnitude)
+    stage = compose_plain(["pipeline=magnitude", "technique@pipeline.stages.prune=finetune"])["pipeline"]["stages"][
+        "prune"
+    ]
     assert stage["technique"] == "finetune"
     assert "epochs" in stage
     assert "sparsity" not in stage
@@ -179,7 +184,9 @@ def test_build_spec_checks_ranges(registry, tmp_path: Path) -> None:
     plain = compose_plain(["pipeline.stages.prune.steps=0"])
     with pytest.raises(ConfigError, match=r"^pipeline\.stages\.prune\.steps=0 must be >= 1"):
         build_spec(plain, registry, tmp_path)
-    plain = compose_plain(["technique@pipeline.stages.prune=finetune", "pipeline.stages.prune.optimizer=lion"])
+    plain = compose_plain(
+        ["pipeline=magnitude", "technique@pipeline.stages.prune=finetune", "pipeline.stages.prune.optimizer=lion"]
+    )
     with pytest.raises(ConfigError, match=r"^pipeline\.stages\.prune\.optimizer='lion' is not one of"):
         build_spec(plain, registry, tmp_path)
 

@@ -44,7 +44,7 @@ def test_distillation_brings_a_pruned_student_closer_to_its_teacher(adapter, dig
     ctx = make_ctx(digits8_full, baseline=teacher)
     student = pruned_cnn(adapter, make_ctx(digits8_full))
     acc_before = accuracy(student, digits8_full.val)
-    div_before = kd_divergence(student, teacher, digits8_full.val, 4.0)
+    div_before = kd_divergence(student, teacher, digits8_full.val, DistillConfig(technique="distill").temperature)
     out = distill(student, adapter, ctx, epochs=2, lr=0.02)
 
     assert ctx.metrics["kd_divergence_before"] == pytest.approx(div_before)
@@ -118,7 +118,7 @@ def test_without_labels_it_is_pure_distillation(adapter, digits8, make_ctx):
 def test_hint_layers_train_a_projection_between_different_widths(adapter, digits8, make_ctx):
     ctx = make_ctx(digits8, baseline=digits_cnn())
     student = pruned_cnn(adapter, make_ctx(digits8))  # features.8 has 32 channels, the teacher's 128
-    out = distill(student, adapter, ctx, epochs=1, hint_layers=[["features.8", "features.8"]], beta=0.5)
+    out = distill(student, adapter, ctx, epochs=1, hint_layers=[["features.8", "features.8"]], beta=0.5, hints="none")
     assert ctx.info["hint_layers"] == [["features.8", "features.8"]]
     assert not hasattr(out, "projections")  # the projection is dropped after training
     assert adapter.predict(out, digits8.test.example(2)).shape == (2, 10)
