@@ -50,8 +50,9 @@ _STUDY_NAME = re.compile(r"^[\w.\-]{1,100}$")
 class SearchConfig(TechniqueConfig):
     """Config of the ``search`` technique (``search.*`` on the command line).
 
-    n_trials: finished trials (complete, pruned or failed) the study should hold; a re-run with the
-        same study continues it up to that number, a larger number adds trials.
+    n_trials: trials that ran (complete or failed) the study should hold; a re-run with the same study
+        continues it up to that number, a larger number adds trials. A repeat of parameters already
+        tried is recorded as pruned and does not count (trials are deterministic).
     timeout_s: stop starting trials after this many seconds of this worker (null: no limit).
     study: the optuna study name; workers that share a storage and a study name share the study.
     storage: optuna RDB storage URL: ``sqlite:///study.db`` (default, relative to the current

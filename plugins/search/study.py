@@ -41,7 +41,10 @@ if TYPE_CHECKING:
 #: Seconds to wait for a database server to accept a TCP connection.
 CONNECT_TIMEOUT_S = 3
 
-_FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+#: Trial states that count towards ``n_trials``: trials that ran. Repeats of tried parameters are
+#: recorded as PRUNED and do not count (at most ``DUPLICATES_PER_TRIAL`` per trial of the budget).
+_COUNTED = ("COMPLETE", "FAIL")
+DUPLICATES_PER_TRIAL = 2
 
 
 class SearchError(TechniqueError):
@@ -483,13 +486,13 @@ def run_search(cfg: SearchConfig, run: RunContext, model: Any, adapter: ModelAda
             f"{' '.join(str(exc).split())[:300]}; check search.storage"
         ) from exc
     searcher = Searcher(cfg=cfg, run=run, model=model, adapter=adapter, sctx=sctx)
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state.name in _FINISHED]
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state.name in _COUNTED]
     todo = int(cfg.n_trials) - len(finished)
     if todo > 0:
-        states = tuple(getattr(optuna.trial.TrialState, s) for s in _FINISHED)
+        states = tuple(getattr(optuna.trial.TrialState, s) for s in _COUNTED)
         study.optimize(
             searcher.objective,
-            n_trials=todo,
+            n_trials=todo * (1 + DUPLICATES_PER_TRIAL),  # the callback stops at n_trials that ran
             timeout=cfg.timeout_s,
             catch=(Exception,),
             callbacks=[optuna.study.MaxTrialsCallback(int(cfg.n_trials), states=states)],

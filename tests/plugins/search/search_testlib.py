@@ -85,3 +85,13 @@ def study_trials(storage: str, study: str = "slimkit-search") -> list[Any]:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+
+
+def ran(trials: Sequence[Any]) -> int:
+    """How many trials ran (complete or failed): what ``search.n_trials`` counts."""
+    return sum(1 for t in trials if getattr(t, "state", None) is not None and t.state.name in ("COMPLETE", "FAIL"))
+
+
+def ran_counts(counts: dict[str, int]) -> int:
+    """The same from a report's ``search.trials`` counts."""
+    return int(counts.get("COMPLETE", 0)) + int(counts.get("FAIL", 0))

@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from search_testlib import TINY, describe, reports, run_cli, study_trials, user_error
+from search_testlib import TINY, describe, ran, ran_counts, reports, run_cli, study_trials, user_error
 
 
 def _closed_port() -> int:
@@ -35,7 +35,7 @@ def test_search_report_pareto_and_mlflow_children(searched: Path) -> None:
     assert (searched / "study.db").exists() and (searched / "mlflow.db").exists()
     summary, pareto = report["search"], report["pareto"]
     assert summary["study"] == "slimkit-search" and summary["trials_this_worker"] >= 1
-    assert sum(summary["trials"].values()) == 2
+    assert ran_counts(summary["trials"]) == 2
     assert pareto and all({"trial", "accuracy_drop", "speedup", "latency_ms", "size_mb"} <= set(r) for r in pareto)
     best = summary["best_trial"]
     assert best is not None and any(r["trial"] == best for r in pareto)
@@ -67,15 +67,15 @@ def test_rerun_continues_the_sqlite_study(searched: Path) -> None:
     proc = run_cli([*TINY, "search.n_trials=3"], searched)
     assert proc.returncode == 0, describe(proc)
     trials = study_trials(f"sqlite:///{searched / 'study.db'}")
-    assert len(trials) == 3 and before < {t.number for t in trials}
+    assert ran(trials) == 3 and before < {t.number for t in trials}
     report = reports(searched)[-1]
-    assert report["search"]["trials_this_worker"] == 1 and sum(report["search"]["trials"].values()) == 3
+    assert report["search"]["trials_this_worker"] >= 1 and ran_counts(report["search"]["trials"]) == 3
 
 
 @pytest.mark.slow
 def test_impossible_constraints_fail_naming_constraint_and_closest(searched: Path) -> None:
     # The study already holds its trials: nothing new runs, the constraints are judged on them.
-    proc = run_cli([*TINY, "search.n_trials=3", "search.max_accuracy_drop=0", "search.min_speedup=1000"], searched)
+    proc = run_cli([*TINY, "search.n_trials=2", "search.max_accuracy_drop=0", "search.min_speedup=1000"], searched)
     message = user_error(proc, "no trial meets", "min_speedup=1000", "closest: trial")
     assert "search.n_trials" in message
     report = reports(searched)[-1]
