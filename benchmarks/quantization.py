@@ -217,9 +217,12 @@ def bench_model(
     float_layers = [k for k, v in (info.get("float_layers") or {}).items() if "mask" not in v]
     mode = info.get("mode")
     if mode == "static":
-        mode += f" ({'per-channel' if info.get('per_channel', True) else 'per-tensor'} weights)"
+        acts = "int8" if info.get("activation_signed") else "uint8"
+        mode += f" ({'per-channel' if info.get('per_channel', True) else 'per-tensor'} weights, {acts} activations)"
     note = f"mode={mode}, {len(float_layers)} layers float, search {seconds:.0f} s"
     log(f"{name}: slimkit chose {note}; float {info.get('float_latency_ms', float('nan')):.3f} ms; candidates:")
+    for n in info.get("notes", []):
+        log(f"  note: {n}")
     for c in info.get("candidates", []):
         log(f"  {c}")
     variants = [Variant("float (ORT fp32)", fp32), Variant("**slimkit quantize (auto)**", path, note)]
@@ -458,8 +461,9 @@ def main(argv: list[str] | None = None) -> int:
         "mean per-sample output cosine to the float model (the encoder has random weights: fidelity only;",
         "it is timed at batch 1 only, the goal's batch).",
         "slimkit runs `mode=auto`: every PTQ mode (static QDQ with per-channel and per-tensor weights,",
-        "dynamic, weight-only) built, scored and timed on this machine, sensitive layers kept float only",
-        "when a candidate that misses the budget could still be the fastest. The ORT rows call",
+        "uint8 and int8 activations; dynamic; weight-only) built, scored and timed on this machine,",
+        "sensitive layers kept float when a candidate that misses the budget could still be the fastest,",
+        "or (unlabelled data) when the fastest is less faithful than a slower candidate. The ORT rows call",
         "`quantize_static` / `quantize_dynamic` with their defaults on the same float ONNX file (static",
         "calibrated on the same samples).",
         "",

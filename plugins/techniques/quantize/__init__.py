@@ -62,6 +62,8 @@ class QuantizeConfig(TechniqueConfig):
     weight_bits: 8, or 4 (static/qat: int8 containers holding 4-bit values; weight_only: MatMulNBits).
     activation_bits: 8, or 16 (static only, for targets that need it).
     weight_symmetric / activation_symmetric: symmetric ranges (zero point 0, or 128 for u8).
+    activation_signed: static 8-bit activations as int8 (S8S8, ``quantize_static``'s default) instead
+        of uint8 (U8S8); ``auto`` builds and times both on a target that measures (the CPU).
     per_channel: one weight scale per output channel (static, qat; dynamic is always per tensor).
     reduce_range: 7-bit weights (avoids u8s8 overflow on CPUs without VNNI; costs accuracy).
     calibration: ``minmax``, ``percentile``, ``entropy`` (ORT's calibrators) or ``mse`` (slimkit's:
@@ -93,6 +95,7 @@ class QuantizeConfig(TechniqueConfig):
     activation_bits: int = 8
     weight_symmetric: bool = True
     activation_symmetric: bool = False
+    activation_signed: bool = False
     per_channel: bool = True
     reduce_range: bool = False
     calibration: str = "minmax"
@@ -161,6 +164,11 @@ class QuantizeConfig(TechniqueConfig):
             raise ConfigError(
                 "weight_bits=4 is not supported by mode=dynamic (ORT's dynamic kernels are int8); "
                 "use mode=weight_only, static or qat for 4-bit weights"
+            )
+        if self.activation_signed and self.activation_bits != 8:
+            raise ConfigError(
+                f"activation_signed=true needs activation_bits=8 (got {self.activation_bits}); "
+                "use activation_signed=false for 16-bit activations"
             )
         if self.activation_bits == 16 and self.mode not in ("static", "auto"):
             raise ConfigError(f"activation_bits=16 needs mode=static (got mode={self.mode}); use mode=static")
@@ -296,6 +304,12 @@ def follow_target(cfg: QuantizeConfig, target: str, notes: list[str]) -> Quantiz
         raise TargetError(
             f"target={target} cannot run {cfg.activation_bits}-bit activations (it runs "
             f"{', '.join(prefs['activation_types'])}); use activation_bits={widths[0]}"
+        )
+    types = [str(t).lower() for t in prefs["activation_types"]]
+    if cfg.activation_signed and types and all(t.startswith("uint") for t in types):
+        raise TargetError(
+            f"target={target} cannot run signed (int8) activations (it runs {', '.join(prefs['activation_types'])}); "
+            "use activation_signed=false"
         )
     if cfg.mode == "auto":
         modes = [m for m in cfg.modes if m in allowed] or allowed

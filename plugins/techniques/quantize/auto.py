@@ -47,6 +47,9 @@ SENSITIVITY_SAMPLES = 64
 #: Each model is timed for at least this long per batch size and round: a handful of runs of a
 #: millisecond model says little on a shared machine.
 MIN_SECONDS = 0.3
+#: The fidelity step (unlabelled data) ranks layers on this many samples: it runs on every model whose
+#: fastest passing candidate is less faithful than a slower one, so it must stay cheap.
+FIDELITY_SAMPLES = 16
 
 
 @dataclass
@@ -59,17 +62,20 @@ class Candidate:
     latency_ms: float = math.inf
     float_layers: list[str] = field(default_factory=list)
     per_channel: bool | None = None
+    activation_signed: bool = False
 
     def label(self) -> str:
-        """The mode, with the weight granularity for static QDQ."""
+        """The mode, with the weight granularity (and int8 activations) for static QDQ."""
         if self.mode != "static" or self.per_channel is None:
             return self.mode
-        return f"static ({'per-channel' if self.per_channel else 'per-tensor'} weights)"
+        acts = ", int8 activations" if self.activation_signed else ""
+        return f"static ({'per-channel' if self.per_channel else 'per-tensor'} weights{acts})"
 
     def row(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
             "per_channel": self.per_channel,
+            "activation_signed": self.activation_signed,
             "float_layers": len(self.float_layers),
             "latency_ms": self.latency_ms,
             "accuracy": self.score.accuracy,
@@ -147,6 +153,7 @@ def _search(
 
     fixed = list(exclude) + list(masked)
     full: dict[str, Candidate] = {}
+    files: dict[str, Path] = {}
     for mode in cfg.modes:
         ctx.progress(f"quantize ({mode})", 0, None)
         try:
@@ -154,23 +161,37 @@ def _search(
         except TechniqueError as exc:
             notes.append(f"mode {mode} skipped: {exc}")
             continue
-        full[mode] = Candidate(mode, model, scorer.score(scratch / f"{mode}.onnx"), per_channel=_per_channel(mode, cfg))
-        if mode == "static" and cfg.per_channel and cfg.weight_bits == 8 and cfg.measure:
+        full[mode] = Candidate(
+            mode,
+            model,
+            scorer.score(scratch / f"{mode}.onnx"),
+            per_channel=_per_channel(mode, cfg),
+            activation_signed=cfg.activation_signed if mode == "static" else False,
+        )
+        files[mode] = scratch / f"{mode}.onnx"
+        if mode == "static" and cfg.weight_bits == 8 and cfg.activation_bits == 8 and cfg.measure:
             # Per-tensor weights take other int8 kernels: faster on wide MatMuls at batch 1, slower on
-            # small convolutions here. Which one wins is measured like the modes.
-            ctx.progress("quantize (static, per-tensor weights)", 0, None)
-            flat = replace(cfg, per_channel=False)
-            path = scratch / "static_per_tensor.onnx"
-            model = quantize_mode(mode, src, path, prepared, ctx, flat, fixed)
-            full["static per-tensor"] = Candidate(mode, model, scorer.score(path), per_channel=False)
+            # small convolutions here; int8 activations (S8S8, quantize_static's default) take others
+            # again than uint8 (U8S8). Which one wins is measured like the modes.
+            extra: list[tuple[str, Any]] = []
+            if cfg.per_channel:
+                extra.append(("static per-tensor", replace(cfg, per_channel=False)))
+            extra.append(
+                ("static per-tensor s8", replace(cfg, per_channel=False, activation_signed=not cfg.activation_signed))
+            )
+            for key_, variant_cfg in extra:
+                cand_ = Candidate(mode, None, None, per_channel=False, activation_signed=variant_cfg.activation_signed)  # type: ignore[arg-type]
+                ctx.progress(f"quantize ({cand_.label()})", 0, None)
+                path = scratch / f"{key_.replace(' ', '_')}.onnx"
+                cand_.model = quantize_mode(mode, src, path, prepared, ctx, variant_cfg, fixed)
+                cand_.score = scorer.score(path)
+                full[key_], files[key_] = cand_, path
     if not full:
         raise TechniqueError(f"no quantization mode of {list(cfg.modes)} applies to this model ({'; '.join(notes)})")
     float_latency = 0.0
     if cfg.measure:
         ctx.progress("time the float model and every mode", 0, None)
-        paths = {"static": "static.onnx", "dynamic": "dynamic.onnx", "weight_only": "weight_only.onnx"}
-        files = [scratch / paths.get(k, "static_per_tensor.onnx") for k in full]
-        measured = measure_latencies([src, *files], ctx, cfg)
+        measured = measure_latencies([src, *(files[k] for k in full)], ctx, cfg)
         float_latency = measured[0]
         for cand, lat in zip(full.values(), measured[1:], strict=True):
             cand.latency_ms = lat
@@ -213,6 +234,23 @@ def _search(
         sensitivities[cand.label()] = sens
         if found is not None and better(found, best):
             best = found
+    if best is not None and not labelled and cfg.measure:
+        best, more = _match_fidelity(
+            best,
+            list(full.values()),
+            src,
+            prepared,
+            ctx,
+            cfg,
+            fixed,
+            scorer,
+            ok,
+            scratch,
+            float_latency,
+            sensitivities,
+            notes,
+        )
+        tried += more
 
     ctx.info["candidates"] = [c.row() for c in tried]
     if cfg.measure:
@@ -262,6 +300,7 @@ def _search(
     ctx.info["mode"] = best.mode
     if best.per_channel is not None:
         ctx.info["per_channel"] = best.per_channel
+        ctx.info["activation_signed"] = best.activation_signed
     ctx.info["float_layers"] = {label.get(n, n): why for n, why in reasons.items()}
     ctx.info["sensitivity"] = {label.get(n, n): v for n, v in sens.items()}
     ctx.metrics["float_layers"] = float(len(best.float_layers) + len(exclude))
@@ -302,14 +341,22 @@ def _variant(
 
 
 def _sensitivity(
-    cand: Candidate, src: Path, prepared: Any, ctx: StageContext, cfg: Any, fixed: list[str], scorer: Scorer, scratch
+    cand: Candidate,
+    src: Path,
+    prepared: Any,
+    ctx: StageContext,
+    cfg: Any,
+    fixed: list[str],
+    scorer: Scorer,
+    scratch: Any,
+    samples: int = SENSITIVITY_SAMPLES,
 ) -> dict[str, float]:
     layers = _layers(cand.mode, prepared, fixed)
 
     def only(name: str) -> Any:
         return _variant(cand, [n for n in layers if n != name], src, prepared, ctx, cfg, fixed)
 
-    quick = scorer.subset(SENSITIVITY_SAMPLES)
+    quick = scorer.subset(samples)
     return layer_sensitivity(layers, only, quick, lambda t, c, n: ctx.progress(f"{t} ({cand.label()})", c, n))
 
 
@@ -350,6 +397,89 @@ def _fallback(
                 attempt.latency_ms = 0.0
             return attempt, attempts, sens
     return None, attempts, sens
+
+
+def _match_fidelity(
+    best: Candidate,
+    full: list[Candidate],
+    src: Path,
+    prepared: Any,
+    ctx: StageContext,
+    cfg: Any,
+    fixed: list[str],
+    scorer: Scorer,
+    ok: Any,
+    scratch: Path,
+    float_latency: float,
+    sensitivities: dict[str, dict[str, float]],
+    notes: list,
+) -> tuple[Candidate, list[Candidate]]:
+    """Unlabelled data: make the fastest passing candidate at least as faithful as a slower one.
+
+    When a passing candidate that is slower than ``best`` is more faithful (static QDQ vs dynamic on
+    an encoder), ``best``'s most output-sensitive layers (ranked on ``FIDELITY_SAMPLES`` samples) are
+    kept float, 1, 2, 4, ... of them up to ``max_float_fraction``, until its cosine reaches that
+    candidate's; the mixed model is timed and kept when it still beats that candidate (faster beyond
+    the timing noise, or as fast and at least as faithful). Otherwise ``best`` stays, with a note.
+    """
+    from . import ort
+
+    rival = next(
+        (
+            c
+            for c in sorted(full, key=lambda c: c.latency_ms)
+            if c is not best and ok(c.score) and c.latency_ms > best.latency_ms and c.score.cosine > best.score.cosine
+        ),
+        None,
+    )
+    if rival is None or best.mode == "weight_only":
+        return best, []
+    target = rival.score.cosine
+    sens = sensitivities.get(best.label())
+    if not sens:
+        sens = _sensitivity(best, src, prepared, ctx, cfg, fixed, scorer, scratch, FIDELITY_SAMPLES)
+        sensitivities[best.label()] = sens
+    base = list(best.float_layers)  # layers the accuracy search already keeps float stay float
+    ranked = [n for n in sorted(sens, key=lambda n: -sens[n]) if n not in base]
+    # at least one layer stays quantized (a model with none is not a quantized model)
+    limit = min(int(math.floor(cfg.max_float_fraction * len(sens))), len(sens) - 1) - len(base)
+    attempts: list[Candidate] = []
+    k = 1
+    while k <= limit:
+        ctx.progress(f"fidelity of {best.label()} vs {rival.label()}", k, limit)
+        float_set = base + ranked[:k]
+        model = _variant(best, float_set, src, prepared, ctx, cfg, fixed)
+        attempt = Candidate(
+            best.mode,
+            model,
+            scorer.score(model),
+            float_layers=float_set,
+            per_channel=best.per_channel,
+            activation_signed=best.activation_signed,
+        )
+        attempts.append(attempt)
+        if attempt.score.cosine >= target and ok(attempt.score):
+            path = ort.save(model, scratch / "fidelity_mixed.onnx")
+            now_float, now_mixed = measure_latencies([src, path], ctx, cfg)
+            attempt.latency_ms = now_mixed * float_latency / now_float
+            tol = cfg.latency_tolerance
+            if attempt.latency_ms < rival.latency_ms * (1 - tol) or (
+                attempt.latency_ms <= rival.latency_ms * (1 + tol) and attempt.latency_ms < rival.latency_ms
+            ):
+                notes.append(
+                    f"{best.label()} ({best.score.text()}) was less faithful than {rival.label()} "
+                    f"({rival.score.text()}); with {k} layers float it has {attempt.score.text()} at "
+                    f"{attempt.latency_ms:.3f} ms vs {rival.latency_ms:.3f} ms: chosen"
+                )
+                return attempt, attempts
+            break  # more float layers only make it slower
+        k *= 2
+    notes.append(
+        f"no candidate is both faster than and as faithful as {rival.label()} ({rival.score.text()}, "
+        f"{rival.latency_ms:.3f} ms): keeping {best.label()} ({best.score.text()}, {best.latency_ms:.3f} ms), "
+        f"which meets the fidelity budget"
+    )
+    return best, attempts
 
 
 def _plot(

@@ -394,8 +394,9 @@ def weight_grid_overrides(
 def quantize_static_model(src: Path, dst: Path, split: Split, cfg: QuantizeConfig, plan: StaticPlan) -> onnx.ModelProto:
     """Static QDQ quantization of the ONNX file ``src`` into ``dst``, calibrated on ``split``.
 
-    U8 activations (asymmetric, or symmetric around 128) and S8 weights: the combination ONNX
-    Runtime's x86 kernels run fastest. ``weight_bits=4`` keeps int8 containers with weights on the
+    U8 activations (asymmetric, or symmetric around 128) and S8 weights by default, or S8
+    activations (``activation_signed``, ORT's default): which of the two runs faster depends on the
+    model and CPU, so ``auto`` times both. ``weight_bits=4`` keeps int8 containers with weights on the
     4-bit grid (scales from ``plan.overrides``), so ORT still runs int8 kernels.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -406,7 +407,10 @@ def quantize_static_model(src: Path, dst: Path, split: Split, cfg: QuantizeConfi
     if cfg.calibration == "mse":
         for name, rng in mse_ranges(model, split, cfg, plan.exclude).items():
             overrides.setdefault(name, [{"rmin": np.float32(rng[0]), "rmax": np.float32(rng[1])}])
-    act = QuantType.QUInt16 if cfg.activation_bits == 16 else QuantType.QUInt8
+    if cfg.activation_bits == 16:
+        act = QuantType.QUInt16
+    else:
+        act = QuantType.QInt8 if cfg.activation_signed else QuantType.QUInt8
     extra: dict[str, Any] = {
         "ActivationSymmetric": cfg.activation_symmetric,
         "WeightSymmetric": cfg.weight_symmetric,

@@ -23,6 +23,10 @@ def test_auto_keeps_accuracy_within_budget_and_reports_why(cnn_onnx, digits8, ma
     # ... every mode was built and timed, the choice is one of them, with its reasons
     modes = {row["mode"] for row in ctx.info["candidates"]}
     assert modes == {"static", "dynamic", "weight_only"}
+    # static QDQ is built with uint8 (U8S8) and int8 (S8S8, quantize_static's default) activations
+    static = [r for r in ctx.info["candidates"] if r["mode"] == "static" and r["float_layers"] == 0]
+    assert {r["activation_signed"] for r in static} == {False, True}
+    assert {r["per_channel"] for r in static} == {False, True}
     assert ctx.info["mode"] in modes and ctx.metrics["latency_ms"] > 0 and ctx.metrics["float_latency_ms"] > 0
     assert set(ctx.info["sensitivity"]) and all(v >= 0 for v in ctx.info["sensitivity"].values())
     for reason in ctx.info["float_layers"].values():
@@ -67,3 +71,41 @@ def test_nothing_meets_the_constraint_keeps_best_candidate(cnn_onnx, digits8, ma
     # the kept candidate is a working quantized model with the reported fidelity
     out = OnnxAdapter().predict(OnnxAdapter().load_file(best), {"input": digits8.val.inputs["input"]})
     assert np.isfinite(out).all()
+
+
+def test_auto_makes_the_fastest_as_faithful_as_a_slower_candidate(
+    cnn_onnx, digits8, make_ctx, one_split, tmp_path, monkeypatch
+) -> None:
+    """Unlabelled data: a faster but less faithful model keeps layers float until it matches a slower one.
+
+    Latencies are stubbed (dynamic fastest, static slower, the mixed model in between) so that the
+    choice does not depend on this machine; the fidelities are real (on this CNN, dynamic is the less
+    faithful).
+    """
+    from slimkit.plugins.techniques.quantize import auto
+
+    def fake(paths, ctx, cfg, rounds=3):
+        ms = {"fidelity_mixed": 1.5, "dynamic": 1.0}
+        return [10.0 if i == 0 else next((v for k, v in ms.items() if k in p.name), 3.0) for i, p in enumerate(paths)]
+
+    monkeypatch.setattr(auto, "measure_latencies", fake)
+    data = one_split({"input": digits8.val.inputs["input"]})
+    ctx = make_ctx(data, tmp_path / "stage")
+    cfg = QuantizeConfig(
+        technique="quantize", mode="auto", modes=["static", "dynamic"], min_fidelity=0.9, max_float_fraction=1.0, **FAST
+    )
+    Quantize(cfg).apply(cnn_onnx, OnnxAdapter(), ctx)
+    rows = ctx.info["candidates"]
+    dynamic = next(r for r in rows if r["mode"] == "dynamic" and r["float_layers"] == 0)
+    static = max((r for r in rows if r["mode"] == "static"), key=lambda r: r["cosine"])
+    assert dynamic["cosine"] < static["cosine"]  # so the step runs
+    tried = [r for r in rows if r["mode"] == "dynamic" and r["float_layers"] > 0]
+    assert tried and [r["float_layers"] for r in tried] == [2**i for i in range(len(tried))]
+    notes = " ".join(ctx.info.get("notes", []))
+    if "chosen" in notes:
+        assert "was less faithful than static" in notes
+        assert ctx.info["mode"] == "dynamic" and ctx.metrics["val_cosine"] >= static["cosine"]
+        assert ctx.metrics["latency_ms"] == pytest.approx(1.5)
+    else:  # none as faithful: the faster one stays, said in a note
+        assert "no candidate is both faster than and as faithful as static" in notes
+        assert ctx.info["mode"] == "dynamic" and ctx.metrics["val_cosine"] == pytest.approx(dynamic["cosine"])
