@@ -25,6 +25,7 @@ def test_defaults_are_auto_int8_with_half_point_budget() -> None:
         ({"calibration": "kl"}, "calibration='kl' is not one of"),
         ({"mode": "dynamic", "weight_bits": 4}, "weight_bits=4 is not supported by mode=dynamic"),
         ({"mode": "qat", "activation_bits": 16}, "activation_bits=16 needs mode=static"),
+        ({"activation_bits": 16, "activation_signed": True}, "activation_signed=true needs activation_bits=8"),
         ({"mode": "static", "weight_bits": 4, "weight_symmetric": False}, "asymmetric 4-bit weights"),
         ({"block_size": 24}, "block_size=24 must be a power of two"),
         ({"modes": ["qat"]}, "modes='qat' is not one of"),

@@ -313,6 +313,7 @@ def test_quantize_follows_the_npu_preferences() -> None:
     for kwargs, needle in [
         ({"mode": "dynamic"}, "target=npu cannot run mode=dynamic quantization (it runs QDQ only); use mode=static"),
         ({"mode": "weight_only", "weight_bits": 4}, "target=npu cannot run mode=weight_only quantization"),
+        ({"mode": "static", "activation_signed": True}, "target=npu cannot run signed (int8) activations"),
     ]:
         with pytest.raises(TargetError, match=re.escape(needle)):
             quantize.follow_target(quantize.QuantizeConfig(technique="quantize", **kwargs), "npu", [])
