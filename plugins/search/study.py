@@ -124,21 +124,28 @@ def open_storage(cfg: SearchConfig) -> optuna.storages.RDBStorage:
         engine = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}, "pool_pre_ping": True}
     else:
         engine = {"pool_pre_ping": True}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine,
-                heartbeat_interval=int(cfg.heartbeat_s),
-                grace_period=int(cfg.grace_s),
-            )
-    except Exception as exc:
-        first = " ".join(str(exc).split())[:300]
-        raise SearchError(
-            f"cannot open the study storage {mask_url(url)}: {type(exc).__name__}: {first}; "
-            "check search.storage (user, password, database) or use sqlite:///study.db"
-        ) from exc
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine,
+                    heartbeat_interval=int(cfg.heartbeat_s),
+                    grace_period=int(cfg.grace_s),
+                )
+        except Exception as exc:
+            first = " ".join(str(exc).split())[:300]
+            # Workers starting together on a fresh database race to create optuna's tables: the
+            # loser sees "already exists" and finds them created when it tries again.
+            if "already exists" in first and attempt < 5:
+                time.sleep(0.5 + attempt)
+                continue
+            raise SearchError(
+                f"cannot open the study storage {mask_url(url)}: {type(exc).__name__}: {first}; "
+                "check search.storage (user, password, database) or use sqlite:///study.db"
+            ) from exc
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def directions(cfg: SearchConfig) -> list[str]:
