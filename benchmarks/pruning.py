@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         "combined": lambda tmp: combined_section(args, tmp),
     }
     # the sections that decide the goals first (the machine may be busy); the page keeps its order
-    order = sorted(parts, key=lambda p: ["channels", "combined", "layers", "bert"].index(p))
+    order = sorted(parts, key=lambda p: ["combined", "channels", "layers", "bert"].index(p))
     texts: dict[str, str] = {}
     for part in order:
         with tempfile.TemporaryDirectory() as tmp:
