@@ -95,11 +95,29 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def model_files(path: Path) -> list[Path]:
+    """``path`` and its external data file, if one sits beside it.
+
+    slimkit writes a model's external tensors into one file named ``<file name>.data`` next to it
+    (see ``slimkit.plugins.onnx.io.write_model``), so a model's size is the size of both.
+    """
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    return [path, data] if data.is_file() else [path]
+
+
+def model_size(path: Path) -> int:
+    """Bytes on disk of the model at ``path``, its external data file included."""
+    return sum(f.stat().st_size for f in model_files(path))
+
+
 def zipped_size(path: Path, level: int = 6) -> int:
-    """Bytes of ``path`` after DEFLATE compression (what a zip or a gzip'd download costs)."""
+    """Bytes of the model at ``path`` (and its external data file) after DEFLATE compression: what a
+    zip or a gzip'd download costs."""
     comp = zlib.compressobj(level)
     total = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            total += len(comp.compress(chunk))
+    for file in model_files(path):
+        with open(file, "rb") as f:
+            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                total += len(comp.compress(chunk))
     return total + len(comp.flush())

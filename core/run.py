@@ -151,7 +151,7 @@ class Runner:
         count = adapter.count_params(model)
         example1 = data.test.example(1)
         macs = adapter.macs(model, example1)
-        size = onnx_path.stat().st_size if onnx_path else 0
+        size = files.model_size(onnx_path) if onnx_path else 0
         zsize = files.zipped_size(onnx_path) if onnx_path else None
         latencies, latency_ms = self.latency(adapter, model, onnx_path, label)
         return ModelMetrics(

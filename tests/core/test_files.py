@@ -150,3 +150,15 @@ def test_zipped_size(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     assert files.zipped_size(empty) == len(zlib.compress(b"", 6))
+
+
+def test_model_size_counts_the_external_data_file(tmp_path: Path) -> None:
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"x" * 500)
+    assert files.model_files(model) == [model]
+    assert files.model_size(model) == 500
+    data = tmp_path / "model.onnx.data"
+    data.write_bytes(bytes(40_000))
+    assert files.model_files(model) == [model, data]
+    assert files.model_size(model) == 40_500
+    assert files.zipped_size(model) == len(zlib.compress(b"x" * 500 + bytes(40_000), 6))

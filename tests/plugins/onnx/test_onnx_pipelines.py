@@ -74,4 +74,7 @@ def test_quantize_pipeline_external_data_dynamic_batch(tmp_path: Path) -> None:
     assert report.stages[0].technique == "quantize" and report.baseline.accuracy is None
     _check_fidelity(report)
     assert report.compressed.params == report.baseline.params  # int8 weights count as parameters
+    # sizes count the external data: float32 weights take 4 bytes a parameter, int8 ones 1
+    assert report.baseline.size_bytes >= 4 * report.baseline.params
+    assert report.compressed.size_bytes >= report.compressed.params
     assert (tmp_path / "run" / report.artifacts["model"]).exists()
