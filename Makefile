@@ -41,6 +41,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/sparsity.py
 	$(PY) benchmarks/quantization.py
+	$(PY) benchmarks/pruning.py
+	$(PY) benchmarks/onnx_path.py
+	$(PY) benchmarks/techniques.py
+	$(PY) benchmarks/targets.py
 	$(PY) benchmarks/search.py
 
 weights: $(STAMP)
