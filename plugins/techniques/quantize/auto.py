@@ -417,10 +417,12 @@ def _match_fidelity(
     """Unlabelled data: make the fastest passing candidate at least as faithful as a slower one.
 
     When a passing candidate that is slower than ``best`` is more faithful (static QDQ vs dynamic on
-    an encoder), ``best``'s most output-sensitive layers (ranked on ``FIDELITY_SAMPLES`` samples) are
-    kept float, 1, 2, 4, ... of them up to ``max_float_fraction``, until its cosine reaches that
-    candidate's; the mixed model is timed and kept when it still beats that candidate (faster beyond
-    the timing noise, or as fast and at least as faithful). Otherwise ``best`` stays, with a note.
+    an encoder), two more faithful variants of ``best`` are tried: static QDQ of the layers with
+    weights and the embeddings only (activation x activation MatMuls, residual Adds ... float), then, on
+    models of at most ``CHEAP_LAYERS`` weight layers, its most output-sensitive layers (ranked on
+    ``FIDELITY_SAMPLES`` samples) kept float, 1, 2, 4, ... of them up to ``max_float_fraction``. A
+    variant whose cosine reaches that candidate's is timed and kept when it still beats it (faster
+    beyond the timing noise, or within it and faster). Otherwise ``best`` stays, with a note.
     """
     from . import ort
 
@@ -435,45 +437,90 @@ def _match_fidelity(
     if rival is None or best.mode == "weight_only":
         return best, []
     target = rival.score.cosine
-    sens = sensitivities.get(best.label())
-    if not sens:
-        sens = _sensitivity(best, src, prepared, ctx, cfg, fixed, scorer, scratch, FIDELITY_SAMPLES)
-        sensitivities[best.label()] = sens
-    base = list(best.float_layers)  # layers the accuracy search already keeps float stay float
-    ranked = [n for n in sorted(sens, key=lambda n: -sens[n]) if n not in base]
-    # at least one layer stays quantized (a model with none is not a quantized model)
-    limit = min(int(math.floor(cfg.max_float_fraction * len(sens))), len(sens) - 1) - len(base)
+    tol = cfg.latency_tolerance
     attempts: list[Candidate] = []
-    k = 1
-    while k <= limit:
-        ctx.progress(f"fidelity of {best.label()} vs {rival.label()}", k, limit)
-        float_set = base + ranked[:k]
-        model = _variant(best, float_set, src, prepared, ctx, cfg, fixed)
+
+    def wins(attempt: Candidate, model: Any, what: str) -> bool:
+        """Time ``attempt`` (rescaled to the first timing) and say whether it beats ``rival``."""
+        path = ort.save(model, scratch / "fidelity_mixed.onnx")
+        now_float, now_mixed = measure_latencies([src, path], ctx, cfg)
+        attempt.latency_ms = now_mixed * float_latency / now_float
+        if attempt.latency_ms < rival.latency_ms * (1 - tol) or (
+            attempt.latency_ms <= rival.latency_ms * (1 + tol) and attempt.latency_ms < rival.latency_ms
+        ):
+            notes.append(
+                f"{best.label()} ({best.score.text()}) was less faithful than {rival.label()} "
+                f"({rival.score.text()}); {what}, it has {attempt.score.text()} at "
+                f"{attempt.latency_ms:.3f} ms vs {rival.latency_ms:.3f} ms: chosen"
+            )
+            return True
+        return False
+
+    if best.mode == "static" and cfg.weight_bits == 8 and not best.float_layers:
+        # Static QDQ also quantizes the tensors between the weight layers (attention's activation x
+        # activation MatMuls, residual Adds, ...): on an encoder most of its output error comes from
+        # there, not from a weight layer. This variant quantizes the layers with weights (and Gather,
+        # the embeddings, as dynamic does) only.
+        ctx.progress(f"fidelity of {best.label()}: weight layers only", 0, None)
+        path = scratch / "static_weight_ops.onnx"
+        variant_cfg = replace(cfg, per_channel=bool(best.per_channel), activation_signed=best.activation_signed)
+        inits = set(ort.initializers(prepared))
+        act_act = [
+            n.name
+            for n in prepared.graph.node
+            if n.op_type in ort.WEIGHT_OPS and n.name and not any(i in inits for i in n.input)
+        ]
+        plan = ort.StaticPlan(exclude=list(fixed) + act_act, op_types=[*ort.WEIGHT_OPS, "Gather"])
+        model = ort.quantize_static_model(src, path, ctx.data.train, variant_cfg, plan)
         attempt = Candidate(
             best.mode,
             model,
-            scorer.score(model),
-            float_layers=float_set,
+            scorer.score(path),
             per_channel=best.per_channel,
             activation_signed=best.activation_signed,
         )
         attempts.append(attempt)
         if attempt.score.cosine >= target and ok(attempt.score):
-            path = ort.save(model, scratch / "fidelity_mixed.onnx")
-            now_float, now_mixed = measure_latencies([src, path], ctx, cfg)
-            attempt.latency_ms = now_mixed * float_latency / now_float
-            tol = cfg.latency_tolerance
-            if attempt.latency_ms < rival.latency_ms * (1 - tol) or (
-                attempt.latency_ms <= rival.latency_ms * (1 + tol) and attempt.latency_ms < rival.latency_ms
+            if wins(
+                attempt,
+                model,
+                f"with only weight layers and embeddings quantized ({len(act_act)} activation MatMuls float)",
             ):
-                notes.append(
-                    f"{best.label()} ({best.score.text()}) was less faithful than {rival.label()} "
-                    f"({rival.score.text()}); with {k} layers float it has {attempt.score.text()} at "
-                    f"{attempt.latency_ms:.3f} ms vs {rival.latency_ms:.3f} ms: chosen"
-                )
                 return attempt, attempts
-            break  # more float layers only make it slower
-        k *= 2
+    layers = _layers(best.mode, prepared, fixed)
+    if len(layers) > CHEAP_LAYERS:
+        notes.append(
+            f"{len(layers)} weight layers: keeping the most sensitive of {best.label()} float to match "
+            f"{rival.label()}'s fidelity was not tried (one evaluation per layer to rank them)"
+        )
+    else:
+        sens = sensitivities.get(best.label())
+        if not sens:
+            sens = _sensitivity(best, src, prepared, ctx, cfg, fixed, scorer, scratch, FIDELITY_SAMPLES)
+            sensitivities[best.label()] = sens
+        base = list(best.float_layers)  # layers the accuracy search already keeps float stay float
+        ranked = [n for n in sorted(sens, key=lambda n: -sens[n]) if n not in base]
+        # at least one layer stays quantized (a model with none is not a quantized model)
+        limit = min(int(math.floor(cfg.max_float_fraction * len(sens))), len(sens) - 1) - len(base)
+        k = 1
+        while k <= limit:
+            ctx.progress(f"fidelity of {best.label()} vs {rival.label()}", k, limit)
+            float_set = base + ranked[:k]
+            model = _variant(best, float_set, src, prepared, ctx, cfg, fixed)
+            attempt = Candidate(
+                best.mode,
+                model,
+                scorer.score(model),
+                float_layers=float_set,
+                per_channel=best.per_channel,
+                activation_signed=best.activation_signed,
+            )
+            attempts.append(attempt)
+            if attempt.score.cosine >= target and ok(attempt.score):
+                if wins(attempt, model, f"with {len(float_set)} layers float"):
+                    return attempt, attempts
+                break  # more float layers only make it slower
+            k *= 2
     notes.append(
         f"no candidate is both faster than and as faithful as {rival.label()} ({rival.score.text()}, "
         f"{rival.latency_ms:.3f} ms): keeping {best.label()} ({best.score.text()}, {best.latency_ms:.3f} ms), "

@@ -342,6 +342,8 @@ class StaticPlan:
 
     exclude: list[str] = field(default_factory=list)
     overrides: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: quantize only these op types (None: every op type ORT can quantize, its default)
+    op_types: list[str] | None = None
 
 
 def weight_grid_overrides(
@@ -433,6 +435,7 @@ def quantize_static_model(src: Path, dst: Path, split: Split, cfg: QuantizeConfi
             per_channel=cfg.per_channel,
             reduce_range=cfg.reduce_range,
             nodes_to_exclude=list(plan.exclude),
+            op_types_to_quantize=list(plan.op_types) if plan.op_types else None,
             calibrate_method=getattr(CalibrationMethod, CALIBRATION[cfg.calibration]),
             extra_options=extra,
         )
