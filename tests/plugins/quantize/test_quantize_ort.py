@@ -249,3 +249,16 @@ def test_16bit_activations_for_targets_that_need_them(cnn_onnx, digits8, tmp_pat
     }
     assert np.dtype(np.uint16) in act_types
     assert accuracy(out, digits8) >= accuracy(cnn_onnx, digits8) - 0.01
+
+
+@pytest.mark.parametrize(("signed", "dtype"), [(False, np.uint8), (True, np.int8)])
+def test_static_activation_signedness(cnn_onnx, digits8, tmp_path, signed: bool, dtype: type) -> None:
+    """activation_signed picks S8S8 (quantize_static's default) over U8S8; both keep the accuracy."""
+    out, _ = run(cnn_onnx, digits8, tmp_path, mode="static", activation_signed=signed)
+    act_types = {
+        numpy_helper.to_array(i).dtype
+        for i in out.graph.initializer
+        if i.name.endswith("_zero_point") and not i.name.endswith(("weight_zero_point", "_quantized_zero_point"))
+    }
+    assert act_types == {np.dtype(dtype)}
+    assert accuracy(out, digits8) >= accuracy(cnn_onnx, digits8) - 0.01
