@@ -50,6 +50,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "fix_shapes": "slimkit.plugins.onnx.fix_shapes",
     "sparse": "slimkit.plugins.techniques.sparse",
     "depthwise": "slimkit.plugins.techniques.depthwise",
+    "search": "slimkit.plugins.search",
 }
 
 _manager: pluggy.PluginManager | None = None

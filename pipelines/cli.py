@@ -138,7 +138,7 @@ def _precheck(args: list[str], *, sweep: bool = False, record: bool = True) -> N
         raise
 
 
-GROUPS = ("pipeline", "model", "data", "technique", "target", "tracking")
+GROUPS = ("pipeline", "model", "data", "technique", "target", "tracking", "search")
 
 HELP_HEADER = """\
 slimkit: make a trained model smaller and faster, and prove it with numbers measured on the target.
@@ -152,11 +152,13 @@ Usage:
 
 Examples:
   slimkit                                          bundled digits ResNet, default pipeline, CPU
-  slimkit pipeline.stages.prune.sparsity=0.7       any value is an override
-  slimkit technique@pipeline.stages.prune=finetune swap the technique of a stage
+  slimkit pipeline.stages.prune.ratio=0.3          any value is an override
+  slimkit pipeline=quantize target=npu             int8 that runs wholly on the Qualcomm HTP
+  slimkit pipeline=magnitude technique@pipeline.stages.prune=finetune   swap a stage's technique
+  slimkit pipeline=search search.n_trials=20       search techniques under constraints (optuna)
   slimkit model=torch model.factory=my.pkg:build model.weights=w.pt data=digits
   slimkit model=onnx model.path=m.onnx data=npz data.path=d.npz pipeline=sparse
-  slimkit -m pipeline.stages.prune.sparsity=0.3,0.5,0.7
+  slimkit -m pipeline.stages.prune.ratio=0.3,0.5,0.7
   slimkit tracking.uri=http://mlflow:5000 tracking.experiment=team-a
 Outputs go to outputs/DATE/TIME/ (report.json, report.md, model.onnx, model.pt, stages/).
 Errors print one line and exit 2; SLIMKIT_DEBUG=1 shows the traceback.
@@ -201,7 +203,10 @@ def help_command(args: list[str]) -> int:
         lines += [f"  {n.ljust(width)}  {d}" for n, d in sorted(options.items())]
     lines += ["", "== Composed config (override any value: key=value) ==", "", OmegaConf.to_yaml(cfg).rstrip(), ""]
     lines.append("Hydra's own options: slimkit --hydra-help")
-    print("\n".join(lines))
+    try:
+        print("\n".join(lines))
+    except BrokenPipeError:  # `slimkit --help | head`: the reader stopped early, which is fine
+        sys.stdout = None
     return 0
 
 
