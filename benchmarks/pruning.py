@@ -213,7 +213,11 @@ def channel_section(args: Any, tmp: Path) -> tuple[str, dict[str, Any]]:
     ]
     epochs = steps * step_epochs + final_epochs
     pr, ds = stages["slimkit: prune + distill"]["prune"], stages["slimkit: prune + distill"]["distill"]
-    hints = ", ".join(f"`{s}`" for s, _ in ds["hint_layers"]) or "none"
+    hints = (
+        "at the end of every spatial stage (`hints=stages`)"
+        if ds.get("hints") == "stages"
+        else (", ".join(f"`{s}`" for s, _ in ds["hint_layers"]) or "none")
+    )
     body = [
         "### digits_resnet (ResNet-20, 1x32x32) at 50 % channels",
         "",
@@ -222,7 +226,7 @@ def channel_section(args: Any, tmp: Path) -> tuple[str, dict[str, Any]]:
         f"0–{args.seeds - 1}. slimkit: `pipeline=structured` ({pr['importance']} importance, {pr['scope']} "
         f"{pr['ratio']:.0%}, channels rounded to multiples of {pr['round_to']}, distillation from the original "
         f"between the steps (T={pr['temperature']}, alpha={pr['alpha']}) and in the distill stage "
-        f"(T={ds['temperature']}, alpha={ds['alpha']}, feature hints on {hints}, beta={ds['beta']}); the plain "
+        f"(T={ds['temperature']}, alpha={ds['alpha']}, feature hints {hints}, beta={ds['beta']}); the plain "
         "row swaps both trainings for cross-entropy "
         "(`finetune=plain`, `technique@pipeline.stages.distill=finetune`). Torch-Pruning: `MagnitudePruner` "
         "with `GroupMagnitudeImportance(p=2)`, `pruning_ratio=0.5`, `ignored_layers=[model.fc]`, same steps and "
