@@ -129,8 +129,8 @@ BAD_INPUT = {
         [
             "model=digits_cnn",
             "pipeline.stages.prune.finetune=none",
-            "pipeline.stages.distill.teacher={factory: 'slimkit.plugins.torch.zoo:digits_cnn', "
-            "kwargs: {pretrained: false, num_classes: 5}}",
+            "+pipeline.stages.distill.teacher.factory=slimkit.plugins.torch.zoo:digits_cnn",
+            "+pipeline.stages.distill.teacher.kwargs={pretrained: false, num_classes: 5}",
         ],
         ["teacher outputs shape [2, 5]", "student outputs [2, 10]", "teacher.factory"],
     ),
