@@ -78,9 +78,9 @@ def compress(
         the config's default.
     data: a :class:`DataSplits`, an ``(x, y)`` tuple of arrays (split 70/10/20 with the seed), the name
         of a data option (``"digits"``), or None for the default.
-    overrides: Hydra overrides as on the command line (``["pipeline.stages.prune.sparsity=0.7"]``).
+    overrides: Hydra overrides as on the command line (``["pipeline.stages.prune.ratio=0.3"]``).
     params: more overrides as keywords, ``__`` standing for ``.``:
-        ``compress(m, d, pipeline__stages__prune__sparsity=0.7)``.
+        ``compress(m, d, pipeline__stages__prune__ratio=0.3)``.
 
     Returns a :class:`CompressionResult`; raises a :class:`~slimkit.core.SlimkitError` for bad input.
     """
