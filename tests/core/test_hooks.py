@@ -36,6 +36,7 @@ from slimkit.pipelines.config import build_spec, compose, to_plain
 
 TESTS = Path(__file__).resolve().parents[1]
 FAST = [
+    "pipeline=magnitude",
     "model=digits_cnn",
     "tracking=none",
     "target.repeats=2",

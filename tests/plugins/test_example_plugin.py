@@ -16,6 +16,7 @@ from slimkit.core import SlimkitError
 
 EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "slimkit-example-plugin"
 FAST = [
+    "pipeline=magnitude",  # a pipeline that sets no stage values, so the stage's technique can be swapped
     "target.repeats=2",
     "target.warmup=1",
     "target.batch_sizes=[1]",
