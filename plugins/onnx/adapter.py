@@ -182,11 +182,7 @@ class OnnxAdapter(ModelAdapter):
 
     def count_params(self, model: Any) -> ParamCount:
         """Elements of the float parameter initializers (weights, biases, norms), all and non-zero."""
-        total = nonzero = 0
-        for t in g.parameter_initializers(model):
-            arr = g.to_array(t)
-            total += arr.size
-            nonzero += int(np.count_nonzero(arr))
+        total, nonzero = g.parameter_counts(model)
         return ParamCount(total=total, nonzero=nonzero)
 
     def layer_sparsity(self, model: Any) -> dict[str, float]:

@@ -79,6 +79,7 @@ _QUANTIZED_WEIGHTS = {
     ("MatMulIntegerToFloat", 1),
     ("QGemm", 3),
     ("QGemm", 6),
+    ("MatMulNBits", 1),
 }
 
 
@@ -193,6 +194,30 @@ def parameter_initializers(model: onnx.ModelProto) -> list[Any]:
         for t in model.graph.initializer
         if len(t.dims) >= 1 and t.name not in not_weights and (t.data_type in FLOAT_TYPES or t.name in quantized)
     ]
+
+
+def parameter_counts(model: onnx.ModelProto) -> tuple[int, int]:
+    """(all, non-zero) elements of the parameter initializers (see :func:`parameter_initializers`).
+
+    The packed weights of ``MatMulNBits`` (weight-only int4/int8: blocks of ``bits``-wide integers in
+    uint8 bytes) count as the ``K x N`` weights they hold, all taken as non-zero (their zeros are not
+    decoded).
+    """
+    packed: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits" and len(node.input) > 1:
+            attrs = {a.name: a.i for a in node.attribute}
+            packed[node.input[1]] = int(attrs.get("K", 0)) * int(attrs.get("N", 0))
+    total = nonzero = 0
+    for t in parameter_initializers(model):
+        if t.name in packed:
+            total += packed[t.name]
+            nonzero += packed[t.name]
+            continue
+        arr = to_array(t)
+        total += arr.size
+        nonzero += int(np.count_nonzero(arr))
+    return total, nonzero
 
 
 def numel(tensor: Any) -> int:

@@ -28,7 +28,6 @@ def _io(value_info: Any) -> dict[str, Any]:
 
 def inspect_model(path: Path) -> dict[str, Any]:
     """Check and describe the ONNX file ``path``; raises a one-line :class:`ModelError` for a bad file."""
-    import numpy as np
 
     from .io import external_files, read_model
     from .runtime import session_from_path
@@ -37,11 +36,7 @@ def inspect_model(path: Path) -> dict[str, Any]:
     model, _ = read_model(path, f"model.path={path}")
     session_from_path(path, model=model)  # the model must run, not just parse
     data_files = external_files(path)
-    params = nonzero = 0
-    for t in g.parameter_initializers(model):
-        arr = g.to_array(t)
-        params += arr.size
-        nonzero += int(np.count_nonzero(arr))
+    params, nonzero = g.parameter_counts(model)
     return {
         "path": str(path),
         "ir_version": int(model.ir_version),

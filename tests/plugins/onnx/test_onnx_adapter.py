@@ -302,3 +302,31 @@ def test_macs_of_grouped_conv_conv_transpose_and_batched_matmul(tmp_path: Path) 
     assert adapter.macs(loaded, {"x": np.zeros((1, 4, 6, 6), np.float32)}) == conv + transposed + matmul
     assert adapter.predict(loaded, {"x": np.ones((2, 4, 6, 6), np.float32)}).shape == (2, 4, 12, 12)
     assert set(adapter.layer_sparsity(loaded)) == {"wc", "wt"}
+
+
+def test_weight_only_packed_weights_count_as_the_weights_they_hold() -> None:
+    """MatMulNBits keeps K x N weights packed in uint8 blocks: they count as K x N parameters."""
+    k, n, bits, block = 64, 16, 4, 32
+    blocks = k // block
+    blob = block * bits // 8
+    packed = helper.make_tensor("w_q", TensorProto.UINT8, [n, blocks, blob], bytes(n * blocks * blob), raw=True)
+    scales = helper.make_tensor("w_s", TensorProto.FLOAT, [n * blocks], np.ones(n * blocks, np.float32))
+    bias = helper.make_tensor("b", TensorProto.FLOAT, [n], np.arange(n, dtype=np.float32))
+    nodes = [
+        helper.make_node(
+            "MatMulNBits", ["x", "w_q", "w_s"], ["h"], domain="com.microsoft", K=k, N=n, bits=bits, block_size=block
+        ),
+        helper.make_node("Add", ["h", "b"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nbits",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+        [packed, scales, bias],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    count = OnnxAdapter().count_params(model)
+    assert count.total == k * n + n  # the packed weights as K x N, the bias; not the scales
+    assert count.nonzero == k * n + n - 1  # bias[0] is zero; packed weights are taken as non-zero
