@@ -8,6 +8,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 
@@ -57,3 +58,29 @@ def write_section(name: str, command: str, body: str) -> Path:
     DOC.parent.mkdir(parents=True, exist_ok=True)
     write_text(DOC, text)
     return DOC
+
+
+def ort_latencies(
+    paths: dict[str, Path], examples: dict[int, dict[str, Any]], rounds: int, repeats: int
+) -> dict[tuple[str, int], float]:
+    """p50 ONNX Runtime latency (ms, 1 thread) of every model at every batch size; models take turns
+    round by round so that load changes hit them all alike. Small batches are fast and noisy: they
+    get ``repeats * 64 / batch`` timed runs per round (at most 10x ``repeats``)."""
+    import numpy as np
+
+    from slimkit.plugins.targets.cpu import ort_feed, ort_session, time_runs
+
+    sessions = {n: ort_session(p, threads=1) for n, p in paths.items()}
+    out: dict[tuple[str, int], float] = {}
+    for batch, example in examples.items():
+        feeds = {n: ort_feed(s, example) for n, s in sessions.items()}
+        times: dict[str, list[float]] = {n: [] for n in sessions}
+        names = list(sessions)
+        runs = repeats * max(1, min(10, 64 // batch))
+        for r in range(rounds):
+            for n in names[r % len(names) :] + names[: r % len(names)]:
+                s, f = sessions[n], feeds[n]
+                times[n] += list(time_runs(lambda s=s, f=f: s.run(None, f), warmup=2, repeats=runs))
+        for n in names:
+            out[(n, batch)] = float(np.median(times[n]))
+    return out

@@ -31,7 +31,7 @@ import numpy as np
 _HERE = str(Path(__file__).resolve().parent)
 sys.path.insert(0, _HERE)
 
-from _common import write_section  # noqa: E402
+from _common import ort_latencies, write_section  # noqa: E402
 
 # Python puts this script's folder first on sys.path; a module there named like a package (e.g.
 # benchmarks/onnx.py) would shadow the real one, so the folder leaves sys.path once _common is in.
@@ -45,30 +45,6 @@ def log(msg: str) -> None:
 
 
 # -- measurement ----------------------------------------------------------------------------------
-
-
-def ort_latencies(
-    paths: dict[str, Path], examples: dict[int, dict[str, np.ndarray]], rounds: int, repeats: int
-) -> dict[tuple[str, int], float]:
-    """p50 ONNX Runtime latency (ms, 1 thread) of every model at every batch size; models take turns
-    round by round so that load changes hit them all alike. Small batches are fast and noisy: they
-    get ``repeats * 64 / batch`` timed runs per round (at most 10x ``repeats``)."""
-    from slimkit.plugins.targets.cpu import ort_feed, ort_session, time_runs
-
-    sessions = {n: ort_session(p, threads=1) for n, p in paths.items()}
-    out: dict[tuple[str, int], float] = {}
-    for batch, example in examples.items():
-        feeds = {n: ort_feed(s, example) for n, s in sessions.items()}
-        times: dict[str, list[float]] = {n: [] for n in sessions}
-        names = list(sessions)
-        runs = repeats * max(1, min(10, 64 // batch))
-        for r in range(rounds):
-            for n in names[r % len(names) :] + names[: r % len(names)]:
-                s, f = sessions[n], feeds[n]
-                times[n] += list(time_runs(lambda s=s, f=f: s.run(None, f), warmup=2, repeats=runs))
-        for n in names:
-            out[(n, batch)] = float(np.median(times[n]))
-    return out
 
 
 def export(adapter: Any, model: Any, path: Path, example: dict[str, np.ndarray]) -> Path:

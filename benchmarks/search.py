@@ -5,11 +5,15 @@
 1. The hand-made pipelines ``structured``, ``quantize`` and ``default`` on digits_resnet (ResNet-20),
    each one slimkit run: accuracy drop and ONNX Runtime speedup at batch 1 (1 thread) against the
    baseline measured in the same run.
-2. ``pipeline=search`` with a fixed trial budget on the same model, data and target: every trial is a
-   slimkit run measured like the pipelines above; the Pareto front (accuracy drop vs speedup) and the
-   result the search exports (the fastest trial within ``max_accuracy_drop``), and for each hand-made
-   pipeline whether a front point is at least as good on both axes. Time per trial.
-3. Throughput: the same small study run by 1 worker, then by 2 worker processes sharing it (PostgreSQL
+2. ``pipeline=search`` with a fixed trial budget on the same model, data and target, seeded (its
+   default) with the three hand-made pipelines as its first trials; every trial is a slimkit run
+   measured like the pipelines above; the Pareto front (accuracy drop vs speedup), the result the
+   search exports (the fastest trial within ``max_accuracy_drop``) and time per trial.
+3. One timing session: the baseline, the three hand-made models and every front model timed together
+   (ONNX Runtime, 1 thread, batch 1, interleaved rounds), so that "at least as good" compares speeds
+   measured side by side, not in runs minutes apart; for each hand-made pipeline, the front points
+   that match or dominate it.
+4. Throughput: the same small study run by 1 worker, then by 2 worker processes sharing it (PostgreSQL
    when installed, else SQLite): trials per minute, wall clock including each worker's start-up.
 
 Everything runs through the CLI in a temp directory, training on 1 thread. Results go to
@@ -19,6 +23,7 @@ docs/BENCHMARKS.md (section ``search``).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -31,7 +36,7 @@ from typing import Any
 _HERE = str(Path(__file__).resolve().parent)
 sys.path.insert(0, _HERE)
 
-from _common import write_section  # noqa: E402
+from _common import ort_latencies, write_section  # noqa: E402
 
 sys.path[:] = [p for p in sys.path if p not in (_HERE, "")]
 
@@ -55,7 +60,7 @@ SPACE = [
     "search.space.width_mult=[1.0,0.75]",
     "search.space.depth=[0,2]",
     "search.space.depthwise=[false]",
-    "search.space.channel_ratio=[0.0,0.25,0.5]",
+    "search.space.channel_ratio=[0.0,0.25,0.5,0.625]",
     "search.space.rank_ratio=[0.0]",
     "search.space.sparsity=[0.0,0.5]",
     "search.space.n_clusters=[0]",
@@ -92,14 +97,14 @@ def cli(args: list[str], cwd: Path) -> subprocess.Popen:
 
 
 def run(args: list[str], cwd: Path) -> dict[str, Any]:
-    """Run one slimkit CLI invocation; return its report (raises with the output if it failed)."""
+    """Run one slimkit CLI invocation; return its report with ``run_dir`` (raises with the output if it failed)."""
     proc = cli(args, cwd)
     out, _ = proc.communicate()
     reports = sorted(cwd.glob("outputs/**/report.json"), key=lambda p: p.stat().st_mtime)
     reports = [p for p in reports if "trials" not in p.parts]
     if proc.returncode != 0 or not reports:
         raise RuntimeError(f"slimkit {' '.join(args)} failed (exit {proc.returncode}):\n{out[-3000:]}")
-    return json.loads(reports[-1].read_text())
+    return {**json.loads(reports[-1].read_text()), "run_dir": str(reports[-1].parent)}
 
 
 def point(report: dict[str, Any]) -> dict[str, float]:
@@ -120,6 +125,7 @@ def throughput(root: Path, workers: int, trials: int, storage: str) -> dict[str,
         "search.space.width_mult=[1.0]",
         "search.space.depth=[0]",
         f"search.n_trials={trials}",
+        "search.seed_pipelines=[]",
         f"search.storage={storage}",
         "search.study=throughput",
         "search.max_accuracy_drop=100",
@@ -143,40 +149,61 @@ def throughput(root: Path, workers: int, trials: int, storage: str) -> dict[str,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=12, help="trial budget of the search")
+    parser.add_argument("--trials", type=int, default=12, help="trial budget of the search (the 3 seeds included)")
     parser.add_argument("--throughput-trials", type=int, default=4, help="trials of the 1- vs 2-worker study")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the common timing")
     parser.add_argument("--quick", action="store_true", help="tiny budgets, no docs update (a smoke test)")
     parser.add_argument("--render", type=Path, help="only write the section from a results.json of an earlier run")
     args = parser.parse_args()
     if args.render:
         return render(json.loads(args.render.read_text()))
     if args.quick:
-        args.trials, args.throughput_trials = 3, 2
+        args.trials, args.throughput_trials, args.rounds = 5, 2, 2
     root = Path(tempfile.mkdtemp(prefix="slimkit-bench-search-"))
     log(f"working in {root}")
     t_start = time.perf_counter()
+    # --quick shortens the hand-made pipelines' training; the search's seeds get the same overrides.
+    quick_hand = {
+        "default": [
+            "pipeline.stages.prune.steps=1",
+            "pipeline.stages.prune.finetune_epochs=0",
+            "pipeline.stages.distill.epochs=1",
+        ],
+        "structured": [
+            "pipeline.stages.prune.steps=1",
+            "pipeline.stages.prune.finetune_epochs=0",
+            "pipeline.stages.distill.epochs=1",
+        ],
+        "quantize": [],
+    }
 
-    hand: dict[str, dict[str, float]] = {}
+    hand: dict[str, dict[str, Any]] = {}
     hand_s: dict[str, float] = {}
+    onnx: dict[str, Path] = {}
     for name in HAND_MADE:
         log(f"pipeline={name}")
         t0 = time.perf_counter()
-        extra = ["pipeline.stages.prune.steps=1", "pipeline.stages.distill.epochs=1"] if args.quick else []
-        if name == "default" and args.quick:
-            extra = ["pipeline.stages.prune.steps=1", "pipeline.stages.prune.finetune_epochs=0"]
-        if name == "quantize":
-            extra = []
-        hand[name] = point(run([*COMMON, f"pipeline={name}", *extra], root / name))
+        extra = quick_hand[name] if args.quick else []
+        rep = run([*COMMON, f"pipeline={name}", *extra], root / name)
+        hand[name] = point(rep)
         hand_s[name] = time.perf_counter() - t0
+        onnx[f"pipeline={name}"] = Path(rep["run_dir"]) / rep["artifacts"]["onnx"]
+        onnx.setdefault("baseline", Path(rep["run_dir"]) / rep["artifacts"]["baseline_onnx"])
         log(f"  {hand[name]} in {hand_s[name]:.0f} s")
 
-    log(f"pipeline=search, {args.trials} trials")
+    log(f"pipeline=search, {args.trials} trials (the first {len(HAND_MADE)}: the hand-made pipelines)")
+    seed_extra = (
+        [o.replace("pipeline.stages.", f"search.seeds.{name}.stages.") for name in HAND_MADE for o in quick_hand[name]]
+        if args.quick
+        else []
+    )
     t0 = time.perf_counter()
     search = run(
         [
             *COMMON,
             "pipeline=search",
             *SPACE,
+            *seed_extra,
             f"search.n_trials={args.trials}",
             "search.startup_trials=5",
             "search.max_accuracy_drop=1.0",
@@ -189,6 +216,20 @@ def main() -> int:
     rows = json.loads(trials_json[-1].read_text()) if trials_json else []
     pareto = search["pareto"]
     log(f"  result {result}; {len(pareto)} front points in {search_s:.0f} s")
+
+    # One timing session: baseline, hand-made models and front models side by side.
+    trials_dir = Path(search["run_dir"]) / "trials"
+    for r in pareto:
+        path = trials_dir / f"{int(r['trial']):04d}" / "model.onnx"
+        if path.is_file():
+            onnx[f"trial {r['trial']}"] = path
+    from slimkit.plugins.data.digits import load_digits_splits
+
+    log(f"common timing of {len(onnx)} models, {args.rounds} interleaved rounds")
+    lat = ort_latencies(onnx, {1: load_digits_splits(size=32).test.example(1)}, rounds=args.rounds, repeats=100)
+    common = {name: lat[("baseline", 1)] / lat[(name, 1)] for name in onnx}
+    digests = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in onnx.items()}
+    log(f"  {common}")
 
     from slimkit.plugins.search.servers import pg_bin, start_postgres
 
@@ -212,12 +253,16 @@ def main() -> int:
     data = {
         "trials": args.trials,
         "throughput_trials": args.throughput_trials,
+        "rounds": args.rounds,
         "hand": hand,
         "hand_s": hand_s,
         "result": result,
         "search_s": search_s,
         "pareto": pareto,
         "rows": rows,
+        "latency_ms": {name: lat[(name, 1)] for name in onnx},
+        "common": common,
+        "digests": digests,
         "tp": tp,
         "postgres": pg is not None,
         "total": total,
@@ -227,56 +272,119 @@ def main() -> int:
     return render(data, quick=args.quick)
 
 
+#: Speed ratios within this fraction of each other are "the same" (run-to-run timing noise).
+NOISE = 0.03
+
+
+def compare(h: dict[str, float], p: dict[str, float]) -> str | None:
+    """``dominates``, ``matches`` or None: front point ``p`` vs hand-made ``h`` (accuracy drop, common speedup)."""
+    if p["accuracy_drop"] > h["accuracy_drop"] + 1e-9 or p["speedup"] < h["speedup"] * (1 - NOISE):
+        return None
+    if p["accuracy_drop"] < h["accuracy_drop"] - 1e-9 or p["speedup"] > h["speedup"] * (1 + NOISE):
+        return "dominates"
+    return "matches"
+
+
 def render(data: dict[str, Any], quick: bool = False) -> int:
     """Write the section from collected results."""
     hand, hand_s, result, search_s = data["hand"], data["hand_s"], data["result"], data["search_s"]
     pareto, rows, tp, total = data["pareto"], data["rows"], data["tp"], data["total"]
+    common, lat_ms, digests = data["common"], data["latency_ms"], data["digests"]
     seconds = sorted(float(r["seconds"]) for r in rows if r.get("seconds") and r["state"] != "PRUNED")
-
-    class _A:
-        trials = data["trials"]
-        throughput_trials = data["throughput_trials"]
-
-    args = _A()
-    pg = True if data["postgres"] else None
-
-    def fmt(p: dict[str, float]) -> str:
-        return f"{p['accuracy'] * 100:.2f} % | {p['accuracy_drop']:+.2f} pt | {p['speedup']:.2f}x | {p['size_mb']:.3f}"
+    pg = data["postgres"]
+    by_trial = {int(r["trial"]): r for r in rows}
+    seed_trial = {r["seed_pipeline"]: r for r in rows if r.get("seed_pipeline")}
 
     lines = [
-        f"digits_resnet (ResNet-20, 32x32 digits), ONNX Runtime batch 1 on 1 thread; speedup = baseline p50 / "
-        f"compressed p50, both measured in the same run. Search: {args.trials} trials, TPE (5 random first), "
-        "`max_accuracy_drop=1.0`, two epochs per training stage (the architecture stage six), "
-        "space: width x{1, 0.75}, depth {3, 2} blocks, "
-        "channels removed {0, 25, 50} %, sparsity {0, 50} %, int8 static {off, on} with the first layer float "
-        "{no, yes}.",
+        "digits_resnet (ResNet-20, 32x32 digits), ONNX Runtime batch 1 on 1 thread. Search: "
+        f"{data['trials']} trials — the first {len(HAND_MADE)} are the hand-made pipelines "
+        f"({', '.join(HAND_MADE)}: `search.seed_pipelines`, the default), then TPE (5 random first); "
+        "`max_accuracy_drop=1.0`; sampled trials train two epochs per stage (the architecture stage six); "
+        "space: width x{1, 0.75}, depth {3, 2} blocks, channels removed {0, 25, 50, 62.5} %, sparsity {0, 50} %, "
+        "int8 static {off, on} with the first layer float {no, yes}.",
         "",
-        "| run | accuracy | accuracy drop | speedup | size MB | wall s |",
+        "Each hand-made pipeline also ran on its own (one CLI run each): its accuracy, and whether its ONNX file "
+        "is byte-identical to the search's seed trial of the same pipeline:",
+        "",
+        "| run | accuracy | accuracy drop | size MB | wall s | seed trial: accuracy, same file |",
         "|---|---|---|---|---|---|",
     ]
     for name in HAND_MADE:
-        lines.append(f"| pipeline={name} | {fmt(hand[name])} | {hand_s[name]:.0f} |")
-    lines.append(f"| pipeline=search (exported result) | {fmt(result)} | {search_s:.0f} |")
-    lines += ["", "Pareto front of the search (trial measurements):", ""]
-    lines += [
-        "| trial | parameters | accuracy | drop | speedup | size MB | within 1 pt |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in pareto:
+        h, t = hand[name], seed_trial.get(name)
+        seed = "—"
+        if t is not None and t.get("accuracy") is not None:
+            same = digests.get(f"trial {t['trial']}")
+            same_txt = (
+                ("yes" if same == digests[f"pipeline={name}"] else "no") if same else "not on the front (file not compared)"
+            )
+            seed = f"trial {t['trial']}: {t['accuracy'] * 100:.2f} %, {same_txt}"
         lines.append(
-            f"| {r['trial']} | {r['label']} | {r['accuracy'] * 100:.2f} % | {r['accuracy_drop']:+.2f} pt | "
-            f"{r['speedup']:.2f}x | {r['size_mb']:.3f} | {'yes' if r['feasible'] else 'no'} |"
+            f"| pipeline={name} | {h['accuracy'] * 100:.2f} % | {h['accuracy_drop']:+.2f} pt | {h['size_mb']:.3f} | "
+            f"{hand_s[name]:.0f} | {seed} |"
         )
-    lines += ["", "Does a front point match or beat each hand-made pipeline on both accuracy drop and speedup?", ""]
+    lines.append(
+        f"| pipeline=search (exported result) | {result['accuracy'] * 100:.2f} % | {result['accuracy_drop']:+.2f} pt "
+        f"| {result['size_mb']:.3f} | {search_s:.0f} | |"
+    )
+    lines += [
+        "",
+        f"Speed, one timing session ({data['rounds']} interleaved rounds, p50; speedup = baseline p50 / model p50, "
+        f"baseline {lat_ms['baseline']:.3f} ms) — the hand-made models and the search's Pareto front:",
+        "",
+        "| model | parameters | accuracy drop | speedup | size MB | within 1 pt |",
+        "|---|---|---|---|---|---|",
+    ]
+    points: dict[str, dict[str, Any]] = {}
     for name in HAND_MADE:
-        h = hand[name]
-        better = [r for r in pareto if r["accuracy_drop"] <= h["accuracy_drop"] and r["speedup"] >= h["speedup"]]
-        verdict = (
-            "yes: trial " + ", ".join(str(r["trial"]) for r in better)
-            if better
-            else "no (the front trades it differently)"
+        key = f"pipeline={name}"
+        points[key] = {**hand[name], "speedup": common[key]}
+        lines.append(
+            f"| {key} (own run) | — | {hand[name]['accuracy_drop']:+.2f} pt | {common[key]:.2f}x | "
+            f"{hand[name]['size_mb']:.3f} | {'yes' if hand[name]['accuracy_drop'] <= 1.0 else 'no'} |"
         )
-        lines.append(f"- {name} ({h['accuracy_drop']:+.2f} pt, {h['speedup']:.2f}x): {verdict}")
+    for r in pareto:
+        key = f"trial {r['trial']}"
+        if key not in common:
+            continue
+        points[key] = {"accuracy_drop": float(r["accuracy_drop"]), "speedup": common[key], "label": r["label"]}
+        lines.append(
+            f"| search trial {r['trial']} | {r['label']} | {r['accuracy_drop']:+.2f} pt | {common[key]:.2f}x "
+            f"(in-trial {r['speedup']:.2f}x) | {r['size_mb']:.3f} | {'yes' if r['feasible'] else 'no'} |"
+        )
+    lines += [
+        "",
+        f"Is each hand-made pipeline matched or beaten by a front point (accuracy drop no higher, speedup within "
+        f"{NOISE:.0%} or higher, speeds from the common session)?",
+        "",
+    ]
+    beaten = 0
+    for name in HAND_MADE:
+        h = points[f"pipeline={name}"]
+        verdicts = {}
+        for key, p in points.items():
+            if key.startswith("trial "):
+                v = compare(h, p)
+                if v:
+                    verdicts[key] = v
+        dom = [k for k, v in verdicts.items() if v == "dominates"]
+        same = [k for k, v in verdicts.items() if v == "matches"]
+        beaten += bool(dom)
+        parts = []
+        if dom:
+            parts.append("dominated by " + ", ".join(f"{k} ({points[k]['label']})" for k in dom))
+        if same:
+            parts.append("matched by " + ", ".join(f"{k} ({points[k]['label']})" for k in same))
+        lines.append(
+            f"- {name} ({h['accuracy_drop']:+.2f} pt, {h['speedup']:.2f}x): "
+            + ("; ".join(parts) if parts else "**no** front point matches it")
+        )
+    trials_pts = [p for k, p in points.items() if k.startswith("trial ")]
+    covered = all(any(compare(points[f"pipeline={n}"], p) for p in trials_pts) for n in HAND_MADE)
+    lines += [
+        "",
+        f"The front matches or beats every hand-made pipeline: {'yes' if covered else 'no'}; strictly dominates "
+        f"{beaten} of {len(HAND_MADE)}.",
+    ]
     states: dict[str, int] = {}
     for r in rows:
         states[r["state"]] = states.get(r["state"], 0) + 1
@@ -288,6 +396,7 @@ def render(data: dict[str, Any], quick: bool = False) -> int:
             f"(run, not pruned duplicates): median {median:.0f} s, min {seconds[0]:.0f} s, max {seconds[-1]:.0f} s "
             f"(baseline and trial model measured in each).",
         ]
+    del by_trial
     lines += [
         "",
         "| workers | trials run (pruned) | wall s | trials run / min | vs 1 worker |",
@@ -300,10 +409,9 @@ def render(data: dict[str, Any], quick: bool = False) -> int:
         )
     lines += [
         "",
-        f"Throughput study: {args.throughput_trials} trials of the same space at full width/depth, "
-        f"{'PostgreSQL' if pg is not None else 'SQLite'} storage; each worker process pays its own start-up and "
-        f"baseline measurement. The machine has {os.cpu_count()} cores shared with other jobs. Total "
-        f"benchmark time {total / 60:.1f} min.",
+        f"Throughput study: {data['throughput_trials']} trials of the same space at full width/depth, no seed "
+        f"pipelines, {'PostgreSQL' if pg else 'SQLite'} storage; each worker process pays its own start-up and "
+        f"baseline measurement. The machine has {os.cpu_count()} cores. Total benchmark time {total / 60:.1f} min.",
     ]
     body = "\n".join(lines)
     print(body)

@@ -25,6 +25,10 @@ class Tracker:
     def check(self) -> None:
         """Raise :class:`~slimkit.core.errors.TrackingError` if the backend is unusable."""
 
+    def mark_failed(self, run_id: str, reason: str) -> None:
+        """End *another* run of this backend as failed with ``reason``: a run whose process died
+        before it could say so (a search trial of a killed worker). The base records nothing."""
+
 
 class NullTracker(Tracker):
     """Records nothing (``tracking=none``)."""

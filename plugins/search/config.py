@@ -70,6 +70,12 @@ class SearchConfig(TechniqueConfig):
     trial_target: target settings for trials (merged over ``target``): fewer batch sizes and repeats.
     heartbeat_s, grace_s: optuna heartbeat interval and the silence after which another worker marks a
         trial of a dead worker failed.
+    seed_pipelines: names in ``seeds`` whose pipelines run first, as trials of their own, before any
+        sampled trial (once per study): the hand-made recipes are on the front unless something
+        dominates them, so the search's result is at least as good as each. ``conf/search/default.yaml``
+        names ``default``, ``structured`` and ``quantize``; ``[]``: none.
+    seeds: ``{name: pipeline config}``, composed from ``conf/pipeline/`` by ``conf/search/default.yaml``
+        (the stages run verbatim, with the training budgets of the hand-made pipelines).
     """
 
     n_trials: int = 12
@@ -91,6 +97,8 @@ class SearchConfig(TechniqueConfig):
     )
     heartbeat_s: int = 10
     grace_s: int = 60
+    seed_pipelines: list[str] = field(default_factory=list)
+    seeds: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.n_trials < 1:
@@ -145,6 +153,21 @@ class SearchConfig(TechniqueConfig):
                 f"search.heartbeat_s={self.heartbeat_s}, search.grace_s={self.grace_s}: need heartbeat_s >= 1 and "
                 "grace_s > heartbeat_s; use e.g. heartbeat_s=10 grace_s=60"
             )
+
+        missing = [n for n in self.seed_pipelines if n not in self.seeds]
+        if missing:
+            raise ConfigError(
+                f"search.seed_pipelines names {', '.join(map(repr, missing))}, which is not in search.seeds "
+                f"(composed: {', '.join(sorted(self.seeds)) or 'none'}); compose it with "
+                f"+pipeline@search.seeds.{missing[0]}={missing[0]}, or drop it from search.seed_pipelines"
+            )
+        for name in self.seed_pipelines:
+            stages = (self.seeds[name] or {}).get("stages") if isinstance(self.seeds[name], dict) else None
+            if not isinstance(stages, dict) or not stages:
+                raise ConfigError(
+                    f"search.seeds.{name} has no stages; compose a pipeline there (+pipeline@search.seeds.{name}=NAME)"
+                    " or drop it from search.seed_pipelines"
+                )
 
     def full_space(self) -> dict[str, list[Any]]:
         """:data:`DEFAULT_SPACE` with this config's ``space`` entries replacing the defaults."""

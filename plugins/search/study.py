@@ -112,8 +112,11 @@ def check_storage(url: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         ) from exc
 
 
-def open_storage(cfg: SearchConfig) -> optuna.storages.RDBStorage:
-    """optuna's RDB storage for ``cfg.storage`` with heartbeats; one-line errors naming the URL."""
+def open_storage(cfg: SearchConfig, on_stale: Any = None) -> optuna.storages.RDBStorage:
+    """optuna's RDB storage for ``cfg.storage`` with heartbeats; one-line errors naming the URL.
+
+    ``on_stale(study, trial)``: called for each trial of a dead worker that this process marks failed.
+    """
     import optuna
 
     url = str(cfg.storage)
@@ -133,6 +136,7 @@ def open_storage(cfg: SearchConfig) -> optuna.storages.RDBStorage:
                     engine_kwargs=engine,
                     heartbeat_interval=int(cfg.heartbeat_s),
                     grace_period=int(cfg.grace_s),
+                    failed_trial_callback=on_stale,
                 )
         except Exception as exc:
             first = " ".join(str(exc).split())[:300]
@@ -287,11 +291,25 @@ class Searcher:
     def trials_dir(self) -> Path:
         return Path(self.run.spec.run_dir) / "trials"
 
-    def spec_for(self, number: int, params: Mapping[str, Any], run_dir: Path) -> RunSpec:
+    def stages_for(self, params: Mapping[str, Any], seed_pipeline: str | None = None) -> dict[str, Any]:
+        """The ``pipeline.stages`` of a trial: a seed pipeline's own stages, else the sampled ``params``'."""
+        if seed_pipeline:
+            if seed_pipeline not in self.cfg.seeds:
+                raise ConfigError(
+                    f"trial runs seed pipeline {seed_pipeline!r}, which is not in search.seeds "
+                    f"({', '.join(sorted(self.cfg.seeds)) or 'none'}); compose it with "
+                    f"+pipeline@search.seeds.{seed_pipeline}={seed_pipeline}"
+                )
+            return {k: dict(v) for k, v in dict(self.cfg.seeds[seed_pipeline]["stages"]).items()}
+        return trial_stages(params, self.cfg, self.run.spec.model, self.layers)
+
+    def spec_for(
+        self, number: int, params: Mapping[str, Any], run_dir: Path, seed_pipeline: str | None = None
+    ) -> RunSpec:
         """The :class:`RunSpec` of trial ``number``: the run's model, data and target, the trial's stages."""
         spec = self.run.spec
         registry = self.run.registry
-        stages_cfg = trial_stages(params, self.cfg, spec.model, self.layers)
+        stages_cfg = self.stages_for(params, seed_pipeline)
         stages = []
         for name, params_ in stages_cfg.items():
             tech = registry.technique(params_["technique"])
@@ -312,7 +330,12 @@ class Searcher:
             "target": target,
             "tracking": {k: v for k, v in tracking.items() if k != "tags"},
             "pipeline": {"name": "search-trial", "stages": stages_cfg},
-            "search": {"study": self.cfg.study, "trial": number, "params": dict(params)},
+            "search": {
+                "study": self.cfg.study,
+                "trial": number,
+                "params": dict(params),
+                **({"seed_pipeline": seed_pipeline} if seed_pipeline else {}),
+            },
             "ui": {"quiet": True, "progress": False},
         }
         return RunSpec(
@@ -329,9 +352,11 @@ class Searcher:
             pipeline_name="search-trial",
         )
 
-    def run_trial(self, number: int, params: Mapping[str, Any], run_dir: Path) -> TrialMetrics:
+    def run_trial(
+        self, number: int, params: Mapping[str, Any], run_dir: Path, seed_pipeline: str | None = None
+    ) -> TrialMetrics:
         """Run the trial's stages through the core runner; return what the search needs of its report."""
-        spec = self.spec_for(number, params, run_dir)
+        spec = self.spec_for(number, params, run_dir, seed_pipeline)
         runner = execute(spec, self.pm, self.run.registry, model=self.model, data=self.sctx.data)
         report = runner.report
         assert report.baseline is not None and report.compressed is not None
@@ -351,16 +376,25 @@ class Searcher:
         """optuna's objective: sample, skip duplicates (pruned), run, record metrics and constraints."""
         import optuna
 
-        space = active_space(self.cfg, self.run.spec.model)
-        params = {name: trial.suggest_categorical(name, values) for name, values in space.items()}
+        seed = trial.user_attrs.get("seed_pipeline")
+        if seed:  # an enqueued hand-made pipeline: its own stages, nothing sampled
+            params: dict[str, Any] = {}
+        else:
+            space = active_space(self.cfg, self.run.spec.model)
+            params = {name: trial.suggest_categorical(name, values) for name, values in space.items()}
+        label = f"pipeline={seed}" if seed else describe(params)
         trial.set_user_attr("worker", worker_id())
-        trial.set_user_attr("label", describe(params))
+        trial.set_user_attr("label", label)
         self.started += 1
-        self.sctx.progress(f"trial {trial.number} ({describe(params)})", self.started, None)
+        self.sctx.progress(f"trial {trial.number} ({label})", self.started, None)
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
         for other in trial.study.get_trials(deepcopy=False, states=states):
             # Trials are deterministic: the same parameters give the same result (or the same error).
-            if other.params == params and ("metrics" in other.user_attrs or "error" in other.user_attrs):
+            if (
+                other.params == params
+                and other.user_attrs.get("seed_pipeline") == seed
+                and ("metrics" in other.user_attrs or "error" in other.user_attrs)
+            ):
                 trial.set_user_attr("duplicate_of", other.number)
                 for key in ("metrics", "error"):
                     if key in other.user_attrs:
@@ -375,11 +409,11 @@ class Searcher:
         self.recorder.trial = trial
         t0 = time.perf_counter()
         try:
-            metrics = self.run_trial(trial.number, params, run_dir)
+            metrics = self.run_trial(trial.number, params, run_dir, seed)
         except Exception as exc:
             message = str(exc) if isinstance(exc, SlimkitError) else f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("error", " ".join(message.split())[:1000])
-            self.note(f"trial {trial.number} ({describe(params)}) failed: {' '.join(message.split())[:300]}")
+            self.note(f"trial {trial.number} ({label}) failed: {' '.join(message.split())[:300]}")
             if not isinstance(exc, SlimkitError):
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "error.txt").write_text(traceback.format_exc())
@@ -409,7 +443,13 @@ def trial_rows(study: optuna.Study, cfg: SearchConfig) -> list[dict[str, Any]]:
                 "state": t.state.name,
                 "label": t.user_attrs.get("label", describe(t.params)),
                 "params": dict(t.params),
-                **({k: metrics[k] for k in metrics} if isinstance(metrics, Mapping) else {}),
+                "seed_pipeline": t.user_attrs.get("seed_pipeline"),
+                # the model's parameter count is ``n_params``: ``params`` are the trial's parameters
+                **(
+                    {("n_params" if k == "params" else k): metrics[k] for k in metrics}
+                    if isinstance(metrics, Mapping)
+                    else {}
+                ),
                 "feasible": bool(metrics) and all(v <= 0 for v in viol.values()),
                 "violations": viol,
                 "seconds": t.user_attrs.get("seconds"),
@@ -468,6 +508,18 @@ def closest(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
 # -- the whole search -------------------------------------------------------------------------------
 
 
+def enqueue_seeds(study: optuna.Study, cfg: SearchConfig) -> list[str]:
+    """Queue the seed pipelines the study has not seen yet (first in line, once per study); return them.
+
+    A seed already queued, running or finished in the study (by any worker) is not queued again.
+    """
+    seen = {t.user_attrs.get("seed_pipeline") for t in study.get_trials(deepcopy=False)}
+    todo = [name for name in cfg.seed_pipelines if name not in seen]
+    for name in todo:
+        study.enqueue_trial({}, user_attrs={"seed_pipeline": name})
+    return todo
+
+
 def run_search(cfg: SearchConfig, run: RunContext, model: Any, adapter: ModelAdapter, sctx: StageContext) -> Any:
     """Run this worker's share of the study, then return the best feasible model (an ONNX model).
 
@@ -479,7 +531,19 @@ def run_search(cfg: SearchConfig, run: RunContext, model: Any, adapter: ModelAda
     from .report import pareto_plot
 
     logging.getLogger("optuna").setLevel(logging.ERROR)
-    storage = open_storage(cfg)
+
+    def on_stale(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        # The dead worker's trial run cannot end itself: end it FAILED in the shared tracking backend.
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        reason = (
+            f"search worker {trial.user_attrs.get('worker', '?')} stopped sending heartbeats during trial "
+            f"{trial.number} (no heartbeat for {cfg.grace_s} s); the study marked the trial failed"
+        )
+        logging.getLogger(__name__).warning(reason)
+        if run_id and run.tracker is not None:
+            run.tracker.mark_failed(str(run_id), reason)
+
+    storage = open_storage(cfg, on_stale)
     try:
         study = open_study(cfg, storage, int(sctx.seed) % (2**31))
         with warnings.catch_warnings():
@@ -492,6 +556,7 @@ def run_search(cfg: SearchConfig, run: RunContext, model: Any, adapter: ModelAda
             f"cannot use the study {cfg.study!r} in {mask_url(str(cfg.storage))}: {type(exc).__name__}: "
             f"{' '.join(str(exc).split())[:300]}; check search.storage"
         ) from exc
+    enqueue_seeds(study, cfg)
     searcher = Searcher(cfg=cfg, run=run, model=model, adapter=adapter, sctx=sctx)
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.name in _COUNTED]
     todo = int(cfg.n_trials) - len(finished)
@@ -577,7 +642,7 @@ def _load_trial_model(searcher: Searcher, row: Mapping[str, Any], study: Any) ->
     # Another worker ran it: rebuild it here (the same stages and seeds give the same model).
     run_dir = searcher.trials_dir / f"rerun-{int(row['trial']):04d}"
     try:
-        searcher.run_trial(int(row["trial"]), row["params"], run_dir)
+        searcher.run_trial(int(row["trial"]), row["params"], run_dir, row.get("seed_pipeline"))
     except SlimkitError:
         return None
     path = run_dir / "model.onnx"

@@ -554,6 +554,19 @@ class MlflowTracker(Tracker):
         finally:
             self._soft("end the run", self._client().set_terminated, run_id, status)
 
+    def mark_failed(self, run_id: str, reason: str) -> None:
+        """End run ``run_id`` FAILED with tags ``error`` (``reason``) and ``error_type`` if it is still
+        RUNNING (its process died); a run that ended meanwhile is left as it is."""
+        from mlflow.entities import RunTag
+
+        client = self._client()
+        run = self._soft("read the run", client.get_run, run_id)
+        if run is None or run.info.status != "RUNNING":
+            return
+        tags = [RunTag("error", _one_line(reason)), RunTag("error_type", "WorkerLost")]
+        self._soft("tag the lost run", client.log_batch, run_id, tags=tags)
+        self._soft("end the lost run", client.set_terminated, run_id, "FAILED")
+
     def _tag_error(self, run_id: str, error: BaseException) -> None:
         from mlflow.entities import RunTag
 

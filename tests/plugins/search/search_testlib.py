@@ -35,6 +35,16 @@ TINY: list[str] = [
     "search.space.n_clusters=[0]",
     "search.space.exclude=['']",
     "search.max_accuracy_drop=50",
+    "search.seed_pipelines=[]",  # the hand-made pipelines train for minutes: tests seed a cheap one
+]
+
+#: A cheap hand-made pipeline as the search's seed: one-step magnitude pruning without fine-tuning.
+SEEDED: list[str] = [
+    "+pipeline@search.seeds.magnitude=magnitude",
+    "search.seed_pipelines=[magnitude]",
+    "search.seeds.magnitude.stages.prune.steps=1",
+    "search.seeds.magnitude.stages.prune.finetune_epochs=0",
+    "search.space.sparsity=[0.0,0.5]",  # 8 points: room for the sampled trials beside the seed
 ]
 
 _SCRUBBED = ("SLIMKIT_DEBUG", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "COLUMNS")

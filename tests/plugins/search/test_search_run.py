@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from search_testlib import TINY, describe, ran, ran_counts, reports, run_cli, study_trials, user_error
+from search_testlib import SEEDED, TINY, describe, ran, ran_counts, reports, run_cli, study_trials, user_error
 
 
 def _closed_port() -> int:
@@ -18,9 +18,9 @@ def _closed_port() -> int:
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory where a 2-trial search ran (study.db, mlflow.db, outputs/)."""
+    """A directory where a 3-trial search ran (study.db, mlflow.db, outputs/): a seed pipeline, 2 sampled."""
     cwd = tmp_path_factory.mktemp("search")
-    proc = run_cli([*TINY, "search.n_trials=2"], cwd)
+    proc = run_cli([*TINY, *SEEDED, "search.n_trials=3"], cwd)
     assert proc.returncode == 0, describe(proc)
     assert "Pareto front" in proc.stdout, describe(proc)
     return cwd
@@ -35,7 +35,7 @@ def test_search_report_pareto_and_mlflow_children(searched: Path) -> None:
     assert (searched / "study.db").exists() and (searched / "mlflow.db").exists()
     summary, pareto = report["search"], report["pareto"]
     assert summary["study"] == "slimkit-search" and summary["trials_this_worker"] >= 1
-    assert ran_counts(summary["trials"]) == 2
+    assert ran_counts(summary["trials"]) == 3
     assert pareto and all({"trial", "accuracy_drop", "speedup", "latency_ms", "size_mb"} <= set(r) for r in pareto)
     best = summary["best_trial"]
     assert best is not None and any(r["trial"] == best for r in pareto)
@@ -62,20 +62,44 @@ def test_search_report_pareto_and_mlflow_children(searched: Path) -> None:
 
 
 @pytest.mark.slow
+def test_seed_pipeline_runs_first_and_verbatim(searched: Path, tmp_path: Path) -> None:
+    (report,) = reports(searched)
+    rows = json.loads((Path(report["run_dir"]) / report["stages"][0]["artifacts"]["trials"]).read_text())
+    first = rows[0]
+    assert first["trial"] == 0 and first["seed_pipeline"] == "magnitude" and first["params"] == {}
+    assert first["label"] == "pipeline=magnitude" and first["state"] == "COMPLETE"
+    assert all(r["seed_pipeline"] is None for r in rows[1:])
+    # The seed trial is the hand-made pipeline itself: the same stages and seed give the same model.
+    hand = [o for o in TINY if not o.startswith(("pipeline=", "search."))]
+    proc = run_cli(
+        [*hand, "pipeline=magnitude", "pipeline.stages.prune.steps=1", "pipeline.stages.prune.finetune_epochs=0"],
+        tmp_path,
+    )
+    assert proc.returncode == 0, describe(proc)
+    (plain,) = reports(tmp_path)
+    assert first["accuracy"] == pytest.approx(plain["compressed"]["accuracy"], abs=1e-9)
+    assert first["n_params"] == plain["compressed"]["params"] and first["size_mb"] == pytest.approx(
+        plain["compressed"]["size_bytes"] / 1e6
+    )
+
+
+@pytest.mark.slow
 def test_rerun_continues_the_sqlite_study(searched: Path) -> None:
     before = {t.number for t in study_trials(f"sqlite:///{searched / 'study.db'}")}
-    proc = run_cli([*TINY, "search.n_trials=3"], searched)
+    proc = run_cli([*TINY, *SEEDED, "search.n_trials=4"], searched)
     assert proc.returncode == 0, describe(proc)
     trials = study_trials(f"sqlite:///{searched / 'study.db'}")
-    assert ran(trials) == 3 and before < {t.number for t in trials}
+    assert ran(trials) == 4 and before < {t.number for t in trials}
+    # the seed pipeline ran once per study, not once per run
+    assert sum(t.user_attrs.get("seed_pipeline") == "magnitude" for t in trials) == 1
     report = reports(searched)[-1]
-    assert report["search"]["trials_this_worker"] >= 1 and ran_counts(report["search"]["trials"]) == 3
+    assert report["search"]["trials_this_worker"] >= 1 and ran_counts(report["search"]["trials"]) == 4
 
 
 @pytest.mark.slow
 def test_impossible_constraints_fail_naming_constraint_and_closest(searched: Path) -> None:
     # The study already holds its trials: nothing new runs, the constraints are judged on them.
-    proc = run_cli([*TINY, "search.n_trials=2", "search.max_accuracy_drop=0", "search.min_speedup=1000"], searched)
+    proc = run_cli([*TINY, "search.n_trials=3", "search.max_accuracy_drop=0", "search.min_speedup=1000"], searched)
     message = user_error(proc, "no trial meets", "min_speedup=1000", "closest: trial")
     assert "search.n_trials" in message
     report = reports(searched)[-1]

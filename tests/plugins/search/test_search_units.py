@@ -12,7 +12,15 @@ from slimkit.core import ConfigError
 from slimkit.plugins.search.config import DEFAULT_SPACE, SearchConfig
 from slimkit.plugins.search.report import SearchReport, pareto_markdown
 from slimkit.plugins.search.space import active_space, describe, resolve_exclude, trial_stages
-from slimkit.plugins.search.study import SearchError, check_storage, closest, mask_url, pareto_front, pick_best
+from slimkit.plugins.search.study import (
+    SearchError,
+    check_storage,
+    closest,
+    enqueue_seeds,
+    mask_url,
+    pareto_front,
+    pick_best,
+)
 
 
 def _closed_port() -> int:
@@ -35,6 +43,8 @@ def _closed_port() -> int:
         ({"space": {"bits": [4]}}, "no parameter bits"),
         ({"space": {"sparsity": []}}, "search.space.sparsity=[]"),
         ({"heartbeat_s": 10, "grace_s": 5}, "grace_s > heartbeat_s"),
+        ({"seed_pipelines": ["fast"]}, "+pipeline@search.seeds.fast=fast"),
+        ({"seed_pipelines": ["x"], "seeds": {"x": {"name": "x"}}}, "search.seeds.x has no stages"),
     ],
 )
 def test_bad_config_is_one_line(kwargs: dict, fragment: str) -> None:
@@ -143,3 +153,23 @@ def test_compose_and_unknown_search_key(tmp_path) -> None:
     proc = run_cli([*TINY, "search.nope=1"], tmp_path, timeout=120)
     user_error(proc, "search.nope")
     assert isinstance(proc, subprocess.CompletedProcess)
+
+
+def test_hand_made_pipelines_are_the_default_seeds_and_queue_once() -> None:
+    import optuna
+
+    from slimkit.pipelines.config import compose, to_plain
+
+    plain = to_plain(compose(["pipeline=search", "target.threads=3"]))["search"]
+    assert plain["seed_pipelines"] == ["default", "structured", "quantize"]
+    default = plain["seeds"]["default"]["stages"]
+    assert [s["technique"] for s in default.values()] == ["channel_prune", "distill", "quantize"]
+    assert default["prune"]["ratio"] == 0.5 and default["quantize"]["threads"] == 3  # verbatim, interpolated
+    cfg = SearchConfig(technique="search", seed_pipelines=plain["seed_pipelines"], seeds=plain["seeds"])
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    assert enqueue_seeds(study, cfg) == ["default", "structured", "quantize"]
+    assert enqueue_seeds(study, cfg) == []  # a re-run (or a second worker) does not queue them again
+    queued = [t.user_attrs["seed_pipeline"] for t in study.get_trials(deepcopy=False)]
+    assert queued == ["default", "structured", "quantize"]
+    none = to_plain(compose(["pipeline=search", "search.seed_pipelines=[]"]))["search"]
+    assert none["seed_pipelines"] == [] and enqueue_seeds(optuna.create_study(), SearchConfig(technique="search")) == []

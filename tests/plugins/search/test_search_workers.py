@@ -75,21 +75,39 @@ def _states(db: Path) -> list[str]:
         return []
 
 
+def _running_with_mlflow_run(db: Path) -> bool:
+    """Whether a trial is RUNNING and has recorded its MLflow run id (optuna's SQLite tables)."""
+    query = (
+        "SELECT COUNT(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+        "WHERE t.state = 'RUNNING' AND a.key = 'mlflow_run_id'"
+    )
+    try:
+        with sqlite3.connect(db, timeout=5) as conn:
+            return bool(conn.execute(query).fetchone()[0])
+    except sqlite3.Error:  # not created yet
+        return False
+
+
 @pytest.mark.slow
 def test_worker_killed_mid_trial_is_marked_failed_and_the_study_continues(tmp_path: Path) -> None:
     # Any finished trial is feasible here (untrained trials can lose most of the accuracy): the test is
     # about the killed trial and the study going on, not about the constraint.
-    args = [*TINY, "tracking=none", "search.n_trials=2", "search.heartbeat_s=1", "search.grace_s=2",
-            "search.max_accuracy_drop=100"]
+    args = [
+        *TINY,
+        "search.n_trials=2",
+        "search.heartbeat_s=1",
+        "search.grace_s=2",
+        "search.max_accuracy_drop=100",
+    ]
     worker = _start([*args, "hydra.run.dir=outputs/killed"], tmp_path)
     db = tmp_path / "study.db"
     try:
         end = time.monotonic() + 240
-        while "RUNNING" not in _states(db):
+        while not _running_with_mlflow_run(db):
             assert worker.poll() is None, describe(_finish(worker))
             assert time.monotonic() < end, "no trial started"
             time.sleep(0.3)
-        time.sleep(1.0)  # inside the trial
+        time.sleep(0.5)  # inside the trial, its MLflow run started
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(30)
@@ -103,3 +121,9 @@ def test_worker_killed_mid_trial_is_marked_failed_and_the_study_continues(tmp_pa
     assert any(t.state.name == "COMPLETE" for t in trials[killed + 1 :]), "the study continued"
     report = reports(tmp_path)[-1]
     assert report["status"] == "FINISHED" and report["search"]["trials"]["FAIL"] >= 1
+    # The killed trial's MLflow run, which its dead process could not end, is ended FAILED with the reason.
+    from mlflow import MlflowClient
+
+    lost = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(trials[killed].user_attrs["mlflow_run_id"])
+    assert lost.info.status == "FAILED", lost.info
+    assert "stopped sending heartbeats" in lost.data.tags["error"] and lost.data.tags["error_type"] == "WorkerLost"
