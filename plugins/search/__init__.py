@@ -36,7 +36,7 @@ class Search(Technique):
 
     name = "search"
     description = "multi-objective search over compression techniques (optuna), constraints measured on the target"
-    frameworks = ("torch",)
+    frameworks = ("torch", "onnx")
     output_framework = "onnx"
     Config = SearchConfig
 

@@ -8,7 +8,7 @@ architecture, ``depthwise``, ``channel_prune``, ``lowrank``, ``magnitude_prune``
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .config import RESNET_FACTORIES, SearchConfig
@@ -22,12 +22,46 @@ def arch_base(model_cfg: Mapping[str, Any]) -> dict[str, int] | None:
     return {"width": int(kwargs.get("width", 16)), "blocks": int(kwargs.get("blocks", 3))}
 
 
-def active_space(cfg: SearchConfig, model_cfg: Mapping[str, Any]) -> dict[str, list[Any]]:
-    """The parameters that vary for this model (architecture ones only for the ResNet family)."""
+#: The technique each search parameter becomes (see :func:`trial_stages`).
+PARAM_TECHNIQUE: dict[str, str] = {
+    "width_mult": "distill",
+    "depth": "distill",
+    "depthwise": "depthwise",
+    "channel_ratio": "channel_prune",
+    "rank_ratio": "lowrank",
+    "sparsity": "magnitude_prune",
+    "n_clusters": "cluster",
+    "quant_mode": "quantize",
+    "weight_bits": "quantize",
+    "exclude": "quantize",
+}
+#: The value of a parameter that leaves its stage out.
+OFF: dict[str, Any] = {
+    "width_mult": 1.0,
+    "depth": 0,
+    "depthwise": False,
+    "channel_ratio": 0.0,
+    "rank_ratio": 0.0,
+    "sparsity": 0.0,
+    "n_clusters": 0,
+    "quant_mode": "none",
+}
+
+
+def active_space(
+    cfg: SearchConfig, model_cfg: Mapping[str, Any], supported: Callable[[str], bool] | None = None
+) -> dict[str, list[Any]]:
+    """The parameters that vary for this model: architecture ones only for the ResNet family, and only
+    those whose technique handles the model's framework (``supported(technique name)``; an ONNX file
+    has no distillation, depthwise swap or channel pruning, so those stay off)."""
     space = cfg.full_space()
     if arch_base(model_cfg) is None:
         space["width_mult"] = [1.0]
         space["depth"] = [0]
+    if supported is not None:
+        for name, technique in PARAM_TECHNIQUE.items():
+            if not supported(technique):
+                space[name] = [OFF[name]] if name in OFF else space[name][:1]
     return space
 
 

@@ -21,7 +21,7 @@ import time
 import traceback
 import warnings
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -280,6 +280,13 @@ class Searcher:
         self.pm.register(self.recorder, name="search-trial-recorder")
         self.layers = list(self.adapter.layer_sparsity(self.model))
 
+    def supported(self, technique: str) -> bool:
+        """Whether the registered ``technique`` handles this model's framework (torch, onnx)."""
+        try:
+            return self.adapter.name in self.run.registry.technique(technique).frameworks
+        except SlimkitError:  # not installed
+            return False
+
     def note(self, message: str) -> None:
         """One line on stderr (unless ``ui.quiet``): what happened to a trial."""
         import sys
@@ -380,7 +387,7 @@ class Searcher:
         if seed:  # an enqueued hand-made pipeline: its own stages, nothing sampled
             params: dict[str, Any] = {}
         else:
-            space = active_space(self.cfg, self.run.spec.model)
+            space = active_space(self.cfg, self.run.spec.model, self.supported)
             params = {name: trial.suggest_categorical(name, values) for name, values in space.items()}
         label = f"pipeline={seed}" if seed else describe(params)
         trial.set_user_attr("worker", worker_id())
@@ -508,13 +515,24 @@ def closest(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
 # -- the whole search -------------------------------------------------------------------------------
 
 
-def enqueue_seeds(study: optuna.Study, cfg: SearchConfig) -> list[str]:
+def seed_techniques(cfg: SearchConfig, name: str) -> list[str]:
+    """The techniques of seed pipeline ``name``'s stages, in order."""
+    stages = dict((cfg.seeds.get(name) or {}).get("stages") or {})
+    return [str(dict(v).get("technique")) for v in stages.values()]
+
+
+def enqueue_seeds(study: optuna.Study, cfg: SearchConfig, supported: Callable[[str], bool] | None = None) -> list[str]:
     """Queue the seed pipelines the study has not seen yet (first in line, once per study); return them.
 
-    A seed already queued, running or finished in the study (by any worker) is not queued again.
+    A seed already queued, running or finished in the study (by any worker) is not queued again; one
+    with a technique that does not handle the model (``supported(technique)`` false) is not queued.
     """
     seen = {t.user_attrs.get("seed_pipeline") for t in study.get_trials(deepcopy=False)}
-    todo = [name for name in cfg.seed_pipelines if name not in seen]
+    todo = [
+        name
+        for name in cfg.seed_pipelines
+        if name not in seen and (supported is None or all(supported(t) for t in seed_techniques(cfg, name)))
+    ]
     for name in todo:
         study.enqueue_trial({}, user_attrs={"seed_pipeline": name})
     return todo
@@ -556,8 +574,12 @@ def run_search(cfg: SearchConfig, run: RunContext, model: Any, adapter: ModelAda
             f"cannot use the study {cfg.study!r} in {mask_url(str(cfg.storage))}: {type(exc).__name__}: "
             f"{' '.join(str(exc).split())[:300]}; check search.storage"
         ) from exc
-    enqueue_seeds(study, cfg)
     searcher = Searcher(cfg=cfg, run=run, model=model, adapter=adapter, sctx=sctx)
+    enqueue_seeds(study, cfg, searcher.supported)
+    unusable = [n for n in cfg.seed_pipelines if not all(searcher.supported(t) for t in seed_techniques(cfg, n))]
+    if unusable:
+        sctx.info["seeds_skipped"] = {n: f"a stage's technique does not handle {adapter.name} models" for n in unusable}
+        searcher.note(f"seed pipelines {', '.join(unusable)} skipped: they cannot run on a {adapter.name} model")
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.name in _COUNTED]
     todo = int(cfg.n_trials) - len(finished)
     if todo > 0:

@@ -117,3 +117,36 @@ def test_unreachable_storage_and_tracking_are_one_line(tmp_path: Path) -> None:
     assert "pw" not in message
     proc = run_cli([*TINY, f"tracking.uri=http://127.0.0.1:{port}"], tmp_path)
     user_error(proc, f"http://127.0.0.1:{port}")
+
+
+@pytest.mark.slow
+def test_search_on_an_onnx_file(tmp_path: Path) -> None:
+    import numpy as np
+
+    from slimkit.plugins.torch import zoo
+    from slimkit.plugins.torch.adapter import TorchAdapter
+
+    path = tmp_path / "digits_cnn.onnx"
+    TorchAdapter().export_onnx(zoo.digits_cnn(), path, {"input": np.zeros((1, 1, 8, 8), np.float32)})
+    onnx_model = ["model=onnx", f"model.path={path}", "model.input_size=8", "data=digits"]
+    args = [o for o in TINY if not o.startswith(("model=", "search.space.sparsity", "search.seed_pipelines"))]
+    proc = run_cli(
+        [
+            *args,
+            *onnx_model,
+            "tracking=none",
+            "search.n_trials=3",
+            "search.space.sparsity=[0.0,0.5]",
+            "search.seeds.quantize.stages.quantize.mode=static",  # the seed, made cheap
+        ],
+        tmp_path / "cwd",
+    )
+    assert proc.returncode == 0, describe(proc)
+    assert "seed pipelines default, structured skipped" in proc.stderr, describe(proc)
+    (report,) = reports(tmp_path / "cwd")
+    assert report["status"] == "FINISHED" and ran_counts(report["search"]["trials"]) == 3
+    rows = json.loads((Path(report["run_dir"]) / report["stages"][0]["artifacts"]["trials"]).read_text())
+    assert rows[0]["seed_pipeline"] == "quantize" and rows[0]["state"] == "COMPLETE"
+    for row in rows[1:]:  # channel pruning (torch only) stays off; sparsity and int8 are searched
+        assert row["params"]["channel_ratio"] == 0.0 and row["params"]["sparsity"] in (0.0, 0.5)
+    assert (Path(report["run_dir"]) / report["artifacts"]["onnx"]).is_file()

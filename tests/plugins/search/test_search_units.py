@@ -173,3 +173,28 @@ def test_hand_made_pipelines_are_the_default_seeds_and_queue_once() -> None:
     assert queued == ["default", "structured", "quantize"]
     none = to_plain(compose(["pipeline=search", "search.seed_pipelines=[]"]))["search"]
     assert none["seed_pipelines"] == [] and enqueue_seeds(optuna.create_study(), SearchConfig(technique="search")) == []
+
+
+def test_onnx_models_search_only_what_handles_onnx() -> None:
+    import optuna
+
+    from slimkit.core.plugins import get_registry
+    from slimkit.pipelines.config import compose, to_plain
+
+    registry = get_registry()
+
+    def onnx_ok(technique: str) -> bool:
+        return "onnx" in registry.technique(technique).frameworks
+
+    space = active_space(
+        SearchConfig(technique="search"), {"factory": "slimkit.plugins.torch.zoo:digits_resnet"}, onnx_ok
+    )
+    # no distillation (architecture), depthwise swap or channel pruning on an ONNX file
+    assert space["width_mult"] == [1.0] and space["depth"] == [0] and space["depthwise"] == [False]
+    assert space["channel_ratio"] == [0.0]
+    for name in ("sparsity", "n_clusters", "rank_ratio", "quant_mode"):
+        assert space[name] == DEFAULT_SPACE[name], name
+    plain = to_plain(compose(["pipeline=search"]))["search"]
+    cfg = SearchConfig(technique="search", seed_pipelines=plain["seed_pipelines"], seeds=plain["seeds"])
+    study = optuna.create_study(directions=["minimize", "maximize"])
+    assert enqueue_seeds(study, cfg, onnx_ok) == ["quantize"]  # default and structured prune channels (torch)
