@@ -1,4 +1,4 @@
-"""Hydra multirun (``-m``) over a plain grid of search settings, with the basic and the joblib launchers."""
+"""Hydra multirun (``-m``) over a plain grid of search settings: the basic, joblib and submitit (local) launchers."""
 
 from __future__ import annotations
 
@@ -43,3 +43,25 @@ def test_grid_with_the_joblib_launcher(cwd: Path) -> None:
     assert len(jobs) == 2 and all(j["status"] == "FINISHED" for j in jobs), describe(proc)
     assert {j["config"]["search"]["max_accuracy_drop"] for j in jobs} == {5.0, 60.0}
     assert all(j["pareto"] for j in jobs)
+
+
+@pytest.mark.slow
+def test_grid_with_the_submitit_local_launcher(cwd: Path) -> None:
+    # submitit_local runs the code path of submitit_slurm (pickled job, submitit executor) as local processes.
+    proc = run_cli(
+        [
+            "-m",
+            *GRID,
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.timeout_min=10",
+            "hydra.sweep.dir=multirun/submitit",
+            "search.study=submitit",  # a study of its own: the submitit jobs run the trials
+        ],
+        cwd,
+    )
+    assert proc.returncode == 0, describe(proc)
+    jobs = _multirun_reports(cwd, "submitit")
+    assert len(jobs) == 2 and all(j["status"] == "FINISHED" for j in jobs), describe(proc)
+    assert {j["config"]["search"]["max_accuracy_drop"] for j in jobs} == {5.0, 60.0}
+    assert all(j["pareto"] for j in jobs)
+    assert ran(study_trials(f"sqlite:///{cwd / 'study.db'}", study="submitit")) >= 2
