@@ -14,8 +14,9 @@
    sensitive are kept in float, one more at a time, up to ``max_float_fraction`` of them, until the
    constraint holds; the mixed model is timed again beside the float one.
 3. Among candidates within ``latency_tolerance`` (the timing noise) of each other the more accurate
-   (labelled data) or more faithful one wins, then the faster: the search returns the fastest model
-   that passes, not the first.
+   (labelled data; the output cosine counts there only in steps of ``COSINE_TIE``) or more faithful
+   (unlabelled) one wins, then the faster: the search returns the fastest model that passes, not the
+   first.
 
 When nothing passes, the best candidate (highest score) is written to ``best_candidate.onnx`` in the
 stage directory and the stage fails with one line naming the constraint and the candidate's numbers.
@@ -47,6 +48,9 @@ SENSITIVITY_SAMPLES = 64
 #: Each model is timed for at least this long per batch size and round: a handful of runs of a
 #: millisecond model says little on a shared machine.
 MIN_SECONDS = 0.3
+#: With labelled data, candidates whose output cosines round to the same multiple of this are equally
+#: faithful: the faster one wins among those of equal accuracy.
+COSINE_TIE = 1e-3
 #: The fidelity step (unlabelled data) ranks layers on this many samples: it runs on every model whose
 #: fastest passing candidate is less faithful than a slower one, so it must stay cheap.
 FIDELITY_SAMPLES = 16
@@ -149,7 +153,7 @@ def _search(
         return s.cosine >= cfg.min_fidelity
 
     def key(s: Score) -> tuple[float, float]:
-        return (-(s.drop or 0.0), s.cosine) if labelled else (s.cosine, 0.0)
+        return quality_key(s, labelled)
 
     fixed = list(exclude) + list(masked)
     full: dict[str, Candidate] = {}
@@ -202,16 +206,7 @@ def _search(
     tol = cfg.latency_tolerance
 
     def better(a: Candidate, b: Candidate | None) -> bool:
-        """Faster beyond the timing noise; or as fast and more accurate (more faithful); or faster."""
-        if b is None:
-            return True
-        if a.latency_ms < b.latency_ms * (1 - tol):
-            return True
-        if a.latency_ms > b.latency_ms * (1 + tol):
-            return False
-        if key(a.score) != key(b.score):
-            return key(a.score) > key(b.score)
-        return a.latency_ms < b.latency_ms
+        return prefer(a, b, tol, labelled)
 
     tried: list[Candidate] = list(full.values())
     best: Candidate | None = None
@@ -312,6 +307,30 @@ def _search(
         ctx.metrics["val_accuracy"] = best.score.accuracy
         ctx.metrics["val_accuracy_drop"] = float(best.score.drop or 0.0)
     return best.model
+
+
+def quality_key(score: Score, labelled: bool) -> tuple[float, float]:
+    """What "more accurate" compares. With labels the accuracy decides, and the output cosine only in
+    steps of :data:`COSINE_TIE` (0.99998 vs 0.99997 is no reason to keep a slower model); without
+    labels the cosine is all there is."""
+    if labelled:
+        return (-(score.drop or 0.0), round(score.cosine / COSINE_TIE) * COSINE_TIE)
+    return (score.cosine, 0.0)
+
+
+def prefer(a: Candidate, b: Candidate | None, tolerance: float, labelled: bool) -> bool:
+    """Whether ``a`` beats ``b``: faster beyond the timing noise (``tolerance``, a fraction); or as fast
+    and more accurate (more faithful); or, as accurate, faster."""
+    if b is None:
+        return True
+    if a.latency_ms < b.latency_ms * (1 - tolerance):
+        return True
+    if a.latency_ms > b.latency_ms * (1 + tolerance):
+        return False
+    ka, kb = quality_key(a.score, labelled), quality_key(b.score, labelled)
+    if ka != kb:
+        return ka > kb
+    return a.latency_ms < b.latency_ms
 
 
 def _per_channel(mode: str, cfg: QuantizeConfig) -> bool | None:

@@ -109,3 +109,23 @@ def test_auto_makes_the_fastest_as_faithful_as_a_slower_candidate(
     else:  # none as faithful: the faster one stays, said in a note
         assert "no candidate is both faster than and as faithful as static" in notes
         assert ctx.info["mode"] == "dynamic" and ctx.metrics["val_cosine"] == pytest.approx(dynamic["cosine"])
+
+
+def test_prefer_takes_the_faster_of_practically_equal_candidates() -> None:
+    from slimkit.plugins.techniques.quantize.auto import Candidate, prefer
+    from slimkit.plugins.techniques.quantize.sensitivity import Score
+
+    def cand(ms: float, drop: float | None, cosine: float) -> Candidate:
+        return Candidate(
+            "static", None, Score(accuracy=None if drop is None else 0.9, drop=drop, cosine=cosine, top1=1.0), ms
+        )
+
+    slow_faithful, fast = cand(1.60, 0.0, 0.99998), cand(1.50, 0.0, 0.99997)
+    # labelled, same accuracy, cosines equal to 1e-3: the faster wins within the 10 % noise band
+    assert prefer(fast, slow_faithful, 0.1, labelled=True) and not prefer(slow_faithful, fast, 0.1, labelled=True)
+    # a real accuracy difference still beats a small speed difference
+    assert prefer(cand(1.60, 0.0, 0.999), cand(1.50, 0.56, 0.999), 0.1, labelled=True)
+    # and a speed difference beyond the noise beats accuracy
+    assert prefer(cand(1.00, 0.56, 0.999), cand(1.60, 0.0, 0.999), 0.1, labelled=True)
+    # unlabelled: fidelity is all there is, so the more faithful wins within the noise band
+    assert prefer(cand(1.60, None, 0.9999), cand(1.50, None, 0.9987), 0.1, labelled=False)
