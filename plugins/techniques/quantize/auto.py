@@ -25,6 +25,7 @@ stage directory and the stage fails with one line naming the constraint and the 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -204,6 +205,7 @@ def _search(
             cand.latency_ms = 0.0
 
     tol = cfg.latency_tolerance
+    job = _Job(src, prepared, ctx, cfg, fixed, scorer, ok, scratch, float_latency)
 
     def better(a: Candidate, b: Candidate | None) -> bool:
         return prefer(a, b, tol, labelled)
@@ -224,27 +226,13 @@ def _search(
                 f"{best.label()} ({cand.latency_ms:.3f} vs {best.latency_ms:.3f} ms): no mixed precision search"
             )
             continue
-        found, attempts, sens = _fallback(cand, src, prepared, ctx, cfg, fixed, scorer, ok, scratch, float_latency)
+        found, attempts, sens = _fallback(cand, job)
         tried += attempts
         sensitivities[cand.label()] = sens
         if found is not None and better(found, best):
             best = found
     if best is not None and not labelled and cfg.measure:
-        best, more = _match_fidelity(
-            best,
-            list(full.values()),
-            src,
-            prepared,
-            ctx,
-            cfg,
-            fixed,
-            scorer,
-            ok,
-            scratch,
-            float_latency,
-            sensitivities,
-            notes,
-        )
+        best, more = _match_fidelity(best, list(full.values()), job, sensitivities, notes)
         tried += more
 
     ctx.info["candidates"] = [c.row() for c in tried]
@@ -284,7 +272,7 @@ def _search(
         )
     if not sens and len(_layers(best.mode, prepared, fixed)) <= CHEAP_LAYERS:
         # Nothing had to stay float; the sensitivity is still worth a plot when it is cheap.
-        sens = _sensitivity(best, src, prepared, ctx, cfg, fixed, scorer, scratch)
+        sens = job.sensitivity(best)
         sensitivities[best.label()] = sens
     elif not sens:
         notes.append(
@@ -348,90 +336,74 @@ def _layers(mode: str, prepared: Any, fixed: list[str]) -> list[str]:
     return [n.name for n in nodes if n.name not in skip]
 
 
-def _variant(
-    cand: Candidate, float_set: list[str], src: Path, prepared: Any, ctx: StageContext, cfg: Any, fixed: list[str]
-) -> Any:
-    from . import ort, quantize_mode
+@dataclass
+class _Job:
+    """What the steps of one ``auto`` search share: the float model file and its prepared graph, the
+    stage, the config, the layers kept float by config or mask, the scorer, the budget check, a
+    scratch folder and the float model's latency (set once measured)."""
 
-    if cand.mode == "static":
-        return ort.floatify(cand.model, prepared, float_set)
-    dst = Path(ctx.work_dir) / "auto" / f"{cand.mode}_variant.onnx"
-    return quantize_mode(cand.mode, src, dst, prepared, ctx, cfg, fixed + list(float_set))
+    src: Path
+    prepared: Any
+    ctx: StageContext
+    cfg: Any
+    fixed: list[str]
+    scorer: Scorer
+    ok: Callable[[Score], bool]
+    scratch: Path
+    float_latency: float = 0.0
+
+    def variant(self, cand: Candidate, float_set: list[str]) -> Any:
+        """``cand`` with the layers ``float_set`` kept float."""
+        from . import ort, quantize_mode
+
+        if cand.mode == "static":
+            return ort.floatify(cand.model, self.prepared, float_set)
+        dst = Path(self.ctx.work_dir) / "auto" / f"{cand.mode}_variant.onnx"
+        return quantize_mode(cand.mode, self.src, dst, self.prepared, self.ctx, self.cfg, self.fixed + list(float_set))
+
+    def sensitivity(self, cand: Candidate, samples: int = SENSITIVITY_SAMPLES) -> dict[str, float]:
+        """Per layer of ``cand``: the output error with only that layer quantized."""
+        layers = _layers(cand.mode, self.prepared, self.fixed)
+
+        def only(name: str) -> Any:
+            return self.variant(cand, [n for n in layers if n != name])
+
+        quick = self.scorer.subset(samples)
+        progress = self.ctx.progress
+        return layer_sensitivity(layers, only, quick, lambda t, c, n: progress(f"{t} ({cand.label()})", c, n))
+
+    def timed(self, model: Any, name: str) -> float:
+        """Latency of ``model``, timed beside the float model and rescaled to its first timing: a fair
+        comparison with the full candidates even if the machine's load changed meanwhile."""
+        from . import ort
+
+        path = ort.save(model, self.scratch / name)
+        now_float, now_model = measure_latencies([self.src, path], self.ctx, self.cfg)
+        return now_model * self.float_latency / now_float
 
 
-def _sensitivity(
-    cand: Candidate,
-    src: Path,
-    prepared: Any,
-    ctx: StageContext,
-    cfg: Any,
-    fixed: list[str],
-    scorer: Scorer,
-    scratch: Any,
-    samples: int = SENSITIVITY_SAMPLES,
-) -> dict[str, float]:
-    layers = _layers(cand.mode, prepared, fixed)
-
-    def only(name: str) -> Any:
-        return _variant(cand, [n for n in layers if n != name], src, prepared, ctx, cfg, fixed)
-
-    quick = scorer.subset(samples)
-    return layer_sensitivity(layers, only, quick, lambda t, c, n: ctx.progress(f"{t} ({cand.label()})", c, n))
-
-
-def _fallback(
-    cand: Candidate,
-    src: Path,
-    prepared: Any,
-    ctx: StageContext,
-    cfg: Any,
-    fixed: list[str],
-    scorer: Scorer,
-    ok: Any,
-    scratch: Path,
-    float_latency: float,
-) -> tuple[Candidate | None, list[Candidate], dict[str, float]]:
-    """Keep the most sensitive layers of ``cand`` in float, one more at a time, until ``ok``."""
-    sens = _sensitivity(cand, src, prepared, ctx, cfg, fixed, scorer, scratch)
+def _fallback(cand: Candidate, job: _Job) -> tuple[Candidate | None, list[Candidate], dict[str, float]]:
+    """Keep the most sensitive layers of ``cand`` in float, one more at a time, until ``job.ok``."""
+    sens = job.sensitivity(cand)
     ranked = sorted(sens, key=lambda n: -sens[n])
-    limit = int(math.floor(cfg.max_float_fraction * len(ranked)))
+    limit = int(math.floor(job.cfg.max_float_fraction * len(ranked)))
     attempts: list[Candidate] = []
     for k in range(1, limit + 1):
-        ctx.progress(f"mixed precision ({cand.mode})", k, limit)
-        model = _variant(cand, ranked[:k], src, prepared, ctx, cfg, fixed)
+        job.ctx.progress(f"mixed precision ({cand.mode})", k, limit)
+        model = job.variant(cand, ranked[:k])
         attempt = Candidate(
-            cand.mode, model, scorer.score(model), float_layers=ranked[:k], per_channel=cand.per_channel
+            cand.mode, model, job.scorer.score(model), float_layers=ranked[:k], per_channel=cand.per_channel
         )
         attempts.append(attempt)
-        if ok(attempt.score):
-            from . import ort
-
-            # Timed beside the float model and rescaled to its earlier timing: a fair comparison
-            # with the full candidates even if the machine's load changed meanwhile.
-            if cfg.measure:
-                path = ort.save(model, scratch / f"{cand.mode}_{cand.per_channel}_mixed.onnx")
-                now_float, now_mixed = measure_latencies([src, path], ctx, cfg)
-                attempt.latency_ms = now_mixed * float_latency / now_float
-            else:
-                attempt.latency_ms = 0.0
+        if job.ok(attempt.score):
+            measured = job.cfg.measure
+            attempt.latency_ms = job.timed(model, f"{cand.mode}_{cand.per_channel}_mixed.onnx") if measured else 0.0
             return attempt, attempts, sens
     return None, attempts, sens
 
 
 def _match_fidelity(
-    best: Candidate,
-    full: list[Candidate],
-    src: Path,
-    prepared: Any,
-    ctx: StageContext,
-    cfg: Any,
-    fixed: list[str],
-    scorer: Scorer,
-    ok: Any,
-    scratch: Path,
-    float_latency: float,
-    sensitivities: dict[str, dict[str, float]],
-    notes: list,
+    best: Candidate, full: list[Candidate], job: _Job, sensitivities: dict[str, dict[str, float]], notes: list
 ) -> tuple[Candidate, list[Candidate]]:
     """Unlabelled data: make the fastest passing candidate at least as faithful as a slower one.
 
@@ -445,6 +417,7 @@ def _match_fidelity(
     """
     from . import ort
 
+    ctx, cfg, ok, scorer, prepared, fixed = job.ctx, job.cfg, job.ok, job.scorer, job.prepared, job.fixed
     rival = next(
         (
             c
@@ -461,9 +434,7 @@ def _match_fidelity(
 
     def wins(attempt: Candidate, model: Any, what: str) -> bool:
         """Time ``attempt`` (rescaled to the first timing) and say whether it beats ``rival``."""
-        path = ort.save(model, scratch / "fidelity_mixed.onnx")
-        now_float, now_mixed = measure_latencies([src, path], ctx, cfg)
-        attempt.latency_ms = now_mixed * float_latency / now_float
+        attempt.latency_ms = job.timed(model, "fidelity_mixed.onnx")
         if attempt.latency_ms < rival.latency_ms * (1 - tol) or (
             attempt.latency_ms <= rival.latency_ms * (1 + tol) and attempt.latency_ms < rival.latency_ms
         ):
@@ -481,7 +452,7 @@ def _match_fidelity(
         # there, not from a weight layer. This variant quantizes the layers with weights (and Gather,
         # the embeddings, as dynamic does) only.
         ctx.progress(f"fidelity of {best.label()}: weight layers only", 0, None)
-        path = scratch / "static_weight_ops.onnx"
+        path = job.scratch / "static_weight_ops.onnx"
         variant_cfg = replace(cfg, per_channel=bool(best.per_channel), activation_signed=best.activation_signed)
         inits = set(ort.initializers(prepared))
         act_act = [
@@ -490,7 +461,7 @@ def _match_fidelity(
             if n.op_type in ort.WEIGHT_OPS and n.name and not any(i in inits for i in n.input)
         ]
         plan = ort.StaticPlan(exclude=list(fixed) + act_act, op_types=[*ort.WEIGHT_OPS, "Gather"])
-        model = ort.quantize_static_model(src, path, ctx.data.train, variant_cfg, plan)
+        model = ort.quantize_static_model(job.src, path, ctx.data.train, variant_cfg, plan)
         attempt = Candidate(
             best.mode,
             model,
@@ -515,7 +486,7 @@ def _match_fidelity(
     else:
         sens = sensitivities.get(best.label())
         if not sens:
-            sens = _sensitivity(best, src, prepared, ctx, cfg, fixed, scorer, scratch, FIDELITY_SAMPLES)
+            sens = job.sensitivity(best, FIDELITY_SAMPLES)
             sensitivities[best.label()] = sens
         base = list(best.float_layers)  # layers the accuracy search already keeps float stay float
         ranked = [n for n in sorted(sens, key=lambda n: -sens[n]) if n not in base]
@@ -525,7 +496,7 @@ def _match_fidelity(
         while k <= limit:
             ctx.progress(f"fidelity of {best.label()} vs {rival.label()}", k, limit)
             float_set = base + ranked[:k]
-            model = _variant(best, float_set, src, prepared, ctx, cfg, fixed)
+            model = job.variant(best, float_set)
             attempt = Candidate(
                 best.mode,
                 model,
