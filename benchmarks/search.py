@@ -296,7 +296,6 @@ def render(data: dict[str, Any], quick: bool = False) -> int:
     common, lat_ms, digests = data["common"], data["latency_ms"], data["digests"]
     seconds = sorted(float(r["seconds"]) for r in rows if r.get("seconds") and r["state"] != "PRUNED")
     pg = data["postgres"]
-    by_trial = {int(r["trial"]): r for r in rows}
     seed_trial = {r["seed_pipeline"]: r for r in rows if r.get("seed_pipeline")}
 
     lines = [
@@ -408,7 +407,6 @@ def render(data: dict[str, Any], quick: bool = False) -> int:
             f"(run, not pruned duplicates): median {median:.0f} s, min {seconds[0]:.0f} s, max {seconds[-1]:.0f} s "
             f"(baseline and trial model measured in each).",
         ]
-    del by_trial
     lines += [
         "",
         "| workers | trials run (pruned) | wall s | trials run / min | vs 1 worker |",
