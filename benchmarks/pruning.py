@@ -11,7 +11,9 @@
    and accuracy before and after distillation.
 3. A BERT-class encoder (random init) with 50 % of heads and FFN neurons pruned: latency ratio and
    fidelity to the original.
-4. prune + distill + int8 (``quantize``, static QDQ) when that technique is installed.
+4. prune + distill + int8: the default pipeline (channel_prune -> distill -> static int8) and
+   ``pipeline=compact`` (layer_prune -> channel_prune 75 % -> 30 epochs of distill -> quantize auto,
+   which keeps float where int8 is slower), with static int8 forced on the compact model too.
 5. fp32 vs static int8 across the digits_resnet family (width 16 -> 4, 3 -> 1 blocks per stage): where
    int8 stops paying on ONNX Runtime CPU (its own section, ``pruning-int8``; ``--only int8``).
 
@@ -388,6 +390,8 @@ def bert_section(args: Any, tmp: Path) -> str:
 
 
 def combined_section(args: Any, tmp: Path) -> str:
+    """The default pipeline (prune + distill + int8) and the ``compact`` one (blocks and 75 % of the
+    channels removed, long distillation, int8 only where it is faster), timed in one session."""
     import slimkit
     from slimkit.core.plugins import get_registry
 
@@ -401,6 +405,12 @@ def combined_section(args: Any, tmp: Path) -> str:
                 "≤ 1 point drop) could not be measured.",
             ]
         )
+    timing = [
+        "target.threads=1",
+        "target.runtimes=[onnxruntime]",
+        "target.batch_sizes=[1,64]",
+        f"target.repeats={args.repeats * args.rounds}",
+    ]
     log("combined: the default pipeline (channel_prune -> distill -> quantize)")
     res = slimkit.compress(
         "digits_resnet",
@@ -409,12 +419,32 @@ def combined_section(args: Any, tmp: Path) -> str:
         run_dir=tmp / "combined",
         overrides=[
             "cache=false",
-            "target.threads=1",
-            "target.runtimes=[onnxruntime]",
-            "target.batch_sizes=[1,64]",
-            f"target.repeats={args.repeats * args.rounds}",
+            *timing,
             f"pipeline.stages.prune.finetune_epochs={args.step_epochs}",
             f"pipeline.stages.distill.epochs={args.final_epochs}",
+        ],
+    )
+    # compact twice on one stage cache: the same fp32 model, then auto's choice vs static int8 forced
+    compact_ov = [
+        "cache=true",
+        f"cache_dir={tmp / 'cache'}",
+        *timing,
+        *([f"pipeline.stages.distill.epochs={args.compact_epochs}"] if args.compact_epochs else []),
+    ]
+    log("combined: the compact pipeline (layer_prune -> channel_prune -> distill -> quantize auto)")
+    compact = slimkit.compress(
+        "digits_resnet", pipeline="compact", tracking="none", run_dir=tmp / "compact", overrides=compact_ov
+    )
+    log("combined: the compact pipeline with static int8 forced")
+    forced = slimkit.compress(
+        "digits_resnet",
+        pipeline="compact",
+        tracking="none",
+        run_dir=tmp / "compact_int8",
+        overrides=[
+            *compact_ov,
+            "pipeline.stages.quantize.mode=static",
+            "pipeline.stages.quantize.keep_float_if_slower=false",
         ],
     )
     quant = res.report.config["pipeline"]["stages"]["quantize"]
@@ -422,24 +452,41 @@ def combined_section(args: Any, tmp: Path) -> str:
     from slimkit.plugins.torch.adapter import TorchAdapter
 
     r = res.report
-    run_dir = Path(res.run_dir)
     adapter = TorchAdapter()
     data = load_digits_splits(size=32)
-    # the fp32 model before quantization: the distill stage's output, timed beside the other two
-    fp32_pruned = adapter.load_file(run_dir / r.stages[1].model_path)
     ex1 = data.test.example(1)
-    paths = {
-        "fp32 original": run_dir / r.artifacts["baseline_onnx"],
-        "fp32 pruned + distilled": export(adapter, fp32_pruned, tmp / "fp32_pruned.onnx", ex1),
-        "int8 pruned + distilled": run_dir / r.artifacts["onnx"],
-    }
+
+    def fp32_of(result: Any, stage: int, name: str) -> tuple[Path, float]:
+        """The fp32 torch model of stage ``stage`` (before quantize): exported, and its test accuracy."""
+        model = adapter.load_file(Path(result.run_dir) / result.report.stages[stage].model_path)
+        return export(adapter, model, tmp / name, ex1), adapter.evaluate(model, data.test)["accuracy"]
+
+    paths: dict[str, Path] = {"fp32 original": Path(res.run_dir) / r.artifacts["baseline_onnx"]}
+    accs: dict[str, float] = {"fp32 original": r.baseline.accuracy}
+    # the fp32 model before quantization (the distill stage's output), timed beside the others
+    paths["default: fp32 pruned + distilled"], accs["default: fp32 pruned + distilled"] = fp32_of(
+        res, 1, "fp32_pruned.onnx"
+    )
+    paths["default: int8 pruned + distilled"] = Path(res.run_dir) / r.artifacts["onnx"]
+    accs["default: int8 pruned + distilled"] = r.compressed.accuracy
+    paths["compact: fp32 pruned + distilled"], accs["compact: fp32 pruned + distilled"] = fp32_of(
+        compact, 2, "fp32_compact.onnx"
+    )
+    cq = compact.report.stages[-1]
+    chose = cq.info.get("mode", "?")
+    out_name = f"compact: pipeline output (auto: {chose})"
+    paths[out_name] = Path(compact.run_dir) / compact.report.artifacts["onnx"]
+    accs[out_name] = compact.report.compressed.accuracy
+    paths["compact: int8 (static forced)"] = Path(forced.run_dir) / forced.report.artifacts["onnx"]
+    accs["compact: int8 (static forced)"] = forced.report.compressed.accuracy
     lat = ort_latencies(paths, {1: ex1, 64: data.test.example(64)}, rounds=args.rounds, repeats=args.repeats)
-    accs = {
-        "fp32 original": r.baseline.accuracy,
-        "fp32 pruned + distilled": adapter.evaluate(fp32_pruned, data.test)["accuracy"],
-        "int8 pruned + distilled": r.compressed.accuracy,
-    }
     base_size = paths["fp32 original"].stat().st_size
+
+    def ratios(name: str) -> tuple[float, float, float]:
+        """(speed-up at the slower batch size, times smaller, accuracy drop in points) against fp32."""
+        speed = min(lat[("fp32 original", b)] / lat[(name, b)] for b in (1, 64))
+        return speed, base_size / paths[name].stat().st_size, (accs["fp32 original"] - accs[name]) * 100
+
     rows = []
     for name, path in paths.items():
         size = path.stat().st_size
@@ -449,30 +496,52 @@ def combined_section(args: Any, tmp: Path) -> str:
             f"| {lat[(name, 1)]:.3f} ms ({lat[('fp32 original', 1)] / lat[(name, 1)]:.2f}x) "
             f"| {lat[(name, 64)]:.1f} ms ({lat[('fp32 original', 64)] / lat[(name, 64)]:.2f}x) |"
         )
-    q, f = "int8 pruned + distilled", "fp32 pruned + distilled"
-    speed = min(lat[("fp32 original", b)] / lat[(q, b)] for b in (1, 64))
-    size_ratio = base_size / paths[q].stat().st_size
-    drop = (accs["fp32 original"] - accs[q]) * 100
-    ok = speed >= 6 and size_ratio >= 10 and drop <= 1
+
+    def verdict(name: str) -> str:
+        speed, smaller, drop = ratios(name)
+        ok = speed >= 6 and smaller >= 10 and drop <= 1
+        return (
+            f"**{'met' if ok else 'missed'}** ({speed:.2f}x at the slower batch size, {smaller:.2f}x smaller, "
+            f"drop {drop:.2f} pt)"
+        )
+
+    def adds(f: str, q: str) -> str:
+        return (
+            f"{lat[(f, 1)] / lat[(q, 1)]:.2f}x at batch 1, {lat[(f, 64)] / lat[(q, 64)]:.2f}x at batch 64, "
+            f"{paths[f].stat().st_size / paths[q].stat().st_size:.2f}x smaller, {(accs[q] - accs[f]) * 100:+.2f} pt"
+        )
+
+    chose_text = (
+        f"kept the float model: its best int8 candidate ran {cq.metrics.get('quantized_slowdown', float('nan')):.2f}x "
+        "slower than float in its own timing"
+        if chose == "float"
+        else f"chose mode={chose}, quantizing {int(cq.metrics.get('quantized_layers', 0))} layer(s)"
+    )
     return "\n".join(
         [
-            "### prune + distill + int8 (the default pipeline)",
+            "### prune + distill + int8: the default and the compact pipelines",
             "",
             "One run of the default `slimkit` pipeline: `channel_prune` (as above) → `distill` → `quantize` "
             f"(`mode={quant['mode']}`, per_channel={quant['per_channel']}, calibration={quant['calibration']} on "
-            f"{quant['calibration_samples']} training samples, excluded: {quant['exclude'] or 'none'}). The fp32 "
-            "model of the distill stage is exported and timed beside the original and the int8 model (ORT, 1 "
-            "thread, p50, interleaved); seed 0, one run.",
+            f"{quant['calibration_samples']} training samples, excluded: {quant['exclude'] or 'none'}). One run of "
+            "`pipeline=compact`: `layer_prune` (6 of 9 residual blocks) → `channel_prune` (75 % of the channels, "
+            "rounded to multiples of 4) → `distill` (30 epochs) → `quantize` (`mode=auto`, "
+            f"`keep_float_if_slower=true`; here it {chose_text}), and the same compact model with static int8 "
+            "forced. The fp32 models before quantization (the distill stages' outputs) are exported and timed "
+            "beside the original and the int8 models (ORT, 1 thread, p50, interleaved); seed 0, one run each.",
             "",
             "| model | test acc. % | change pt | ONNX size | ORT b1 | ORT b64 |",
             "|---|---|---|---|---|---|",
             *rows,
             "",
-            f"- Goal: ≥ 6x faster and ≥ 10x smaller than fp32 at ≤ 1 point drop — **{'met' if ok else 'missed'}** "
-            f"({speed:.2f}x at the slower batch size, {size_ratio:.2f}x smaller, drop {drop:.2f} pt).",
-            f"- What int8 adds on top of pruning: {lat[(f, 1)] / lat[(q, 1)]:.2f}x at batch 1, "
-            f"{lat[(f, 64)] / lat[(q, 64)]:.2f}x at batch 64, {paths[f].stat().st_size / paths[q].stat().st_size:.2f}x "
-            f"smaller, {(accs[q] - accs[f]) * 100:+.2f} pt.",
+            "- Goal: prune + distill + int8 ≥ 6x faster and ≥ 10x smaller than fp32 at ≤ 1 point drop — default "
+            f"pipeline {verdict('default: int8 pruned + distilled')}; compact with int8 "
+            f"{verdict('compact: int8 (static forced)')}.",
+            f"- Without int8, compact's fp32 model: {verdict('compact: fp32 pruned + distilled')}; the compact "
+            f"pipeline's own output (quantize auto chose {chose}): {verdict(out_name)}.",
+            "- What int8 adds on top of pruning: default "
+            f"{adds('default: fp32 pruned + distilled', 'default: int8 pruned + distilled')}; compact "
+            f"{adds('compact: fp32 pruned + distilled', 'compact: int8 (static forced)')}.",
         ]
     )
 
@@ -589,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
     args.seeds = 1 if quick else 3
     args.repeats = 3 if quick else 10
     args.seq_len = 32 if quick else 64
+    args.compact_epochs = 3 if quick else None  # None: the pipeline's own 30
     parts = args.only or ["channels", "layers", "bert", "combined", "int8"]
 
     import torch

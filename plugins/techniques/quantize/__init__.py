@@ -83,6 +83,10 @@ class QuantizeConfig(TechniqueConfig):
         two from the target.
     latency_tolerance: candidates within this fraction of the fastest count as equally fast (timing
         noise); the more accurate (or faithful) wins among them.
+    keep_float_if_slower: ``auto`` returns the float model (as ONNX) when the best quantized one runs
+        slower than float here by more than ``latency_tolerance``: on this CPU, ORT's int8 kernels lose
+        to fp32 on narrow convolutions (see docs/BENCHMARKS.md, the digits_resnet family). Off by
+        default: a quantized model that is slower is still 4x smaller.
     measure: ``auto`` times its candidates here and keeps the fastest that passes; false (set by
         :func:`follow_target` for a target that dictates its format, e.g. npu, whose speed this
         machine cannot tell) keeps the first of ``modes`` that passes, untimed.
@@ -115,6 +119,7 @@ class QuantizeConfig(TechniqueConfig):
     threads: int = 0
     latency_repeats: int = 20
     latency_tolerance: float = 0.1
+    keep_float_if_slower: bool = False
     measure: bool = True
     qat_epochs: int = 3
     lr: float = 0.005
@@ -164,6 +169,11 @@ class QuantizeConfig(TechniqueConfig):
             raise ConfigError(
                 "weight_bits=4 is not supported by mode=dynamic (ORT's dynamic kernels are int8); "
                 "use mode=weight_only, static or qat for 4-bit weights"
+            )
+        if self.keep_float_if_slower and self.mode != "auto":
+            raise ConfigError(
+                f"keep_float_if_slower=true needs mode=auto, which times the float model (got mode={self.mode}); "
+                "use mode=auto or keep_float_if_slower=false"
             )
         if self.activation_signed and self.activation_bits != 8:
             raise ConfigError(

@@ -255,6 +255,18 @@ def _search(
             "raise max_accuracy_drop / lower min_fidelity, raise max_float_fraction, or use mode=qat"
         )
 
+    if cfg.measure and cfg.keep_float_if_slower and best.latency_ms > float_latency * (1 + tol):
+        # Clearly slower than float (beyond the timing noise) on this target: the float model it is.
+        notes.append(
+            f"kept the float model (keep_float_if_slower): the best quantized model, {best.label()}, runs "
+            f"{best.latency_ms:.3f} ms vs {float_latency:.3f} ms float on this target"
+        )
+        ctx.info["mode"] = "float"
+        ctx.info["float_layers"] = {}
+        ctx.metrics["latency_ms"] = float_latency
+        ctx.metrics["speedup_vs_float"] = 1.0
+        ctx.metrics["quantized_slowdown"] = best.latency_ms / float_latency
+        return prepared
     if cfg.measure and best.latency_ms >= float_latency:
         notes.append(
             f"no quantized model is faster than float here ({best.latency_ms:.3f} ms vs {float_latency:.3f} ms); "

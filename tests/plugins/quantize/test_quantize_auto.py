@@ -129,3 +129,41 @@ def test_prefer_takes_the_faster_of_practically_equal_candidates() -> None:
     assert prefer(cand(1.00, 0.56, 0.999), cand(1.60, 0.0, 0.999), 0.1, labelled=True)
     # unlabelled: fidelity is all there is, so the more faithful wins within the noise band
     assert prefer(cand(1.60, None, 0.9999), cand(1.50, None, 0.9987), 0.1, labelled=False)
+
+
+@pytest.mark.parametrize(("quantized_ms", "kept"), [(2.0, "float"), (1.05, "quantized")])
+def test_keep_float_if_slower_returns_the_float_model_only_when_int8_is_clearly_slower(
+    quantized_ms, kept, cnn_onnx, digits8, make_ctx, tmp_path, monkeypatch
+) -> None:
+    """Latencies stubbed: float 1.0 ms; every quantized candidate ``quantized_ms``. Beyond the 10 %
+    tolerance the float model comes back (no quantized node); within it, int8 stays (as fast, 4x smaller)."""
+    import onnx
+
+    from slimkit.plugins.techniques.quantize import auto, ort
+
+    monkeypatch.setattr(
+        auto, "measure_latencies", lambda paths, ctx, cfg, rounds=3: [1.0] + [quantized_ms] * (len(paths) - 1)
+    )
+    ctx = make_ctx(digits8, tmp_path / "stage")
+    cfg = QuantizeConfig(technique="quantize", mode="auto", keep_float_if_slower=True, **FAST)
+    out = Quantize(cfg).apply(cnn_onnx, OnnxAdapter(), ctx)
+    notes = " ".join(ctx.info.get("notes", []))
+    if kept == "float":
+        assert ctx.info["mode"] == "float" and ctx.metrics["quantized_layers"] == 0
+        assert ctx.metrics["quantized_slowdown"] == pytest.approx(2.0)
+        assert "kept the float model (keep_float_if_slower)" in notes and "2.000 ms vs 1.000 ms float" in notes
+        assert not ort.quantized_nodes(out)
+        ref = OnnxAdapter().predict(cnn_onnx, {"input": digits8.val.inputs["input"]})
+        got = OnnxAdapter().predict(out, {"input": digits8.val.inputs["input"]})
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)  # the float model, pre-processed
+    else:
+        assert ctx.info["mode"] != "float" and ctx.metrics["quantized_layers"] > 0
+        assert "no quantized model is faster than float here" in notes
+    assert isinstance(out, onnx.ModelProto)
+
+
+def test_keep_float_if_slower_needs_auto() -> None:
+    from slimkit.core import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^keep_float_if_slower=true needs mode=auto.*use mode=auto"):
+        QuantizeConfig(technique="quantize", mode="static", keep_float_if_slower=True)

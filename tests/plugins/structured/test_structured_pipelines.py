@@ -157,3 +157,46 @@ def test_bad_input_exits_2_with_one_line_and_a_failed_run(case, tmp_path):
     assert report["status"] == "FAILED"
     assert report["error"] == lines[0].removeprefix("slimkit: error: ")
     assert report["compressed"] is None
+
+
+def test_compact_pipeline_composes_blocks_channels_distill_then_measured_int8(tmp_path):
+    spec = build_spec(to_plain(compose(["pipeline=compact"])), get_registry(), tmp_path)
+    assert [s.technique.name for s in spec.stages] == ["layer_prune", "channel_prune", "distill", "quantize"]
+    layers, prune, distill, quantize = (s.config for s in spec.stages)
+    assert layers.n_layers == 6 and prune.ratio == 0.75 and prune.round_to == 4 and distill.epochs == 30
+    assert quantize.mode == "auto" and quantize.keep_float_if_slower and quantize.measure
+
+
+@pytest.mark.slow
+def test_compact_pipeline_end_to_end_from_the_cli(tmp_path):
+    """layer_prune -> channel_prune -> distill -> quantize(auto, keep float if slower) on digits_resnet,
+    shortened: 3 blocks, 4/8/16 channels, a working ONNX model whatever the quantize stage chose."""
+    import onnxruntime as ort
+
+    args = [
+        "pipeline=compact",
+        *FAST,
+        "pipeline.stages.layers.finetune_epochs=0",
+        "pipeline.stages.prune.steps=1",
+        "pipeline.stages.prune.finetune_epochs=0",
+        "pipeline.stages.distill.epochs=1",
+        "pipeline.stages.quantize.calibration_samples=32",
+        "pipeline.stages.quantize.latency_repeats=3",
+    ]
+    done = cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = report_of(tmp_path)
+    assert report["status"] == "FINISHED"
+    layers, prune, distill, quantize = report["stages"]
+    assert layers["metrics"]["blocks_removed"] == 6
+    assert report["ratios"]["macs"] > 30  # 9 -> 3 blocks, 16/32/64 -> 4/8/16 channels
+    chosen = quantize["info"]["mode"]
+    if chosen == "float":  # int8 was clearly slower here: the float model, said in a note
+        assert quantize["metrics"]["quantized_layers"] == 0 and quantize["metrics"]["quantized_slowdown"] > 1.1
+        assert any("keep_float_if_slower" in n for n in quantize["info"]["notes"])
+    else:
+        assert quantize["metrics"]["quantized_layers"] > 0
+    run_dir = next(tmp_path.glob("outputs/*/*"))
+    session = ort.InferenceSession(str(run_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {session.get_inputs()[0].name: np.zeros((3, 1, 32, 32), np.float32)})[0]
+    assert out.shape == (3, 10)
