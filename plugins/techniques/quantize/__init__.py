@@ -83,6 +83,8 @@ class QuantizeConfig(TechniqueConfig):
         two from the target.
     latency_tolerance: candidates within this fraction of the fastest count as equally fast (timing
         noise); the more accurate (or faithful) wins among them.
+    finish_rounds: ``auto`` times the passing candidates within twice ``latency_tolerance`` of the
+        fastest again in this many rounds before it chooses (0: off).
     keep_float_if_slower: ``auto`` returns the float model (as ONNX) when the best quantized one runs
         slower than float here by more than ``latency_tolerance``: on this CPU, ORT's int8 kernels lose
         to fp32 on narrow convolutions (see docs/BENCHMARKS.md, the digits_resnet family). Off by
@@ -119,6 +121,7 @@ class QuantizeConfig(TechniqueConfig):
     threads: int = 0
     latency_repeats: int = 20
     latency_tolerance: float = 0.1
+    finish_rounds: int = 5
     keep_float_if_slower: bool = False
     measure: bool = True
     qat_epochs: int = 3
@@ -156,6 +159,8 @@ class QuantizeConfig(TechniqueConfig):
         if self.threads < 0:
             raise ConfigError(f"threads={self.threads} must be >= 0; use 0 for all physical cores")
         check_range("latency_tolerance", self.latency_tolerance, 0.0, 1.0, example=0.1)
+        if self.finish_rounds < 0:
+            raise ConfigError(f"finish_rounds={self.finish_rounds} must be >= 0 (0: off); use e.g. 5")
         if self.latency_repeats < 1:
             raise ConfigError(f"latency_repeats={self.latency_repeats} must be >= 1; use e.g. 20")
         if self.qat_epochs < 0:

@@ -424,7 +424,7 @@ def quantize_static_model(src: Path, dst: Path, split: Split, cfg: QuantizeConfi
     if calib_args:
         extra["CalibPercentile"] = cfg.percentile
     src_abs, dst_abs = Path(src).resolve(), Path(dst).resolve()
-    with scratch_dir():
+    with scratch_dir(), _histogram_errors(cfg.calibration):
         quantize_static(
             str(src_abs),
             str(dst_abs),
@@ -440,6 +440,23 @@ def quantize_static_model(src: Path, dst: Path, split: Split, cfg: QuantizeConfi
             extra_options=extra,
         )
     return load(dst)
+
+
+@contextlib.contextmanager
+def _histogram_errors(calibration: str) -> Iterator[None]:
+    """ORT's histogram calibrators (entropy, percentile) raise numpy's ``ValueError`` on a tensor whose
+    range reaches float32's limits (an attention mask's ``finfo.min``: the histogram's width
+    overflows): one line that names the option and the fix instead."""
+    try:
+        yield
+    except ValueError as exc:
+        if "bins" not in str(exc):
+            raise
+        raise TechniqueError(
+            f"calibration={calibration} failed in ONNX Runtime's histogram calibrator ({exc}): an activation "
+            "reaches float32's limits (e.g. an attention mask filled with finfo(float32).min); use "
+            "calibration=mse, minmax or percentile"
+        ) from exc
 
 
 def mse_ranges(

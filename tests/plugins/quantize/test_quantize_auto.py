@@ -167,3 +167,52 @@ def test_keep_float_if_slower_needs_auto() -> None:
 
     with pytest.raises(ConfigError, match=r"^keep_float_if_slower=true needs mode=auto.*use mode=auto"):
         QuantizeConfig(technique="quantize", mode="static", keep_float_if_slower=True)
+
+
+def test_photo_finish_times_close_candidates_again_and_chooses_on_the_longer_timing(
+    cnn_onnx, digits8, make_ctx, tmp_path, monkeypatch
+) -> None:
+    """Stubbed latencies: the first timing puts static 5 % ahead of dynamic (float 10 ms); the longer
+    second timing puts dynamic 5 % ahead, with the float model at 20 ms (the machine got slower), so
+    the rescaled latencies are halved. Equal accuracy: the faster on the second timing wins."""
+    from slimkit.plugins.techniques.quantize import auto
+
+    calls: list[int] = []
+
+    def fake(paths, ctx, cfg, rounds=3):
+        calls.append(rounds)
+        first = len(calls) == 1
+        ms = {"dynamic": 2.0 if first else 3.8, "static": 1.9 if first else 4.0}
+        return [10.0 if first else 20.0] + [next(v for k, v in ms.items() if k in p.name) for p in paths[1:]]
+
+    monkeypatch.setattr(auto, "measure_latencies", fake)
+    monkeypatch.setattr(auto, "COSINE_TIE", 1.0)  # the two CNN candidates count as equally faithful
+    ctx = make_ctx(digits8, tmp_path / "stage")
+    cfg = QuantizeConfig(
+        technique="quantize", mode="auto", modes=["static", "dynamic"], max_accuracy_drop=100.0, **FAST
+    )
+    cfg.per_channel = False
+    Quantize(cfg).apply(cnn_onnx, OnnxAdapter(), ctx)
+    assert calls == [3, 5]  # the first timing, then the photo finish in finish_rounds rounds
+    notes = " ".join(ctx.info["notes"])
+    assert "passing candidates within 20% of the fastest timed again (5 rounds)" in notes
+    assert ctx.info["mode"] == "dynamic" and ctx.metrics["latency_ms"] == pytest.approx(1.9)
+    assert "dynamic 2.000 -> 1.900 ms" in notes and "replaces static" in notes
+
+
+def test_photo_finish_off_keeps_the_first_timing(cnn_onnx, digits8, make_ctx, tmp_path, monkeypatch) -> None:
+    from slimkit.plugins.techniques.quantize import auto
+
+    calls: list[int] = []
+
+    def fake(paths, ctx, cfg, rounds=3):
+        calls.append(rounds)
+        return [10.0] + [2.0 if "dynamic" in p.name else 1.9 for p in paths[1:]]
+
+    monkeypatch.setattr(auto, "measure_latencies", fake)
+    ctx = make_ctx(digits8, tmp_path / "stage")
+    cfg = QuantizeConfig(
+        technique="quantize", mode="auto", modes=["static", "dynamic"], max_accuracy_drop=100.0, finish_rounds=0, **FAST
+    )
+    Quantize(cfg).apply(cnn_onnx, OnnxAdapter(), ctx)
+    assert calls == [3] and "timed again" not in " ".join(ctx.info.get("notes", []))

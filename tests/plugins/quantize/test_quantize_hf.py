@@ -135,3 +135,17 @@ def test_hf_quantize_pipeline_end_to_end(bert_dir, text_file, tmp_path) -> None:
     assert report["status"] == "FINISHED" and report["accuracy_drop"] is None  # no labels
     assert report["fidelity"]["mean_cosine"] >= 0.99  # min_fidelity, held on the test split too
     assert report["stages"][0]["info"]["mode"] in ("static", "dynamic")
+
+
+def test_entropy_calibration_on_a_masked_encoder_fails_in_one_line(bert_onnx, bert_data, make_ctx, tmp_path) -> None:
+    """ORT's entropy calibrator cannot histogram the finfo.min mask tensors: one line naming the fix."""
+    from slimkit.core import TechniqueError
+
+    ctx = make_ctx(bert_data, tmp_path / "stage")
+    cfg = QuantizeConfig(mode="static", calibration="entropy", calibration_samples=16)
+    with pytest.raises(TechniqueError) as err:
+        Quantize(cfg).apply(bert_onnx, OnnxAdapter(), ctx)
+    text = str(err.value)
+    assert "\n" not in text
+    assert text.startswith("calibration=entropy failed in ONNX Runtime's histogram calibrator")
+    assert text.endswith("use calibration=mse, minmax or percentile")
