@@ -525,7 +525,7 @@ def combined_section(args: Any, tmp: Path) -> str:
             f"(`mode={quant['mode']}`, per_channel={quant['per_channel']}, calibration={quant['calibration']} on "
             f"{quant['calibration_samples']} training samples, excluded: {quant['exclude'] or 'none'}). One run of "
             "`pipeline=compact`: `layer_prune` (6 of 9 residual blocks) → `channel_prune` (75 % of the channels, "
-            "rounded to multiples of 4) → `distill` (30 epochs) → `quantize` (`mode=auto`, "
+            "rounded to multiples of 4) → `distill` (30 epochs) → `quantize` (`mode=auto`, `modes=[static, dynamic]`, "
             f"`keep_float_if_slower=true`; here it {chose_text}), and the same compact model with static int8 "
             "forced. The fp32 models before quantization (the distill stages' outputs) are exported and timed "
             "beside the original and the int8 models (ORT, 1 thread, p50, interleaved); seed 0, one run each.",

@@ -165,6 +165,7 @@ def test_compact_pipeline_composes_blocks_channels_distill_then_measured_int8(tm
     layers, prune, distill, quantize = (s.config for s in spec.stages)
     assert layers.n_layers == 6 and prune.ratio == 0.75 and prune.round_to == 4 and distill.epochs == 30
     assert quantize.mode == "auto" and quantize.keep_float_if_slower and quantize.measure
+    assert quantize.modes == ["static", "dynamic"]  # MatMulNBits would only touch the classifier
 
 
 @pytest.mark.slow
