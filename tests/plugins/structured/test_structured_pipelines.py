@@ -183,6 +183,8 @@ def test_compact_pipeline_end_to_end_from_the_cli(tmp_path):
         "pipeline.stages.distill.epochs=1",
         "pipeline.stages.quantize.calibration_samples=32",
         "pipeline.stages.quantize.latency_repeats=3",
+        "pipeline.stages.quantize.modes=[static]",
+        "pipeline.stages.quantize.finish_rounds=0",
     ]
     done = cli(args, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
