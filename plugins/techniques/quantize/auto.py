@@ -71,6 +71,8 @@ class Candidate:
     float_layers: list[str] = field(default_factory=list)
     per_channel: bool | None = None
     activation_signed: bool = False
+    #: the file holding ``model``, when it has one of its own (the full candidates)
+    path: Path | None = None
 
     def label(self) -> str:
         """The mode, with the weight granularity (and int8 activations) for static QDQ."""
@@ -161,7 +163,6 @@ def _search(
 
     fixed = list(exclude) + list(masked)
     full: dict[str, Candidate] = {}
-    files: dict[str, Path] = {}
     for mode in cfg.modes:
         ctx.progress(f"quantize ({mode})", 0, None)
         try:
@@ -175,8 +176,8 @@ def _search(
             scorer.score(scratch / f"{mode}.onnx"),
             per_channel=_per_channel(mode, cfg),
             activation_signed=cfg.activation_signed if mode == "static" else False,
+            path=scratch / f"{mode}.onnx",
         )
-        files[mode] = scratch / f"{mode}.onnx"
         if mode == "static" and cfg.weight_bits == 8 and cfg.activation_bits == 8 and cfg.measure:
             # Per-tensor weights take other int8 kernels: faster on wide MatMuls at batch 1, slower on
             # small convolutions here; int8 activations (S8S8, quantize_static's default) take others
@@ -192,14 +193,14 @@ def _search(
                 ctx.progress(f"quantize ({cand_.label()})", 0, None)
                 path = scratch / f"{key_.replace(' ', '_')}.onnx"
                 cand_.model = quantize_mode(mode, src, path, prepared, ctx, variant_cfg, fixed)
-                cand_.score = scorer.score(path)
-                full[key_], files[key_] = cand_, path
+                cand_.score, cand_.path = scorer.score(path), path
+                full[key_] = cand_
     if not full:
         raise TechniqueError(f"no quantization mode of {list(cfg.modes)} applies to this model ({'; '.join(notes)})")
     float_latency = 0.0
     if cfg.measure:
         ctx.progress("time the float model and every mode", 0, None)
-        measured = measure_latencies([src, *(files[k] for k in full)], ctx, cfg)
+        measured = measure_latencies([src, *(c.path for c in full.values())], ctx, cfg)
         float_latency = measured[0]
         for cand, lat in zip(full.values(), measured[1:], strict=True):
             cand.latency_ms = lat
@@ -434,7 +435,7 @@ def _photo_finish(best: Candidate, tried: list[Candidate], job: _Job, notes: lis
     if len(close) < 2:
         return best
     job.ctx.progress(f"time the {len(close)} closest candidates again", 0, None)
-    paths = [ort.save(c.model, job.scratch / f"finish_{i}_{c.mode}.onnx") for i, c in enumerate(close)]
+    paths = [c.path or ort.save(c.model, job.scratch / f"finish_{i}_{c.mode}.onnx") for i, c in enumerate(close)]
     measured = measure_latencies([job.src, *paths], job.ctx, cfg, rounds=cfg.finish_rounds)
     before = {id(c): c.latency_ms for c in close}
     for c, lat in zip(close, measured[1:], strict=True):
