@@ -16,7 +16,8 @@ transformers is imported inside the methods, and only when an ``hf`` model is us
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,14 @@ class HfAdapter(TorchAdapter):
         return super().predict(model, {k: np.asarray(v) for k, v in inputs.items()})
 
     def export_onnx(self, model: Any, path: Path, example: Mapping[str, np.ndarray]) -> None:
-        """Export with the torch.export-based exporter: dynamic batch, and sequence unless fixed."""
+        """Export with the torch.export-based exporter: dynamic batch, and sequence unless fixed.
+
+        Attention is exported in its ``eager`` form (MatMul, Add mask, Softmax, MatMul), the model's own
+        implementation restored afterwards: the SDPA form adds a NaN guard (IsNaN + Where) and more
+        Reshape/Slice nodes to every layer. Both compute the same (output cosine 1.0); the eager graph
+        runs as fast in fp32 and 6 % faster as static int8 (BERT 6x384 on ORT, 1 thread:
+        2.64x vs 2.48x over fp32 in one run; docs/QUANTIZATION.md).
+        """
         import logging
         import warnings
 
@@ -103,7 +111,7 @@ class HfAdapter(TorchAdapter):
                 dims[1] = seq
             dynamic[k] = dims
         model.eval()
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _eager_attention(model):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 model,
@@ -123,6 +131,21 @@ class HfAdapter(TorchAdapter):
             proto.graph.output.pop()
         _strip_metadata(proto)
         onnx.save_model(proto, str(path), save_as_external_data=proto.ByteSize() > 1_800_000_000)
+
+
+@contextlib.contextmanager
+def _eager_attention(model: Any) -> Iterator[None]:
+    """Switch a Transformers model to eager attention for the duration, then back."""
+    config = getattr(model, "config", None)
+    before = getattr(config, "_attn_implementation", None)
+    if before in (None, "eager") or not hasattr(model, "set_attn_implementation"):
+        yield
+        return
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
 
 
 @hookimpl

@@ -78,10 +78,28 @@ def test_static_quantization_of_bert_needs_the_mask_fix(bert_onnx, bert_data, ma
         results[fix] = fidelity(reference, adapter.outputs(out, bert_data.test))["mean_cosine"]
         if fix:
             kept = ctx.info["mask_nodes"]
-            assert {n.split("_")[1] for n in kept} == {"Where", "Add", "Softmax"}
+            assert {n.split("_")[1].lower() for n in kept} == {"where", "add", "softmax"}
             assert ctx.metrics["quantized_layers"] >= 12  # Q, K, V, O and two FFN MatMuls per layer
     assert results[True] >= 0.99
     assert results[False] < 0.97 and results[False] < results[True] - 0.02
+
+
+def test_export_uses_eager_attention_and_restores_the_models_own(bert_dir, bert_data, tmp_path) -> None:
+    """The SDPA form's NaN guard (IsNaN) is not in the graph, the outputs match torch's, and the
+    model keeps the attention implementation it was loaded with."""
+    import onnx
+
+    model = HfAdapter().load({"path": str(bert_dir)})
+    before = model.config._attn_implementation
+    assert before != "eager"  # transformers loads BERT with SDPA: the switch is exercised
+    path = tmp_path / "bert.onnx"
+    HfAdapter().export_onnx(model, path, bert_data.test.example(1))
+    assert model.config._attn_implementation == before
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "IsNaN" not in ops and "Softmax" in ops
+    ours = OnnxAdapter().outputs(onnx.load(str(path)), bert_data.test)
+    torch_out = HfAdapter().outputs(model, bert_data.test)
+    assert fidelity(torch_out, ours)["mean_cosine"] > 0.99999
 
 
 def test_export_has_dynamic_batch_and_sequence(bert_onnx) -> None:
