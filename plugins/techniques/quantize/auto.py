@@ -512,7 +512,10 @@ def _match_fidelity(
             for n in prepared.graph.node
             if n.op_type in ort.WEIGHT_OPS and n.name and not any(i in inits for i in n.input)
         ]
-        plan = ort.StaticPlan(exclude=list(fixed) + act_act, op_types=[*ort.WEIGHT_OPS, "Gather"])
+        # Dedicated Q/DQ pairs: ORT otherwise puts one pair on a LayerNorm output that feeds both the
+        # next MatMuls and the residual Add, and the residual stream is quantized after all (BERT
+        # 6x384: cosine 0.99924 shared, 0.99958 dedicated).
+        plan = ort.StaticPlan(exclude=list(fixed) + act_act, op_types=[*ort.WEIGHT_OPS, "Gather"], dedicated=True)
         model = ort.quantize_static_model(job.src, path, ctx.data.train, variant_cfg, plan)
         attempt = Candidate(
             best.mode,

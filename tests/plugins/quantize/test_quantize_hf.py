@@ -167,3 +167,63 @@ def test_entropy_calibration_on_a_masked_encoder_fails_in_one_line(bert_onnx, be
     assert "\n" not in text
     assert text.startswith("calibration=entropy failed in ONNX Runtime's histogram calibrator")
     assert text.endswith("use calibration=mse, minmax or percentile")
+
+
+def _ort_optimized_ops(model, tmp_path) -> set[str]:
+    """The op types of ``model`` after ONNX Runtime's graph optimizations (level all, CPU)."""
+    import onnx
+    import onnxruntime as ort
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    src, dst = tmp_path / "in.onnx", tmp_path / "optimized.onnx"
+    onnx.save(model, str(src))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(dst)
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    return {n.op_type for n in onnx.load(str(dst)).graph.node}
+
+
+def test_residual_sums_compute_the_same_and_escape_the_skip_layernorm_fusion(bert_onnx, bert_data, tmp_path) -> None:
+    from slimkit.plugins.techniques.quantize import ort as qort
+
+    adds = qort.residual_adds(bert_onnx)
+    assert len(adds) == 2 * 2 + 1  # two per layer (attention, FFN) and the embeddings' sum
+    rewritten = qort.sum_residuals(bert_onnx, adds)
+    before = [n.op_type for n in bert_onnx.graph.node]
+    after = [n.op_type for n in rewritten.graph.node]
+    assert after.count("Sum") == len(adds) and after.count("Add") == before.count("Add") - len(adds)
+    adapter = OnnxAdapter()
+    np.testing.assert_allclose(
+        adapter.outputs(rewritten, bert_data.test), adapter.outputs(bert_onnx, bert_data.test), rtol=1e-5, atol=1e-5
+    )
+    assert "SkipLayerNormalization" in _ort_optimized_ops(bert_onnx, tmp_path / "a")
+    assert "SkipLayerNormalization" not in _ort_optimized_ops(rewritten, tmp_path / "b")
+
+
+@pytest.mark.parametrize("setting", ["always", "never", "auto"])
+def test_quantize_residual_sum_setting(setting, bert_onnx, bert_data, make_ctx, tmp_path) -> None:
+    """``always`` rewrites, ``never`` does not, ``auto`` times the float model both ways and reports it."""
+    from slimkit.core.run import fidelity
+
+    ctx = make_ctx(bert_data, tmp_path / "stage")
+    cfg = QuantizeConfig(mode="dynamic", residual_sum=setting, latency_batches=[1], latency_repeats=3, threads=1)
+    out = Quantize(cfg).apply(bert_onnx, OnnxAdapter(), ctx)
+    sums = sum(n.op_type == "Sum" for n in out.graph.node)
+    info = ctx.info.get("residual_sum")
+    if setting == "never":
+        assert sums == 0 and info is None
+    elif setting == "always":
+        assert sums == 5 and info == {"adds": 5, "applied": True}
+    else:
+        assert info["fused_ms"] > 0 and info["sum_ms"] > 0
+        assert sums == (5 if info["applied"] else 0)
+        assert info["applied"] == (info["sum_ms"] <= info["fused_ms"] * 0.97)
+    reference = OnnxAdapter().outputs(bert_onnx, bert_data.test)
+    assert fidelity(reference, OnnxAdapter().outputs(out, bert_data.test))["mean_cosine"] >= 0.99
+
+
+def test_residual_sum_setting_is_checked() -> None:
+    from slimkit.core import ConfigError
+
+    with pytest.raises(ConfigError, match="residual_sum"):
+        QuantizeConfig(residual_sum="yes")
