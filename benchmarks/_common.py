@@ -60,18 +60,36 @@ def write_section(name: str, command: str, body: str) -> Path:
     return DOC
 
 
+class Latencies(dict):
+    """``{(model, batch): p50 ms}`` over all timed runs, plus each round's p50 for :meth:`ratio`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rounds: dict[tuple[str, int], list[float]] = {}
+
+    def ratio(self, base: str, name: str, batch: int) -> float:
+        """Speed-up of ``name`` over ``base`` at ``batch``: the median over rounds of the per-round
+        ratio. Both ran back to back in each round, so load that changes between rounds on a shared
+        machine cancels out, which a ratio of the overall medians does not do."""
+        import numpy as np
+
+        b, n = np.array(self.rounds[(base, batch)]), np.array(self.rounds[(name, batch)])
+        return float(np.median(b / n))
+
+
 def ort_latencies(
     paths: dict[str, Path], examples: dict[int, dict[str, Any]], rounds: int, repeats: int
-) -> dict[tuple[str, int], float]:
+) -> Latencies:
     """p50 ONNX Runtime latency (ms, 1 thread) of every model at every batch size; models take turns
-    round by round so that load changes hit them all alike. Small batches are fast and noisy: they
-    get ``repeats * 64 / batch`` timed runs per round (at most 10x ``repeats``)."""
+    round by round so that load changes hit them all alike (:meth:`Latencies.ratio` compares them
+    round by round). Small batches are fast and noisy: they get ``repeats * 64 / batch`` timed runs
+    per round (at most 10x ``repeats``)."""
     import numpy as np
 
     from slimkit.plugins.targets.cpu import ort_feed, ort_session, time_runs
 
     sessions = {n: ort_session(p, threads=1) for n, p in paths.items()}
-    out: dict[tuple[str, int], float] = {}
+    out = Latencies()
     for batch, example in examples.items():
         feeds = {n: ort_feed(s, example) for n, s in sessions.items()}
         times: dict[str, list[float]] = {n: [] for n in sessions}
@@ -80,7 +98,9 @@ def ort_latencies(
         for r in range(rounds):
             for n in names[r % len(names) :] + names[: r % len(names)]:
                 s, f = sessions[n], feeds[n]
-                times[n] += list(time_runs(lambda s=s, f=f: s.run(None, f), warmup=2, repeats=runs))
+                t = list(time_runs(lambda s=s, f=f: s.run(None, f), warmup=2, repeats=runs))
+                times[n] += t
+                out.rounds.setdefault((n, batch), []).append(float(np.median(t)))
         for n in names:
             out[(n, batch)] = float(np.median(times[n]))
     return out

@@ -17,8 +17,9 @@
 5. fp32 vs static int8 across the digits_resnet family (width 16 -> 4, 3 -> 1 blocks per stage): where
    int8 stops paying on ONNX Runtime CPU (its own section, ``pruning-int8``; ``--only int8``).
 
-All models are exported to ONNX and timed in one process, interleaved round by round, so the ratios
-compare models under the same machine load. Results go to docs/BENCHMARKS.md.
+All models are exported to ONNX and timed in one process, interleaved round by round; a speed-up is
+the median over rounds of the per-round ratio, so load that changes between rounds cancels out.
+Results go to docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -161,8 +162,8 @@ def channel_section(args: Any, tmp: Path) -> tuple[str, dict[str, Any]]:
         acc = float(np.mean(acc_list))
         spread = f" ({min(acc_list) * 100:.2f}–{max(acc_list) * 100:.2f})" if len(acc_list) > 1 else ""
         macs, params = adapter.macs(model, ex1), adapter.count_params(model).total
-        r1 = lat[("baseline", 1)] / lat[(name, 1)]
-        r64 = lat[("baseline", 64)] / lat[(name, 64)]
+        r1 = lat.ratio("baseline", name, 1)
+        r64 = lat.ratio("baseline", name, 64)
         results[name] = {"accuracy": acc, "b1": r1, "b64": r64, "macs": base_macs / macs}
         secs = f"{np.mean(seconds[name]):.0f} s" if seconds.get(name) else "-"
         rows.append(
@@ -211,8 +212,8 @@ def channel_section(args: Any, tmp: Path) -> tuple[str, dict[str, Any]]:
         "(`finetune=plain`, `technique@pipeline.stages.distill=finetune`). Torch-Pruning: `MagnitudePruner` "
         "with `GroupMagnitudeImportance(p=2)`, `pruning_ratio=0.5`, `ignored_layers=[model.fc]`, same steps and "
         "plain training. Latency (seed-0 models; every seed gives the same architecture): ONNX Runtime CPU, 1 "
-        "thread, p50, models interleaved; ratio = baseline / model. Time = mean wall time of one compression "
-        "on this shared machine (slimkit's includes its own baseline and result measurement).",
+        "thread, p50, models interleaved; ratio = median over rounds of baseline / model. Time = mean wall time "
+        "of one compression on this shared machine (slimkit's includes its own baseline and result measurement).",
         "",
         "| model | test acc. % | change pt | MACs | params | ORT b1 | ORT b64 | time |",
         "|---|---|---|---|---|---|---|---|",
@@ -293,7 +294,7 @@ def layer_section(args: Any, tmp: Path) -> str:
         name = f"{k} removed"
         rows.append(
             f"| {k} | `{e['block']}` | {e['angular_distance']:.3f} | {e['macs_ratio']:.2f}x "
-            f"| {lat[('baseline', 1)] / lat[(name, 1)]:.2f}x | {lat[('baseline', 64)] / lat[(name, 64)]:.2f}x "
+            f"| {lat.ratio('baseline', name, 1):.2f}x | {lat.ratio('baseline', name, 64):.2f}x "
             f"| {e['acc_pruned'] * 100:.2f} | {e['acc_distilled'] * 100:.2f} |"
         )
     return "\n".join(
@@ -373,8 +374,8 @@ def bert_section(args: Any, tmp: Path) -> str:
             f"{first['heads_after']}/{first['heads_before']} heads and {first['ffn_after']}/{first['ffn_before']} FFN "
             f"neurons per layer: MACs {macs:.2f}x fewer, params {params:.2f}x fewer (embeddings are not pruned). "
             f"ONNX Runtime, 1 thread, p50: batch 1 {lat[('original', 1)]:.2f} → {lat[('pruned', 1)]:.2f} ms "
-            f"(**{lat[('original', 1)] / lat[('pruned', 1)]:.2f}x**), batch 8 {lat[('original', 8)]:.1f} → "
-            f"{lat[('pruned', 8)]:.1f} ms (**{lat[('original', 8)] / lat[('pruned', 8)]:.2f}x**).",
+            f"(**{lat.ratio('original', 'pruned', 1):.2f}x**), batch 8 {lat[('original', 8)]:.1f} → "
+            f"{lat[('pruned', 8)]:.1f} ms (**{lat.ratio('original', 'pruned', 8):.2f}x**).",
             "",
             f"Fidelity to the original model's logits on 256 held-out random sequences, no training after pruning: "
             f"top-1 agreement {fid['top1_agreement'] * 100:.1f} %, mean cosine {fid['mean_cosine']:.4f}, max abs "
@@ -512,7 +513,7 @@ def combined_section(args: Any, tmp: Path) -> str:
 
     def ratios(name: str) -> tuple[float, float, float]:
         """(speed-up at the slower batch size, times smaller, accuracy drop in points) against fp32."""
-        speed = min(lat[("fp32 original", b)] / lat[(name, b)] for b in (1, 64))
+        speed = min(lat.ratio("fp32 original", name, b) for b in (1, 64))
         return speed, base_size / paths[name].stat().st_size, (accs["fp32 original"] - accs[name]) * 100
 
     rows = []
@@ -521,8 +522,8 @@ def combined_section(args: Any, tmp: Path) -> str:
         rows.append(
             f"| {name} | {accs[name] * 100:.2f} | {(accs[name] - accs['fp32 original']) * 100:+.2f} "
             f"| {size / 1024:.0f} KiB ({base_size / size:.2f}x) "
-            f"| {lat[(name, 1)]:.3f} ms ({lat[('fp32 original', 1)] / lat[(name, 1)]:.2f}x) "
-            f"| {lat[(name, 64)]:.1f} ms ({lat[('fp32 original', 64)] / lat[(name, 64)]:.2f}x) |"
+            f"| {lat[(name, 1)]:.3f} ms ({lat.ratio('fp32 original', name, 1):.2f}x) "
+            f"| {lat[(name, 64)]:.1f} ms ({lat.ratio('fp32 original', name, 64):.2f}x) |"
         )
 
     def verdict(name: str) -> str:
@@ -535,7 +536,7 @@ def combined_section(args: Any, tmp: Path) -> str:
 
     def adds(f: str, q: str) -> str:
         return (
-            f"{lat[(f, 1)] / lat[(q, 1)]:.2f}x at batch 1, {lat[(f, 64)] / lat[(q, 64)]:.2f}x at batch 64, "
+            f"{lat.ratio(f, q, 1):.2f}x at batch 1, {lat.ratio(f, q, 64):.2f}x at batch 64, "
             f"{paths[f].stat().st_size / paths[q].stat().st_size:.2f}x smaller, {(accs[q] - accs[f]) * 100:+.2f} pt"
         )
 
@@ -631,13 +632,13 @@ def int8_section(args: Any, tmp: Path) -> str:
     fast: dict[str, list[str]] = {"fp32": [], "int8": []}
     for width, blocks in FAMILY:
         tag = f"w{width} b{blocks}"
-        ratio = [lat[(f"fp32 {tag}", b)] / lat[(f"int8 {tag}", b)] for b in (1, 64)]
+        ratio = [lat.ratio(f"fp32 {tag}", f"int8 {tag}", b) for b in (1, 64)]
         if min(ratio) > 1:
             wins.append(tag)
         elif max(ratio) < 1:
             loses.append(tag)
         for kind in fast:
-            if min(lat[(ref, b)] / lat[(f"{kind} {tag}", b)] for b in (1, 64)) >= 6:
+            if min(lat.ratio(ref, f"{kind} {tag}", b) for b in (1, 64)) >= 6:
                 fast[kind].append(tag)
     for width, blocks in FAMILY:
         tag = f"w{width} b{blocks}"
@@ -645,12 +646,12 @@ def int8_section(args: Any, tmp: Path) -> str:
         cells = []
         for name in (f, q):
             cells.append(
-                f"{lat[(ref, 1)] / lat[(name, 1)]:.2f}x / {lat[(ref, 64)] / lat[(name, 64)]:.2f}x "
+                f"{lat.ratio(ref, name, 1):.2f}x / {lat.ratio(ref, name, 64):.2f}x "
                 f"({sizes[ref] / sizes[name]:.1f}x smaller)"
             )
         rows.append(
             f"| {width}/{2 * width}/{4 * width} | {blocks} | {cells[0]} | {cells[1]} | "
-            f"{lat[(f, 1)] / lat[(q, 1)]:.2f}x / {lat[(f, 64)] / lat[(q, 64)]:.2f}x |"
+            f"{lat.ratio(f, q, 1):.2f}x / {lat.ratio(f, q, 64):.2f}x |"
         )
     return "\n".join(
         [

@@ -227,7 +227,7 @@ def main() -> int:
 
     log(f"common timing of {len(onnx)} models, {args.rounds} interleaved rounds")
     lat = ort_latencies(onnx, {1: load_digits_splits(size=32).test.example(1)}, rounds=args.rounds, repeats=100)
-    common = {name: lat[("baseline", 1)] / lat[(name, 1)] for name in onnx}
+    common = {name: lat.ratio("baseline", name, 1) for name in onnx}
     digests = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in onnx.items()}
     for r in rows:  # every seed trial's file, on the front or not: is it the hand-made pipeline's model?
         seed_file = trials_dir / f"{int(r['trial']):04d}" / "model.onnx"
