@@ -79,6 +79,14 @@ class HfAdapter(TorchAdapter):
         """Logits (classification) or the last hidden state (encoder), as float32 numpy."""
         return super().predict(model, {k: np.asarray(v) for k, v in inputs.items()})
 
+    def macs(self, model: Any, example: Mapping[str, np.ndarray]) -> int:
+        """As the torch adapter counts them, with attention in its eager form (the exported one):
+        torch's FlopCounterMode has no formula for the CPU SDPA kernel, so the attention scores and
+        context products would go uncounted, and the ONNX model of the same encoder would show more
+        MACs than the PyTorch one."""
+        with _eager_attention(model):
+            return super().macs(model, example)
+
     def export_onnx(self, model: Any, path: Path, example: Mapping[str, np.ndarray]) -> None:
         """Export with the torch.export-based exporter: dynamic batch, and sequence unless fixed.
 

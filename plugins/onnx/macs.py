@@ -5,7 +5,11 @@ Counted, as torch's FlopCounterMode counts them (so both adapters agree on the s
 - ``Conv``: ``prod(output) * prod(weight.shape[1:])`` (kernel elements per output, groups included);
 - ``ConvTranspose``: ``prod(input) * prod(weight.shape[1:])``;
 - ``Gemm``: ``M * N * K``; ``MatMul``: ``prod(output) * K`` (batched products included);
-- ONNX Runtime's ``FusedConv``, ``FusedGemm``, ``FusedMatMul`` and NCHWc ``Conv`` as their plain forms.
+- ONNX Runtime's ``FusedConv``, ``FusedGemm``, ``FusedMatMul`` and NCHWc ``Conv`` as their plain forms;
+- integer and quantized forms as their float forms (an int8 multiply-accumulate is still one):
+  ``ConvInteger``, ``QLinearConv``; ``QGemm``; ``MatMulInteger``, ``QLinearMatMul``,
+  ``MatMulIntegerToFloat``, ``DynamicQuantizeMatMul``, ``MatMulNBits``. Without them a dynamic or
+  weight-only quantized model would report most of its MACs gone.
 
 Element-wise ops, pooling, normalization and bias additions are not counted.
 """
@@ -22,10 +26,19 @@ from . import graph as g
 if TYPE_CHECKING:
     import onnx
 
-_CONV = {"Conv", "FusedConv"}
-_GEMM = {"Gemm", "FusedGemm"}
-_MATMUL = {"MatMul", "FusedMatMul"}
-MAC_OPS = _CONV | _GEMM | _MATMUL | {"ConvTranspose"}
+#: op type -> index of the weight input (convolutions) or of input A (Gemm, MatMul)
+_CONV = {"Conv": 1, "FusedConv": 1, "ConvInteger": 1, "QLinearConv": 3}
+_GEMM = {"Gemm": 0, "FusedGemm": 0, "QGemm": 0}
+_MATMUL = {
+    "MatMul": 0,
+    "FusedMatMul": 0,
+    "MatMulInteger": 0,
+    "QLinearMatMul": 0,
+    "MatMulIntegerToFloat": 0,
+    "DynamicQuantizeMatMul": 0,
+    "MatMulNBits": 0,
+}
+MAC_OPS = set(_CONV) | set(_GEMM) | set(_MATMUL) | {"ConvTranspose"}
 
 #: Float initializers above this many elements are replaced by typed graph inputs for shape inference.
 _SKELETON_MIN = 64
@@ -103,7 +116,7 @@ def _node_macs(node: Any, shape: dict[str, list[Any]]) -> int | None:
     ins = list(node.input)
     out = shape.get(node.output[0]) if node.output else None
     if op in _CONV:
-        w = shape.get(ins[1]) if len(ins) > 1 else None
+        w = shape.get(ins[_CONV[op]]) if len(ins) > _CONV[op] else None
         if not (_known(out) and _known(w)):
             return None
         return int(np.prod(out, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
@@ -113,13 +126,13 @@ def _node_macs(node: Any, shape: dict[str, list[Any]]) -> int | None:
             return None
         return int(np.prod(x, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
     if op in _GEMM:
-        a = shape.get(ins[0])
+        a = shape.get(ins[_GEMM[op]])
         if not (_known(out) and _known(a)) or len(a) != 2:
             return None
         k = a[0] if _attr(node, "transA") else a[1]
         return int(np.prod(out, dtype=np.int64) * k)
     if op in _MATMUL:
-        a = shape.get(ins[0])
+        a = shape.get(ins[_MATMUL[op]])
         if not (_known(out) and _known(a)):
             return None
         k = a[-2] if (op == "FusedMatMul" and _attr(node, "transA") and len(a) >= 2) else a[-1]
@@ -167,7 +180,7 @@ def _runtime_shapes(
     have = {o.name for o in model.graph.output}
     wanted = []
     for n in nodes:
-        for name in [*n.input[:2], *n.output[:1]]:
+        for name in [*n.input[:4], *n.output[:1]]:
             if name and name not in inits and name not in have and name not in wanted:
                 wanted.append(name)
     probe = onnx.ModelProto()

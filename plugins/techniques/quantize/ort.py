@@ -97,6 +97,7 @@ def scratch_dir() -> Iterator[Path]:
     level = root.level
     # ORT's quantizers log every tensor at INFO on the root logger and print calibration progress.
     root.setLevel(max(level, logging.WARNING))
+    root.addFilter(_benign_ort_warnings)
     try:
         with (
             tempfile.TemporaryDirectory(prefix="slimkit-quant-") as tmp,
@@ -105,7 +106,15 @@ def scratch_dir() -> Iterator[Path]:
         ):
             yield Path(tmp)
     finally:
+        root.removeFilter(_benign_ort_warnings)
         root.setLevel(level)
+
+
+def _benign_ort_warnings(record: Any) -> bool:
+    """Drop ORT's warning that a rank-1 weight (a LayerNormalization scale) cannot be quantized per
+    channel: its QDQ quantizer then quantizes that weight per tensor, as it should, but says so once
+    per weight on the root logger."""
+    return "is out-of-range for weight" not in record.getMessage()
 
 
 def preprocess(src: Path, dst: Path) -> str | None:

@@ -227,3 +227,20 @@ def test_residual_sum_setting_is_checked() -> None:
 
     with pytest.raises(ConfigError, match="residual_sum"):
         QuantizeConfig(residual_sum="yes")
+
+
+def test_macs_of_an_encoder_agree_between_pytorch_and_its_onnx_export(bert_dir, bert_data, tmp_path) -> None:
+    """The attention products count on both sides (torch's flop counter has no formula for SDPA on
+    the CPU; the adapter counts the eager form it exports), and the model keeps its own attention."""
+    import onnx
+
+    from slimkit.plugins.torch.adapter import TorchAdapter
+
+    adapter = HfAdapter()
+    model = adapter.load({"path": str(bert_dir)})
+    example = bert_data.test.example(1)
+    adapter.export_onnx(model, tmp_path / "bert.onnx", example)
+    ours = adapter.macs(model, example)
+    assert ours == OnnxAdapter().macs(onnx.load(str(tmp_path / "bert.onnx")), example)
+    assert ours > TorchAdapter.macs(adapter, model, example)  # SDPA's products are what it misses
+    assert model.config._attn_implementation != "eager"

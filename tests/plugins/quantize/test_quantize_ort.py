@@ -262,3 +262,32 @@ def test_static_activation_signedness(cnn_onnx, digits8, tmp_path, signed: bool,
     }
     assert act_types == {np.dtype(dtype)}
     assert accuracy(out, digits8) >= accuracy(cnn_onnx, digits8) - 0.01
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "weight_only"])
+def test_quantized_models_keep_their_macs(mode, cnn_onnx, digits8, tmp_path) -> None:
+    """An int8 multiply-accumulate is still one: the quantized file (QDQ, MatMulInteger/ConvInteger,
+    MatMulNBits) and the graph ONNX Runtime runs after its fusions (QLinearConv, QGemm,
+    DynamicQuantizeMatMul, ...) count as many MACs as the float model."""
+    import onnxruntime as ort_rt
+
+    out, _ = run(cnn_onnx, digits8, tmp_path, mode=mode)
+    adapter, example = OnnxAdapter(), digits8.test.example(1)
+    expected = adapter.macs(cnn_onnx, example)
+    assert expected > 0 and adapter.macs(out, example) == expected
+    src, dst = tmp_path / "q.onnx", tmp_path / "q.opt.onnx"
+    onnx.save(out, str(src))
+    opts = ort_rt.SessionOptions()
+    opts.graph_optimization_level = ort_rt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(dst)
+    ort_rt.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    fused = onnx.load(str(dst))
+    assert {n.op_type for n in fused.graph.node} & {
+        "QLinearConv",
+        "QGemm",
+        "ConvInteger",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "MatMulNBits",
+    }
+    assert adapter.macs(fused, example) == expected
