@@ -319,27 +319,25 @@ def residual_sums(src: Path, prepared: Any, ctx: StageContext, cfg: QuantizeConf
         return prepared
     rewritten = ort.sum_residuals(prepared, adds)
     info: dict[str, Any] = {"adds": len(adds)}
+    ctx.info["residual_sum"] = info
     if cfg.residual_sum == "auto":
         from .auto import measure_latencies
 
         ctx.progress("time the float model with residual Sums", 0, None)
         alt = Path(ctx.work_dir) / "prepared_sum.onnx"
-        ort.save(rewritten, alt)
         try:
-            fused_ms, sum_ms = measure_latencies([src, alt], ctx, cfg)
+            fused_ms, sum_ms = measure_latencies([src, ort.save(rewritten, alt)], ctx, cfg)
         finally:
             alt.unlink(missing_ok=True)
-        info.update(fused_ms=fused_ms, sum_ms=sum_ms)
-        if sum_ms > fused_ms * (1 - RESIDUAL_SUM_GAIN):
-            info["applied"] = False
-            ctx.info["residual_sum"] = info
+            Path(f"{alt}.data").unlink(missing_ok=True)  # external data, above protobuf's 2 GB
+        info.update(fused_ms=fused_ms, sum_ms=sum_ms, applied=sum_ms <= fused_ms * (1 - RESIDUAL_SUM_GAIN))
+        if not info["applied"]:
             return prepared
         notes.append(
             f"{len(adds)} residual Adds before LayerNormalization written as Sum (no SkipLayerNormalization "
             f"fusion): float {sum_ms:.3f} ms vs {fused_ms:.3f} ms fused, here"
         )
     info["applied"] = True
-    ctx.info["residual_sum"] = info
     ort.save(rewritten, src)
     return rewritten
 

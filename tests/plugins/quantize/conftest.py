@@ -40,6 +40,27 @@ def one_split():
     return _one_split
 
 
+def _ort_optimized(model: Any, work: Path) -> Any:
+    """The graph ONNX Runtime actually runs (level ``extended``: its fusions, QDQ ones included)."""
+    import onnx
+    import onnxruntime as ort_rt
+
+    work.mkdir(parents=True, exist_ok=True)
+    src, dst = work / "model.onnx", work / "model.optimized.onnx"
+    onnx.save(model, str(src))
+    opts = ort_rt.SessionOptions()
+    opts.graph_optimization_level = ort_rt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(dst)
+    ort_rt.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    return onnx.load(str(dst))
+
+
+@pytest.fixture
+def ort_optimized():
+    """``ort_optimized(model, work_dir)``: the ONNX model after ONNX Runtime's graph optimizations."""
+    return _ort_optimized
+
+
 @pytest.fixture(scope="session")
 def digits8() -> DataSplits:
     from slimkit.plugins.data.digits import load_digits_splits

@@ -169,21 +169,9 @@ def test_entropy_calibration_on_a_masked_encoder_fails_in_one_line(bert_onnx, be
     assert text.endswith("use calibration=mse, minmax or percentile")
 
 
-def _ort_optimized_ops(model, tmp_path) -> set[str]:
-    """The op types of ``model`` after ONNX Runtime's graph optimizations (level all, CPU)."""
-    import onnx
-    import onnxruntime as ort
-
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    src, dst = tmp_path / "in.onnx", tmp_path / "optimized.onnx"
-    onnx.save(model, str(src))
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(dst)
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-    return {n.op_type for n in onnx.load(str(dst)).graph.node}
-
-
-def test_residual_sums_compute_the_same_and_escape_the_skip_layernorm_fusion(bert_onnx, bert_data, tmp_path) -> None:
+def test_residual_sums_compute_the_same_and_escape_the_skip_layernorm_fusion(
+    bert_onnx, bert_data, tmp_path, ort_optimized
+) -> None:
     from slimkit.plugins.techniques.quantize import ort as qort
 
     adds = qort.residual_adds(bert_onnx)
@@ -196,8 +184,9 @@ def test_residual_sums_compute_the_same_and_escape_the_skip_layernorm_fusion(ber
     np.testing.assert_allclose(
         adapter.outputs(rewritten, bert_data.test), adapter.outputs(bert_onnx, bert_data.test), rtol=1e-5, atol=1e-5
     )
-    assert "SkipLayerNormalization" in _ort_optimized_ops(bert_onnx, tmp_path / "a")
-    assert "SkipLayerNormalization" not in _ort_optimized_ops(rewritten, tmp_path / "b")
+    before_ops = {n.op_type for n in ort_optimized(bert_onnx, tmp_path / "a").graph.node}
+    after_ops = {n.op_type for n in ort_optimized(rewritten, tmp_path / "b").graph.node}
+    assert "SkipLayerNormalization" in before_ops and "SkipLayerNormalization" not in after_ops
 
 
 @pytest.mark.parametrize("setting", ["always", "never", "auto"])

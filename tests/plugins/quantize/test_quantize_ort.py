@@ -26,19 +26,6 @@ def run(model, data, tmp_path: Path, **cfg) -> tuple[onnx.ModelProto, object]:
     return out, ctx
 
 
-def optimized_ops(model: onnx.ModelProto, tmp_path: Path) -> set[str]:
-    """Op types of the graph ONNX Runtime actually runs (after its QDQ fusions)."""
-    import onnxruntime as ort_rt
-
-    src, dst = tmp_path / "q.onnx", tmp_path / "q.opt.onnx"
-    onnx.save(model, str(src))
-    opts = ort_rt.SessionOptions()
-    opts.graph_optimization_level = ort_rt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    opts.optimized_model_filepath = str(dst)
-    ort_rt.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
-    return {n.op_type for n in onnx.load(str(dst)).graph.node}
-
-
 def accuracy(model: onnx.ModelProto, data) -> float:
     return OnnxAdapter().evaluate(model, data.test)["accuracy"]
 
@@ -51,9 +38,11 @@ def accuracy(model: onnx.ModelProto, data) -> float:
         ("weight_only", {"MatMulNBits"}),
     ],
 )
-def test_modes_give_models_ort_runs_with_quantized_ops(mode, int8_ops, cnn_onnx, digits8, tmp_path) -> None:
+def test_modes_give_models_ort_runs_with_quantized_ops(
+    mode, int8_ops, cnn_onnx, digits8, tmp_path, ort_optimized
+) -> None:
     out, ctx = run(cnn_onnx, digits8, tmp_path, mode=mode)
-    ops = optimized_ops(out, tmp_path)
+    ops = {n.op_type for n in ort_optimized(out, tmp_path / "optimized").graph.node}
     assert ops & int8_ops, f"{mode}: no quantized op in {sorted(ops)}"
     assert ctx.info["mode"] == mode and ctx.metrics["quantized_layers"] >= 2
     assert accuracy(out, digits8) >= accuracy(cnn_onnx, digits8) - 0.03
@@ -61,13 +50,15 @@ def test_modes_give_models_ort_runs_with_quantized_ops(mode, int8_ops, cnn_onnx,
         assert out.ByteSize() < 0.4 * cnn_onnx.ByteSize()
 
 
-def test_static_4bit_weights_are_on_the_4bit_grid_in_int8_containers(cnn_onnx, digits8, tmp_path) -> None:
+def test_static_4bit_weights_are_on_the_4bit_grid_in_int8_containers(
+    cnn_onnx, digits8, tmp_path, ort_optimized
+) -> None:
     out, _ = run(cnn_onnx, digits8, tmp_path, mode="static", weight_bits=4)
     weights = [numpy_helper.to_array(i) for i in out.graph.initializer if i.name.endswith(".weight_quantized")]
     assert len(weights) == 5
     for w in weights:
         assert w.dtype == np.int8 and w.min() >= -7 and w.max() <= 7
-    assert "QLinearConv" in optimized_ops(out, tmp_path)  # still int8 kernels
+    assert "QLinearConv" in {n.op_type for n in ort_optimized(out, tmp_path / "optimized").graph.node}  # int8 kernels
 
 
 def test_exclude_keeps_named_layer_float(cnn_onnx, digits8, tmp_path) -> None:
@@ -265,23 +256,15 @@ def test_static_activation_signedness(cnn_onnx, digits8, tmp_path, signed: bool,
 
 
 @pytest.mark.parametrize("mode", ["static", "dynamic", "weight_only"])
-def test_quantized_models_keep_their_macs(mode, cnn_onnx, digits8, tmp_path) -> None:
+def test_quantized_models_keep_their_macs(mode, cnn_onnx, digits8, tmp_path, ort_optimized) -> None:
     """An int8 multiply-accumulate is still one: the quantized file (QDQ, MatMulInteger/ConvInteger,
     MatMulNBits) and the graph ONNX Runtime runs after its fusions (QLinearConv, QGemm,
     DynamicQuantizeMatMul, ...) count as many MACs as the float model."""
-    import onnxruntime as ort_rt
-
     out, _ = run(cnn_onnx, digits8, tmp_path, mode=mode)
     adapter, example = OnnxAdapter(), digits8.test.example(1)
     expected = adapter.macs(cnn_onnx, example)
     assert expected > 0 and adapter.macs(out, example) == expected
-    src, dst = tmp_path / "q.onnx", tmp_path / "q.opt.onnx"
-    onnx.save(out, str(src))
-    opts = ort_rt.SessionOptions()
-    opts.graph_optimization_level = ort_rt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    opts.optimized_model_filepath = str(dst)
-    ort_rt.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
-    fused = onnx.load(str(dst))
+    fused = ort_optimized(out, tmp_path / "optimized")
     assert {n.op_type for n in fused.graph.node} & {
         "QLinearConv",
         "QGemm",
