@@ -273,11 +273,12 @@ class Quantize(Technique):
             )
         ctx.info["mask_nodes"] = masked
         ctx.info["excluded"] = exclude
+        slow_convs = conv_kernel_report(prepared, ctx, cfg, notes)
         layers = {n.name: n.layer for n in ort.quantizable_nodes(prepared)}
         if cfg.mode == "auto":
             from .auto import search
 
-            out = search(src, prepared, ctx, cfg, exclude, masked, notes)
+            out = search(src, prepared, ctx, cfg, exclude, masked, notes, slow_convs)
         elif qat is not None:
             from .qat import tensor_ranges
 
@@ -340,6 +341,42 @@ def residual_sums(src: Path, prepared: Any, ctx: StageContext, cfg: QuantizeConf
     info["applied"] = True
     ort.save(rewritten, src)
     return rewritten
+
+
+def conv_kernel_report(prepared: Any, ctx: StageContext, cfg: QuantizeConfig, notes: list[str]) -> dict[str, str]:
+    """On ONNX Runtime's CPU, the convolutions its fast int8 kernel cannot run: node name -> why.
+
+    Those run at or below fp32 speed as int8 (:func:`ort.int8_conv_slow_path`). They are reported
+    (``info.int8_conv_slow_path`` by layer, and a note saying what would change it), and ``auto``
+    also times a static candidate that keeps them float. Empty unless the mode is static QDQ
+    (``auto``, ``static``, ``qat``) and the target's first execution provider is the CPU's.
+    """
+    from slimkit.core import PluginError, target_capabilities
+
+    from . import ort
+
+    if cfg.mode not in ("auto", "static", "qat"):
+        return {}
+    try:
+        providers = target_capabilities(ctx.target_name).providers
+    except PluginError:
+        return {}
+    if not providers or providers[0] != "CPUExecutionProvider":
+        return {}
+    slow = ort.int8_conv_slow_path(prepared)
+    if not slow:
+        return {}
+    layer = {n.name: n.layer for n in ort.quantizable_nodes(prepared)}
+    convs = sum(1 for n in prepared.graph.node if n.op_type == "Conv")
+    ctx.info["int8_conv_slow_path"] = {layer.get(n, n): why for n, why in slow.items()}
+    shown = "; ".join(f"{layer.get(n, n)}: {why}" for n, why in list(slow.items())[:4])
+    notes.append(
+        f"{len(slow)} of {convs} convolutions are outside ONNX Runtime's fast int8 CPU conv kernel "
+        f"({shown}{' ...' if len(slow) > 4 else ''}): as int8 they run at or below fp32 speed; for int8 "
+        "speed keep input channels a multiple of 4 and at least 16 output channels (docs/QUANTIZATION.md, "
+        "'When int8 pays off on a CPU')"
+    )
+    return slow
 
 
 def follow_target(cfg: QuantizeConfig, target: str, notes: list[str]) -> QuantizeConfig:

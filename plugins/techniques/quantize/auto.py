@@ -6,6 +6,9 @@
    ORT's dynamic int8 runs convolutions several times slower than float on x86, static QDQ can lose
    to dynamic on transformer encoders; no rule gets this right on every model and CPU, a measurement
    does. A target that dictates its format (an NPU) leaves only its modes (see ``follow_target``).
+   On ONNX Runtime's CPU, when some convolutions are outside its fast int8 kernel (too few channels,
+   see ``ort.int8_conv_slow_path``), the fastest static candidate is also built with those kept
+   float and timed: as int8 they run slower than in fp32.
 2. The fastest full candidate that meets the constraint (``max_accuracy_drop`` points on labelled
    validation data, else mean output cosine ``min_fidelity``) is the one to beat. A candidate that
    misses it is searched further only when it is faster than that (keeping layers float only slows
@@ -28,7 +31,7 @@ stage directory and the stage fails with one line naming the constraint and the 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,19 +76,23 @@ class Candidate:
     activation_signed: bool = False
     #: the file holding ``model``, when it has one of its own (the full candidates)
     path: Path | None = None
+    #: what sets a full candidate apart beyond mode and layout (it is not searched further)
+    tag: str = ""
 
     def label(self) -> str:
-        """The mode, with the weight granularity (and int8 activations) for static QDQ."""
+        """The mode, with the weight granularity (and int8 activations) for static QDQ, and the tag."""
         if self.mode != "static" or self.per_channel is None:
-            return self.mode
+            return self.mode + (f" ({self.tag})" if self.tag else "")
         acts = ", int8 activations" if self.activation_signed else ""
-        return f"static ({'per-channel' if self.per_channel else 'per-tensor'} weights{acts})"
+        tag = f", {self.tag}" if self.tag else ""
+        return f"static ({'per-channel' if self.per_channel else 'per-tensor'} weights{acts}{tag})"
 
     def row(self) -> dict[str, Any]:
         return {
             "mode": self.mode,
             "per_channel": self.per_channel,
             "activation_signed": self.activation_signed,
+            "tag": self.tag,
             "float_layers": len(self.float_layers),
             "latency_ms": self.latency_ms,
             "accuracy": self.score.accuracy,
@@ -124,15 +131,26 @@ def measure_latencies(paths: list[Path], ctx: StageContext, cfg: QuantizeConfig,
 
 
 def search(
-    src: Path, prepared: Any, ctx: StageContext, cfg: QuantizeConfig, exclude: list[str], masked: list[str], notes: list
+    src: Path,
+    prepared: Any,
+    ctx: StageContext,
+    cfg: QuantizeConfig,
+    exclude: list[str],
+    masked: list[str],
+    notes: list,
+    slow_convs: Mapping[str, str] | None = None,
 ) -> Any:
-    """Run the search described in the module docstring; return the chosen ``onnx.ModelProto``."""
+    """Run the search described in the module docstring; return the chosen ``onnx.ModelProto``.
+
+    ``slow_convs``: conv nodes the target's int8 kernels run slowly (node name -> why), see
+    ``conv_kernel_report``; a static candidate with them kept float is timed too.
+    """
     import shutil
 
     scratch = Path(ctx.work_dir) / "auto"
     scratch.mkdir(exist_ok=True)
     try:
-        return _search(src, prepared, ctx, cfg, exclude, masked, notes, scratch)
+        return _search(src, prepared, ctx, cfg, exclude, masked, notes, scratch, dict(slow_convs or {}))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -146,6 +164,7 @@ def _search(
     masked: list[str],
     notes: list,
     scratch: Path,
+    slow_convs: dict[str, str],
 ) -> Any:
     from . import ort, quantize_mode
 
@@ -210,6 +229,10 @@ def _search(
 
     tol = cfg.latency_tolerance
     job = _Job(src, prepared, ctx, cfg, fixed, scorer, ok, scratch, float_latency)
+    if slow_convs and cfg.measure:
+        cand = _slow_convs_float(full, slow_convs, job)
+        if cand is not None:
+            full[cand.label()] = cand
 
     def better(a: Candidate, b: Candidate | None) -> bool:
         return prefer(a, b, tol, labelled)
@@ -284,6 +307,9 @@ def _search(
     sens = sensitivities.get(best.label()) or {}
     ranked = sorted(sens, key=lambda n: -sens[n])
     for n in best.float_layers:
+        if n in slow_convs:
+            reasons[n] = f"outside ONNX Runtime's fast int8 conv kernel ({slow_convs[n]}): kept float, measured faster"
+            continue
         reasons[n] = (
             f"sensitivity {sens.get(n, float('nan')):.3g} (rank {ranked.index(n) + 1} of {len(ranked)}): "
             f"kept float to meet {constraint}"
@@ -380,8 +406,8 @@ class _Job:
         return quantize_mode(cand.mode, self.src, dst, self.prepared, self.ctx, self.cfg, self.fixed + list(float_set))
 
     def sensitivity(self, cand: Candidate, samples: int = SENSITIVITY_SAMPLES) -> dict[str, float]:
-        """Per layer of ``cand``: the output error with only that layer quantized."""
-        layers = _layers(cand.mode, self.prepared, self.fixed)
+        """Per quantized layer of ``cand``: the output error with only that layer quantized."""
+        layers = [n for n in _layers(cand.mode, self.prepared, self.fixed) if n not in cand.float_layers]
 
         def only(name: str) -> Any:
             return self.variant(cand, [n for n in layers if n != name])
@@ -401,23 +427,60 @@ class _Job:
 
 
 def _fallback(cand: Candidate, job: _Job) -> tuple[Candidate | None, list[Candidate], dict[str, float]]:
-    """Keep the most sensitive layers of ``cand`` in float, one more at a time, until ``job.ok``."""
+    """Keep the most sensitive layers of ``cand`` in float, one more at a time, until ``job.ok``.
+
+    Layers ``cand`` already keeps float (the int8-slow convolutions) stay float and are not ranked.
+    """
     sens = job.sensitivity(cand)
     ranked = sorted(sens, key=lambda n: -sens[n])
+    base = list(cand.float_layers)
     limit = int(math.floor(job.cfg.max_float_fraction * len(ranked)))
     attempts: list[Candidate] = []
     for k in range(1, limit + 1):
-        job.ctx.progress(f"mixed precision ({cand.mode})", k, limit)
-        model = job.variant(cand, ranked[:k])
+        job.ctx.progress(f"mixed precision ({cand.label()})", k, limit)
+        model = job.variant(cand, base + ranked[:k])
         attempt = Candidate(
-            cand.mode, model, job.scorer.score(model), float_layers=ranked[:k], per_channel=cand.per_channel
+            cand.mode,
+            model,
+            job.scorer.score(model),
+            float_layers=base + ranked[:k],
+            per_channel=cand.per_channel,
+            activation_signed=cand.activation_signed,
+            tag=cand.tag,
         )
         attempts.append(attempt)
         if job.ok(attempt.score):
             measured = job.cfg.measure
-            attempt.latency_ms = job.timed(model, f"{cand.mode}_{cand.per_channel}_mixed.onnx") if measured else 0.0
+            name = f"{cand.mode}_{cand.per_channel}{'_slow' if cand.tag else ''}_mixed.onnx"
+            attempt.latency_ms = job.timed(model, name) if measured else 0.0
             return attempt, attempts, sens
     return None, attempts, sens
+
+
+def _slow_convs_float(full: dict[str, Candidate], slow_convs: dict[str, str], job: _Job) -> Candidate | None:
+    """The fastest static candidate again, calibrated with the ``slow_convs`` kept float, scored and timed.
+
+    ONNX Runtime runs those convolutions no faster (often slower) in int8 than in fp32, and each costs
+    a Quantize/Dequantize pair around it besides: a pruned ResNet-20 at 8/16/32 channels ran 1.19x
+    faster than fp32 at batch 64 with its 8-channel convs float, 1.01x with all of them int8. ``None``
+    when there is no static candidate or nothing would be left to quantize.
+    """
+    from . import quantize_mode
+
+    statics = [c for c in full.values() if c.mode == "static" and not c.tag and math.isfinite(c.latency_ms)]
+    keep = [n for n in slow_convs if n not in job.fixed]
+    if not statics or not keep or not [n for n in _layers("static", job.prepared, job.fixed) if n not in keep]:
+        return None
+    base = min(statics, key=lambda c: c.latency_ms)
+    cand = Candidate("static", None, None, per_channel=base.per_channel, activation_signed=base.activation_signed)  # type: ignore[arg-type]
+    cand.tag, cand.float_layers = "int8-slow convs float", keep
+    job.ctx.progress(f"quantize ({cand.label()})", 0, None)
+    path = job.scratch / "static_slow_convs_float.onnx"
+    variant_cfg = replace(job.cfg, per_channel=bool(base.per_channel), activation_signed=base.activation_signed)
+    cand.model = quantize_mode("static", job.src, path, job.prepared, job.ctx, variant_cfg, job.fixed + keep)
+    cand.score, cand.path = job.scorer.score(path), path
+    cand.latency_ms = job.timed(cand.model, "static_slow_convs_float_timed.onnx")
+    return cand
 
 
 def _photo_finish(best: Candidate, tried: list[Candidate], job: _Job, notes: list) -> Candidate:
@@ -546,7 +609,7 @@ def _match_fidelity(
         base = list(best.float_layers)  # layers the accuracy search already keeps float stay float
         ranked = [n for n in sorted(sens, key=lambda n: -sens[n]) if n not in base]
         # at least one layer stays quantized (a model with none is not a quantized model)
-        limit = min(int(math.floor(cfg.max_float_fraction * len(sens))), len(sens) - 1) - len(base)
+        limit = min(int(math.floor(cfg.max_float_fraction * len(layers))), len(layers) - 1) - len(base)
         k = 1
         while k <= limit:
             ctx.progress(f"fidelity of {best.label()} vs {rival.label()}", k, limit)
@@ -559,6 +622,7 @@ def _match_fidelity(
                 float_layers=float_set,
                 per_channel=best.per_channel,
                 activation_signed=best.activation_signed,
+                tag=best.tag,
             )
             attempts.append(attempt)
             if attempt.score.cosine >= target and ok(attempt.score):

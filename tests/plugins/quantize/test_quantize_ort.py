@@ -274,3 +274,48 @@ def test_quantized_models_keep_their_macs(mode, cnn_onnx, digits8, tmp_path, ort
         "MatMulNBits",
     }
     assert adapter.macs(fused, example) == expected
+
+
+def test_int8_conv_slow_path_names_convs_outside_the_fast_int8_kernel() -> None:
+    rng = np.random.default_rng(0)
+
+    def conv(name: str, cout: int, cin: int, group: int = 1) -> tuple[onnx.NodeProto, onnx.TensorProto]:
+        w = numpy_helper.from_array(rng.standard_normal((cout, cin, 3, 3)).astype(np.float32), f"{name}.weight")
+        return helper.make_node("Conv", ["input", w.name], [name], name=name, group=group), w
+
+    specs = {
+        "ok": (16, 8, 1),  # 8 -> 16: eligible
+        "stem": (16, 1, 1),  # 1 input channel
+        "narrow": (8, 16, 1),  # 8 output channels
+        "odd": (12, 6, 1),  # both
+        "dw16": (16, 1, 16),  # depthwise over 16 channels: eligible
+        "dw8": (8, 1, 8),  # depthwise over 8 channels
+        "grouped": (16, 4, 4),  # 4 groups of 4 -> 4
+    }
+    nodes, inits = zip(*(conv(n, *s) for n, s in specs.items()), strict=True)
+    slow = ort.int8_conv_slow_path(_graph(list(nodes), list(inits)))
+    assert slow == {
+        "stem": "1 input channels (needs a multiple of 4)",
+        "narrow": "8 output channels (needs at least 16)",
+        "odd": "6 input channels (needs a multiple of 4), 12 output channels (needs at least 16)",
+        "dw8": "depthwise over 8 channels (needs a multiple of 16)",
+        "grouped": "grouped conv (4 groups; only regular and depthwise convs have the fast kernel)",
+    }
+
+
+def test_static_quantization_on_the_cpu_reports_slow_path_convs(cnn_onnx, digits8, tmp_path) -> None:
+    _, ctx = run(cnn_onnx, digits8, tmp_path, mode="static")
+    # digits_cnn: the stem has one input channel; its other two convs (32 -> 64, 64 -> 128) qualify.
+    assert list(ctx.info["int8_conv_slow_path"].values()) == ["1 input channels (needs a multiple of 4)"]
+    assert any(
+        "1 of 3 convolutions are outside ONNX Runtime's fast int8 CPU conv kernel" in n for n in ctx.info["notes"]
+    )
+    _, ctx = run(cnn_onnx, digits8, tmp_path / "dynamic", mode="dynamic")  # ConvInteger: another kernel
+    assert "int8_conv_slow_path" not in ctx.info
+    from slimkit.plugins.techniques.quantize import conv_kernel_report
+
+    notes: list[str] = []
+    ctx.info.clear()
+    ctx.target_name = "cuda"  # another runtime, other kernels: no CPU kernel advice
+    conv_kernel_report(cnn_onnx, ctx, QuantizeConfig(technique="quantize", mode="static"), notes)
+    assert not notes and "int8_conv_slow_path" not in ctx.info
