@@ -77,9 +77,7 @@ class Latencies(dict):
         return float(np.median(b / n))
 
 
-def ort_latencies(
-    paths: dict[str, Path], examples: dict[int, dict[str, Any]], rounds: int, repeats: int
-) -> Latencies:
+def ort_latencies(paths: dict[str, Path], examples: dict[int, dict[str, Any]], rounds: int, repeats: int) -> Latencies:
     """p50 ONNX Runtime latency (ms, 1 thread) of every model at every batch size; models take turns
     round by round so that load changes hit them all alike (:meth:`Latencies.ratio` compares them
     round by round). Small batches are fast and noisy: they get ``repeats * 64 / batch`` timed runs

@@ -587,37 +587,57 @@ FAMILY = [(16, 3), (8, 3), (8, 2), (8, 1), (4, 3), (4, 2), (4, 1)]
 
 def int8_section(args: Any, tmp: Path) -> str:
     """fp32 vs slimkit's static int8 (the default pipeline's quantize stage) across the digits_resnet
-    family: why int8 adds no speed to the pruned model. Latency does not depend on the weights' values,
-    so the smaller members are untrained (random init, seed 0); int8 is calibrated on digits."""
+    family: why int8 adds no speed to the pruned model, and what keeping the convolutions outside ONNX
+    Runtime's fast int8 kernel float (``auto``'s extra candidate) gets back. Latency does not depend on
+    the weights' values, so the smaller members are untrained (random init, seed 0); int8 is calibrated
+    on digits."""
     import slimkit
+    from slimkit.plugins.techniques.quantize import ort
 
     paths: dict[str, Path] = {}
     sizes: dict[str, int] = {}
+    slow_count: dict[str, int] = {}
     for width, blocks in FAMILY:
         tag = f"w{width} b{blocks}"
         log(f"int8 scaling: {tag}")
+        overrides = [
+            "cache=false",
+            f"+model.kwargs.width={width}",
+            f"+model.kwargs.blocks={blocks}",
+            f"model.kwargs.pretrained={str((width, blocks) == (16, 3)).lower()}",
+            "pipeline.stages.quantize.mode=static",  # the default pipeline's quantize stage
+            "pipeline.stages.quantize.per_channel=true",
+            "pipeline.stages.quantize.max_accuracy_drop=100",
+            "target.threads=1",
+            "target.runtimes=[onnxruntime]",
+            "target.batch_sizes=[1]",
+            "target.repeats=5",
+        ]
         res = slimkit.compress(
             "digits_resnet",
             pipeline="quantize",
             tracking="none",
             run_dir=tmp / tag.replace(" ", "_"),
-            overrides=[
-                "cache=false",
-                f"+model.kwargs.width={width}",
-                f"+model.kwargs.blocks={blocks}",
-                f"model.kwargs.pretrained={str((width, blocks) == (16, 3)).lower()}",
-                "pipeline.stages.quantize.mode=static",  # the default pipeline's quantize stage
-                "pipeline.stages.quantize.per_channel=true",
-                "pipeline.stages.quantize.max_accuracy_drop=100",
-                "target.threads=1",
-                "target.runtimes=[onnxruntime]",
-                "target.batch_sizes=[1]",
-                "target.repeats=5",
-            ],
+            overrides=overrides,
         )
         run_dir = Path(res.run_dir)
         paths[f"fp32 {tag}"] = run_dir / res.report.artifacts["baseline_onnx"]
         paths[f"int8 {tag}"] = run_dir / res.report.artifacts["onnx"]
+        # The same with the convolutions outside ONNX Runtime's fast int8 kernel kept float: the
+        # candidate `mode=auto` adds on this target (quantize.ort.int8_conv_slow_path).
+        fp32 = ort.load(paths[f"fp32 {tag}"])
+        weight = {n.name: n.input[1] for n in fp32.graph.node if n.op_type == "Conv"}
+        slow = [weight[n] for n in ort.int8_conv_slow_path(fp32)]
+        slow_count[tag] = len(slow)
+        if slow:
+            res = slimkit.compress(
+                "digits_resnet",
+                pipeline="quantize",
+                tracking="none",
+                run_dir=tmp / f"{tag.replace(' ', '_')}_slow_float",
+                overrides=[*overrides, f"pipeline.stages.quantize.exclude=[{','.join(slow)}]"],
+            )
+            paths[f"mixed {tag}"] = Path(res.run_dir) / res.report.artifacts["onnx"]
     for name, path in paths.items():
         sizes[name] = path.stat().st_size
     from slimkit.plugins.data.digits import load_digits_splits
@@ -629,7 +649,7 @@ def int8_section(args: Any, tmp: Path) -> str:
     ref = "fp32 w16 b3"
     rows = []
     wins, loses = [], []
-    fast: dict[str, list[str]] = {"fp32": [], "int8": []}
+    fast: dict[str, list[str]] = {"fp32": [], "int8": [], "mixed": []}
     for width, blocks in FAMILY:
         tag = f"w{width} b{blocks}"
         ratio = [lat.ratio(f"fp32 {tag}", f"int8 {tag}", b) for b in (1, 64)]
@@ -638,20 +658,23 @@ def int8_section(args: Any, tmp: Path) -> str:
         elif max(ratio) < 1:
             loses.append(tag)
         for kind in fast:
-            if min(lat.ratio(ref, f"{kind} {tag}", b) for b in (1, 64)) >= 6:
+            if f"{kind} {tag}" in paths and min(lat.ratio(ref, f"{kind} {tag}", b) for b in (1, 64)) >= 6:
                 fast[kind].append(tag)
     for width, blocks in FAMILY:
         tag = f"w{width} b{blocks}"
-        f, q = f"fp32 {tag}", f"int8 {tag}"
+        f, q, m = f"fp32 {tag}", f"int8 {tag}", f"mixed {tag}"
         cells = []
-        for name in (f, q):
+        for name in (f, q, m):
             cells.append(
                 f"{lat.ratio(ref, name, 1):.2f}x / {lat.ratio(ref, name, 64):.2f}x "
                 f"({sizes[ref] / sizes[name]:.1f}x smaller)"
+                if name in paths
+                else "- (every conv qualifies)"
             )
+        mixed_vs = f"{lat.ratio(f, m, 1):.2f}x / {lat.ratio(f, m, 64):.2f}x" if m in paths else "-"
         rows.append(
             f"| {width}/{2 * width}/{4 * width} | {blocks} | {cells[0]} | {cells[1]} | "
-            f"{lat.ratio(f, q, 1):.2f}x / {lat.ratio(f, q, 64):.2f}x |"
+            f"{lat.ratio(f, q, 1):.2f}x / {lat.ratio(f, q, 64):.2f}x | {slow_count[tag]} | {cells[2]} | {mixed_vs} |"
         )
     return "\n".join(
         [
@@ -664,15 +687,22 @@ def int8_section(args: Any, tmp: Path) -> str:
             "sizes are against the bundled fp32 model, batch 1 / batch 64. Latency does not depend on the "
             "weights' values: the smaller members are untrained.",
             "",
+            "The last three columns: the convolutions outside ONNX Runtime's fast int8 kernel (fewer than 16 "
+            "output channels, or input channels not a multiple of 4: `quantize` reports them as "
+            "`int8_conv_slow_path`), and int8 with those kept float — the candidate `mode=auto` adds on this "
+            "target.",
+            "",
             "| channels per stage | blocks per stage | fp32 speed-up b1 / b64 | int8 speed-up b1 / b64 | "
-            "int8 vs fp32 of the same model |",
-            "|---|---|---|---|---|",
+            "int8 vs fp32 of the same model | int8-slow convs | int8, those float: speed-up b1 / b64 | "
+            "vs fp32 of the same model |",
+            "|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"int8 is faster than fp32 of the same model at both batch sizes for {', '.join(wins) or 'no member'}"
             f"; slower at both for {', '.join(loses) or 'no member'}. Members at least 6x faster than the bundled "
             f"fp32 model at both batch sizes: fp32 {', '.join(fast['fp32']) or 'none'}; int8 "
-            f"{', '.join(fast['int8']) or 'none'}.",
+            f"{', '.join(fast['int8']) or 'none'}; int8 with the int8-slow convs float "
+            f"{', '.join(fast['mixed']) or 'none'}.",
         ]
     )
 
