@@ -432,22 +432,34 @@ def combined_section(args: Any, tmp: Path) -> str:
         *timing,
         *([f"pipeline.stages.distill.epochs={args.compact_epochs}"] if args.compact_epochs else []),
     ]
+
+    def compact_run(name: str, *extra: str) -> Any:
+        return slimkit.compress(
+            "digits_resnet", pipeline="compact", tracking="none", run_dir=tmp / name, overrides=[*compact_ov, *extra]
+        )
+
+    static = ["pipeline.stages.quantize.mode=static", "pipeline.stages.quantize.keep_float_if_slower=false"]
     log("combined: the compact pipeline (layer_prune -> channel_prune -> distill -> quantize auto)")
-    compact = slimkit.compress(
-        "digits_resnet", pipeline="compact", tracking="none", run_dir=tmp / "compact", overrides=compact_ov
-    )
+    compact = compact_run("compact")
     log("combined: the compact pipeline with static int8 forced")
-    forced = slimkit.compress(
-        "digits_resnet",
-        pipeline="compact",
-        tracking="none",
-        run_dir=tmp / "compact_int8",
-        overrides=[
-            *compact_ov,
-            "pipeline.stages.quantize.mode=static",
-            "pipeline.stages.quantize.keep_float_if_slower=false",
-        ],
-    )
+    forced = compact_run("compact_int8", *static)
+    # static int8 with the convolutions outside ORT's fast int8 kernel float: the candidate auto adds
+    log("combined: the compact pipeline, static int8 with the int8-slow convs float")
+    from slimkit.plugins.data.digits import load_digits_splits
+    from slimkit.plugins.torch.adapter import TorchAdapter
+
+    adapter = TorchAdapter()
+    data = load_digits_splits(size=32)
+    ex1 = data.test.example(1)
+
+    def fp32_of(result: Any, stage: int, name: str) -> tuple[Path, float]:
+        """The fp32 torch model of stage ``stage`` (before quantize): exported, and its test accuracy."""
+        model = adapter.load_file(Path(result.run_dir) / result.report.stages[stage].model_path)
+        return export(adapter, model, tmp / name, ex1), adapter.evaluate(model, data.test)["accuracy"]
+
+    compact_fp32 = fp32_of(compact, 2, "fp32_compact.onnx")
+    slow = slow_conv_weights(compact_fp32[0])
+    mixed = compact_run("compact_mixed", *static, f"pipeline.stages.quantize.exclude=[{','.join(slow)}]")
     # where distillation matters: the compact model (~50x fewer MACs), distilled vs plain fine-tuning for
     # the same epochs (all three trainings of the pipeline swapped), fp32 (no quantize stage), seeds 0..n-1
     kd: dict[str, list[float]] = {"distillation": [], "plain fine-tuning": []}
@@ -477,19 +489,7 @@ def combined_section(args: Any, tmp: Path) -> str:
             )
             values.append(one.report.compressed.accuracy * 100)
     quant = res.report.config["pipeline"]["stages"]["quantize"]
-    from slimkit.plugins.data.digits import load_digits_splits
-    from slimkit.plugins.torch.adapter import TorchAdapter
-
     r = res.report
-    adapter = TorchAdapter()
-    data = load_digits_splits(size=32)
-    ex1 = data.test.example(1)
-
-    def fp32_of(result: Any, stage: int, name: str) -> tuple[Path, float]:
-        """The fp32 torch model of stage ``stage`` (before quantize): exported, and its test accuracy."""
-        model = adapter.load_file(Path(result.run_dir) / result.report.stages[stage].model_path)
-        return export(adapter, model, tmp / name, ex1), adapter.evaluate(model, data.test)["accuracy"]
-
     paths: dict[str, Path] = {"fp32 original": Path(res.run_dir) / r.artifacts["baseline_onnx"]}
     accs: dict[str, float] = {"fp32 original": r.baseline.accuracy}
     # the fp32 model before quantization (the distill stage's output), timed beside the others
@@ -498,9 +498,7 @@ def combined_section(args: Any, tmp: Path) -> str:
     )
     paths["default: int8 pruned + distilled"] = Path(res.run_dir) / r.artifacts["onnx"]
     accs["default: int8 pruned + distilled"] = r.compressed.accuracy
-    paths["compact: fp32 pruned + distilled"], accs["compact: fp32 pruned + distilled"] = fp32_of(
-        compact, 2, "fp32_compact.onnx"
-    )
+    paths["compact: fp32 pruned + distilled"], accs["compact: fp32 pruned + distilled"] = compact_fp32
     cq = compact.report.stages[-1]
     chose = cq.info.get("mode", "?")
     out_name = f"compact: pipeline output (auto: {chose})"
@@ -508,6 +506,9 @@ def combined_section(args: Any, tmp: Path) -> str:
     accs[out_name] = compact.report.compressed.accuracy
     paths["compact: int8 (static forced)"] = Path(forced.run_dir) / forced.report.artifacts["onnx"]
     accs["compact: int8 (static forced)"] = forced.report.compressed.accuracy
+    mixed_name = f"compact: int8, the {len(slow)} int8-slow convs float"
+    paths[mixed_name] = Path(mixed.run_dir) / mixed.report.artifacts["onnx"]
+    accs[mixed_name] = mixed.report.compressed.accuracy
     lat = ort_latencies(paths, {1: ex1, 64: data.test.example(64)}, rounds=args.rounds, repeats=args.repeats)
     base_size = paths["fp32 original"].stat().st_size
 
@@ -555,9 +556,11 @@ def combined_section(args: Any, tmp: Path) -> str:
             f"{quant['calibration_samples']} training samples, excluded: {quant['exclude'] or 'none'}). One run of "
             "`pipeline=compact`: `layer_prune` (6 of 9 residual blocks) → `channel_prune` (75 % of the channels, "
             "rounded to multiples of 4) → `distill` (30 epochs) → `quantize` (`mode=auto`, `modes=[static, dynamic]`, "
-            f"`keep_float_if_slower=true`; here it {chose_text}), and the same compact model with static int8 "
-            "forced. The fp32 models before quantization (the distill stages' outputs) are exported and timed "
-            "beside the original and the int8 models (ORT, 1 thread, p50, interleaved); seed 0, one run each.",
+            f"`keep_float_if_slower=true`; here it {chose_text}), the same compact model with static int8 "
+            "forced, and static int8 with the convolutions outside ONNX Runtime's fast int8 kernel kept float "
+            f"(`exclude`: the {len(slow)} of `int8_conv_slow_path`; the candidate `auto` adds). The fp32 "
+            "models before quantization (the distill stages' outputs) are exported and timed beside the "
+            "original and the int8 models (ORT, 1 thread, p50, interleaved); seed 0, one run each.",
             "",
             "| model | test acc. % | change pt | ONNX size | ORT b1 | ORT b64 |",
             "|---|---|---|---|---|---|",
@@ -565,7 +568,8 @@ def combined_section(args: Any, tmp: Path) -> str:
             "",
             "- Goal: prune + distill + int8 ≥ 6x faster and ≥ 10x smaller than fp32 at ≤ 1 point drop — default "
             f"pipeline {verdict('default: int8 pruned + distilled')}; compact with int8 "
-            f"{verdict('compact: int8 (static forced)')}.",
+            f"{verdict('compact: int8 (static forced)')}; compact with int8 where ORT's int8 kernel applies "
+            f"{verdict(mixed_name)}.",
             f"- Without int8, compact's fp32 model: {verdict('compact: fp32 pruned + distilled')}; the compact "
             f"pipeline's own output (quantize auto chose {chose}): {verdict(out_name)}.",
             "- Distillation vs plain fine-tuning on the compact model (fp32, the pipeline's three trainings "
@@ -575,9 +579,21 @@ def combined_section(args: Any, tmp: Path) -> str:
             f"(one test image = {100 / len(data.test.labels):.2f} pt).",
             "- What int8 adds on top of pruning: default "
             f"{adds('default: fp32 pruned + distilled', 'default: int8 pruned + distilled')}; compact "
-            f"{adds('compact: fp32 pruned + distilled', 'compact: int8 (static forced)')}.",
+            f"{adds('compact: fp32 pruned + distilled', 'compact: int8 (static forced)')} (static forced), "
+            f"{adds('compact: fp32 pruned + distilled', mixed_name)} (int8-slow convs float).",
         ]
     )
+
+
+def slow_conv_weights(path: Path) -> list[str]:
+    """Weight names of the convolutions outside ONNX Runtime's fast int8 kernel in the fp32 ONNX file
+    ``path``: as ``quantize.exclude`` they give static int8 with those kept float, the candidate
+    ``mode=auto`` adds on the CPU target (``quantize.ort.int8_conv_slow_path``)."""
+    from slimkit.plugins.techniques.quantize import ort
+
+    graph = ort.load(path)
+    weight = {n.name: n.input[1] for n in graph.graph.node if n.op_type == "Conv"}
+    return [weight[n] for n in ort.int8_conv_slow_path(graph)]
 
 
 #: (width, blocks per stage) of the digits_resnet family timed by :func:`int8_section`: the bundled
@@ -592,7 +608,6 @@ def int8_section(args: Any, tmp: Path) -> str:
     the weights' values, so the smaller members are untrained (random init, seed 0); int8 is calibrated
     on digits."""
     import slimkit
-    from slimkit.plugins.techniques.quantize import ort
 
     paths: dict[str, Path] = {}
     sizes: dict[str, int] = {}
@@ -623,11 +638,7 @@ def int8_section(args: Any, tmp: Path) -> str:
         run_dir = Path(res.run_dir)
         paths[f"fp32 {tag}"] = run_dir / res.report.artifacts["baseline_onnx"]
         paths[f"int8 {tag}"] = run_dir / res.report.artifacts["onnx"]
-        # The same with the convolutions outside ONNX Runtime's fast int8 kernel kept float: the
-        # candidate `mode=auto` adds on this target (quantize.ort.int8_conv_slow_path).
-        fp32 = ort.load(paths[f"fp32 {tag}"])
-        weight = {n.name: n.input[1] for n in fp32.graph.node if n.op_type == "Conv"}
-        slow = [weight[n] for n in ort.int8_conv_slow_path(fp32)]
+        slow = slow_conv_weights(paths[f"fp32 {tag}"])
         slow_count[tag] = len(slow)
         if slow:
             res = slimkit.compress(

@@ -76,7 +76,7 @@ class Candidate:
     activation_signed: bool = False
     #: the file holding ``model``, when it has one of its own (the full candidates)
     path: Path | None = None
-    #: what sets a full candidate apart beyond mode and layout (it is not searched further)
+    #: what sets it apart beyond mode and layout ("int8-slow convs float": those layers float from the start)
     tag: str = ""
 
     def label(self) -> str:
@@ -307,7 +307,7 @@ def _search(
     sens = sensitivities.get(best.label()) or {}
     ranked = sorted(sens, key=lambda n: -sens[n])
     for n in best.float_layers:
-        if n in slow_convs:
+        if best.tag and n in slow_convs:
             reasons[n] = f"outside ONNX Runtime's fast int8 conv kernel ({slow_convs[n]}): kept float, measured faster"
             continue
         reasons[n] = (
