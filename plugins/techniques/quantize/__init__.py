@@ -363,7 +363,7 @@ def conv_kernel_report(prepared: Any, ctx: StageContext, cfg: QuantizeConfig, no
         return {}
     if not providers or providers[0] != "CPUExecutionProvider":
         return {}
-    slow = ort.int8_conv_slow_path(prepared)
+    slow = ort.int8_conv_slow_path(prepared, symmetric_weights=cfg.weight_symmetric)
     if not slow:
         return {}
     layer = {n.name: n.layer for n in ort.quantizable_nodes(prepared)}
@@ -373,8 +373,8 @@ def conv_kernel_report(prepared: Any, ctx: StageContext, cfg: QuantizeConfig, no
     notes.append(
         f"{len(slow)} of {convs} convolutions are outside ONNX Runtime's fast int8 CPU conv kernel "
         f"({shown}{' ...' if len(slow) > 4 else ''}): as int8 they run at or below fp32 speed; for int8 "
-        "speed keep input channels a multiple of 4 and at least 16 output channels (docs/QUANTIZATION.md, "
-        "'When int8 pays off on a CPU')"
+        "speed keep input channels a multiple of 4, at least 16 output channels and symmetric weights "
+        "(docs/QUANTIZATION.md, 'When int8 pays off on a CPU')"
     )
     return slow
 

