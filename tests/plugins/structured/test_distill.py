@@ -181,3 +181,36 @@ def test_config_errors_are_one_line(params, message):
     with pytest.raises(ConfigError) as err:
         DistillConfig(technique="distill", **params)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_hint_projections_start_at_the_least_squares_map():
+    """A student feature that determines the teacher's linearly gets a projection that reproduces it
+    before any training step; a random projection (the previous start) is far off."""
+    from slimkit.plugins.techniques.distill import Hint, _Features, _projection, fit_projections
+
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1))
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1))
+    mix = torch.randn(8, 4)  # every teacher channel is a fixed mix of the student's channels
+    with torch.no_grad():
+        teacher[0].weight.copy_(torch.einsum("ts,sikl->tikl", mix, student[0].weight))
+        teacher[0].bias.copy_(mix @ student[0].bias)
+    split = Split({"input": np.random.default_rng(0).normal(size=(96, 1, 8, 8)).astype(np.float32)})
+    s_feats, t_feats = _Features(student, ["0"]), _Features(teacher, ["0"])
+    hint = Hint("0", "0", _projection((2, 4, 8, 8), (2, 8, 8, 8), ["0", "0"]))
+
+    def relative_error() -> float:
+        with torch.no_grad():
+            x = torch.from_numpy(split.inputs["input"][:32])
+            student(x), teacher(x)
+            t = t_feats.values["0"]
+            return float((hint.projection(s_feats.values["0"]) - t).pow(2).mean() / t.pow(2).mean())
+
+    assert relative_error() > 0.5
+    fit_projections([hint], student, teacher, s_feats, t_feats, split, seed=0, ridge=1e-6)
+    assert relative_error() < 1e-4
+    assert torch.allclose(hint.projection.weight[:, :, 0, 0], mix, atol=1e-2)
+    # the default ridge shrinks the map (bounded gain into the student) but keeps it close
+    fit_projections([hint], student, teacher, s_feats, t_feats, split, seed=0)
+    assert hint.projection.weight.norm() < mix.norm()
+    assert relative_error() < 0.1
