@@ -66,7 +66,10 @@ class ChannelPruneConfig(TechniqueConfig):
     """Config of :class:`ChannelPrune`.
 
     ratio: fraction of channels (FFN neurons for transformers) removed, in [0, 1).
-    importance: ``l1`` | ``l2`` | ``taylor`` | ``bn_scale``.
+    importance: ``l2`` (default, Torch-Pruning's default too) | ``l1`` | ``taylor`` | ``bn_scale``. On the
+        bundled ResNet at 50 %, l2 + distillation averaged 99.62 % test accuracy over 11 seeds against
+        l1's 99.24 % (benchmarks/pruning.py's recipe); ``pipeline=compact`` (75 % of what 6 removed blocks
+        leave) sets l1, which lost 0.65 pt less there.
     scope: ``uniform`` (each layer loses ``ratio``) or ``global`` (one ranking over all layers; no
         layer loses more than ``max_layer_ratio``).
     steps: pruning steps (ratio grows linearly); fine-tuning runs after each.
@@ -83,7 +86,7 @@ class ChannelPruneConfig(TechniqueConfig):
     """
 
     ratio: float = 0.5
-    importance: str = "l1"
+    importance: str = "l2"
     scope: str = "uniform"
     steps: int = 1
     round_to: int = 8
