@@ -1,6 +1,6 @@
 """The PyTorch adapter: load user and bundled ``nn.Module`` models, run, measure, save, export.
 
-Model config (``model=torch``)::
+Model config (``model=torch``, :class:`TorchModelConfig`)::
 
     factory: package.module:function   # builds the nn.Module
     kwargs: {}                         # passed to the factory
@@ -16,15 +16,31 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slimkit.core import ModelAdapter, ModelError, ParamCount, hookimpl
+from slimkit.core import ModelAdapter, ModelConfig, ModelError, ParamCount, hookimpl
 
 PRUNABLE = ("Conv1d", "Conv2d", "Conv3d", "Linear")
+
+
+@dataclass
+class TorchModelConfig(ModelConfig):
+    """``model=torch`` and the bundled torch models (see the module docstring); ``input_size``: the
+    side of the model's square input, which ``data=digits`` follows (null: the data's default)."""
+
+    adapter: str = "torch"
+    factory: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    path: str | None = None
+    trust_pickle: bool = False
+    input_size: int | None = None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -57,18 +73,20 @@ class TorchAdapter(ModelAdapter):
     name = "torch"
     suffixes = (".pt",)
     description = "PyTorch nn.Module (factory + state_dict, or a trusted pickle)"
+    Config = TorchModelConfig
 
     # -- loading ----------------------------------------------------------------------------------
 
     def load(self, cfg: Mapping[str, Any]) -> Any:
         import torch
 
-        path = cfg.get("path")
+        config: TorchModelConfig = self.model_config(cfg)
+        path = config.path
         if path:
             p = Path(path)
             if not p.is_file():
                 raise ModelError(f"model.path={path} does not exist; give the path of a saved model")
-            if not cfg.get("trust_pickle", False):
+            if not config.trust_pickle:
                 raise ModelError(
                     f"model.path={path} is a pickled model and unpickling runs arbitrary code; pass "
                     "model.trust_pickle=true if you trust the file, or use model.factory + model.weights"
@@ -83,25 +101,23 @@ class TorchAdapter(ModelAdapter):
                     "model.factory + model.weights"
                 )
             return model.eval()
-        factory = import_object(cfg.get("factory", ""), "model.factory")
-        kwargs = dict(cfg.get("kwargs") or {})
+        factory = import_object(config.factory or "", "model.factory")
+        kwargs = dict(config.kwargs)
         try:
             model = factory(**kwargs)
         except ModelError:
             raise
         except Exception as exc:
             raise ModelError(
-                f"model.factory={cfg.get('factory')!r} failed with kwargs {kwargs}: {_first_line(exc)}; "
-                "check model.kwargs"
+                f"model.factory={config.factory!r} failed with kwargs {kwargs}: {_first_line(exc)}; check model.kwargs"
             ) from exc
         if not isinstance(model, torch.nn.Module):
             raise ModelError(
-                f"model.factory={cfg.get('factory')!r} returned a {type(model).__name__}, not a torch.nn.Module; "
+                f"model.factory={config.factory!r} returned a {type(model).__name__}, not a torch.nn.Module; "
                 "point it at a function that builds the model"
             )
-        weights = cfg.get("weights")
-        if weights:
-            self._load_weights(model, Path(weights), bool(cfg.get("trust_pickle", False)))
+        if config.weights:
+            self._load_weights(model, Path(config.weights), config.trust_pickle)
         return model.eval()
 
     @staticmethod
@@ -298,5 +314,9 @@ def slimkit_register_adapters(registry: Any) -> None:
 
 
 @hookimpl
-def slimkit_adapter_for(path: Path) -> str | None:
-    return "torch" if Path(path).suffix in (".pt", ".pth") else None
+def slimkit_adapter_for(model: Any) -> str | None:
+    """``torch`` for a ``torch.nn.Module`` and for ``.pt``/``.pth`` files."""
+    if isinstance(model, str | Path):
+        return "torch" if Path(model).suffix in (".pt", ".pth") else None
+    torch = sys.modules.get("torch")
+    return "torch" if torch is not None and isinstance(model, torch.nn.Module) else None

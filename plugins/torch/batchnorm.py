@@ -13,7 +13,7 @@ def recalibrate_batchnorm(model: Any, split: Any, batch_size: int = 256) -> int:
     import torch
     from torch import nn
 
-    from slimkit.plugins.techniques._structured import run
+    from .training import run
 
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns:

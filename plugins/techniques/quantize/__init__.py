@@ -48,6 +48,7 @@ import numpy as np
 from slimkit.core import (
     ConfigError,
     StageContext,
+    Target,
     Technique,
     TechniqueConfig,
     TechniqueError,
@@ -222,7 +223,7 @@ class Quantize(Technique):
         cfg: QuantizeConfig = self.config  # type: ignore[assignment]
         work = Path(ctx.work_dir)
         notes: list[str] = []
-        cfg = follow_target(cfg, ctx.target_name, notes)
+        cfg = follow_target(cfg, ctx.target, notes)
         qat = None
         if cfg.mode == "qat":
             from .qat import train_qat
@@ -351,16 +352,11 @@ def conv_kernel_report(prepared: Any, ctx: StageContext, cfg: QuantizeConfig, no
     also times a static candidate that keeps them float. Empty unless the mode is static QDQ
     (``auto``, ``static``, ``qat``) and the target's first execution provider is the CPU's.
     """
-    from slimkit.core import PluginError, target_capabilities
-
     from . import ort
 
-    if cfg.mode not in ("auto", "static", "qat"):
+    if cfg.mode not in ("auto", "static", "qat") or ctx.target is None:
         return {}
-    try:
-        providers = target_capabilities(ctx.target_name).providers
-    except PluginError:
-        return {}
+    providers = ctx.target.capabilities().providers
     if not providers or providers[0] != "CPUExecutionProvider":
         return {}
     slow = ort.int8_conv_slow_path(prepared, symmetric_weights=cfg.weight_symmetric)
@@ -379,47 +375,50 @@ def conv_kernel_report(prepared: Any, ctx: StageContext, cfg: QuantizeConfig, no
     return slow
 
 
-def follow_target(cfg: QuantizeConfig, target: str, notes: list[str]) -> QuantizeConfig:
+def follow_target(cfg: QuantizeConfig, target: Target | None, notes: list[str]) -> QuantizeConfig:
     """``cfg`` adapted to what ``target`` runs (:func:`slimkit.core.quant_preferences`).
 
-    A target that measures (the CPU) leaves ``cfg`` as it is: ``auto`` times every mode there. A
-    target that dictates its format (an NPU: static QDQ, uint8/uint16 activations, int8 weights)
-    restricts ``auto`` to its modes and refuses, with one line, a mode or width it cannot run.
+    A target that runs several formats (the CPU) leaves ``cfg`` as it is: ``auto`` times every mode
+    there. A target that dictates its format (a GPU with TensorRT, an NPU: static QDQ) restricts
+    ``auto`` to its modes and refuses, with one line, a mode or width it cannot run; ``auto`` still
+    times the weight layouts it may choose from on that target, unless the target's timings are an
+    emulator's (``Capabilities.representative_timing``: the QNN HTP emulated on x86_64).
     """
     from dataclasses import replace
 
-    from slimkit.core import PluginError, TargetError, quant_preferences, target_capabilities
+    from slimkit.core import TargetError, quant_preferences
 
-    try:
-        prefs = quant_preferences(target_capabilities(target))
-    except PluginError:  # an unknown target is reported by the pipeline, not here
+    if target is None:  # outside a pipeline, with no target: the config as given
         return cfg
+    prefs = quant_preferences(target.capabilities())
+    name = target.name
     allowed = list(prefs["modes"])
-    if prefs["measure"] or not allowed:
+    if len(allowed) > 1 or not allowed:  # it runs several formats (the CPU): auto times every mode there
         return cfg
     runs = ", ".join(f"mode={m}" for m in allowed)
     if cfg.mode in PTQ_MODES and cfg.mode not in allowed:
         raise TargetError(
-            f"target={target} cannot run mode={cfg.mode} quantization (it runs {prefs['format']} only); "
+            f"target={name} cannot run mode={cfg.mode} quantization (it runs {prefs['format']} only); "
             f"use {runs} or mode=auto"
         )
     widths = sorted({b for b in (_bits(t) for t in prefs["activation_types"]) if b})
     if widths and cfg.activation_bits not in widths:
         raise TargetError(
-            f"target={target} cannot run {cfg.activation_bits}-bit activations (it runs "
+            f"target={name} cannot run {cfg.activation_bits}-bit activations (it runs "
             f"{', '.join(prefs['activation_types'])}); use activation_bits={widths[0]}"
         )
     types = [str(t).lower() for t in prefs["activation_types"]]
     if cfg.activation_signed and types and all(t.startswith("uint") for t in types):
         raise TargetError(
-            f"target={target} cannot run signed (int8) activations (it runs {', '.join(prefs['activation_types'])}); "
+            f"target={name} cannot run signed (int8) activations (it runs {', '.join(prefs['activation_types'])}); "
             "use activation_signed=false"
         )
     if cfg.mode == "auto":
         modes = [m for m in cfg.modes if m in allowed] or allowed
         if modes != list(cfg.modes):
-            notes.append(f"target={target} runs {prefs['format']} only: auto tries {modes}, not {list(cfg.modes)}")
-        cfg = replace(cfg, modes=modes, measure=False)
+            notes.append(f"target={name} runs {prefs['format']} only: auto tries {modes}, not {list(cfg.modes)}")
+        # its candidates (weight layouts) are timed on the target, unless its timings are an emulator's
+        cfg = replace(cfg, modes=modes, measure=cfg.measure and bool(prefs["measure"]))
     return cfg
 
 

@@ -1,8 +1,8 @@
 """``mode=auto``: the fastest quantized model, measured on this target, that keeps the accuracy budget.
 
 1. Every PTQ mode in ``modes`` that applies is built in full (static QDQ twice: per-channel and
-   per-tensor weights, which take different int8 kernels) and *timed* here with the CPU target's
-   helpers (``ort_session``, ``ort_feed``, ``time_runs``) at ``latency_batches``, in interleaved rounds:
+   per-tensor weights, which take different int8 kernels) and *timed* on the run's target
+   (``ctx.target.measure``) at ``latency_batches``, in interleaved rounds:
    ORT's dynamic int8 runs convolutions several times slower than float on x86, static QDQ can lose
    to dynamic on transformer encoders; no rule gets this right on every model and CPU, a measurement
    does. A target that dictates its format (an NPU) leaves only its modes (see ``follow_target``).
@@ -35,8 +35,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from slimkit.core import StageContext, TechniqueError
 
@@ -103,31 +101,25 @@ class Candidate:
 
 
 def measure_latencies(paths: list[Path], ctx: StageContext, cfg: QuantizeConfig, rounds: int = 3) -> list[float]:
-    """ORT latency (ms) of each model file: geometric mean over ``latency_batches`` of its typical run.
+    """Latency (ms) of each model file on the run's target: geometric mean over ``latency_batches``.
 
-    The models are timed in interleaved rounds (each round runs every model at every batch size), so
-    load changes on a shared machine hit all of them alike; a model's time at a batch size is the
-    lowest of its per-round medians, which a burst of load on another process cannot inflate.
+    The models are timed by the target (``ctx.target.measure``: its runtime, threads and device) in
+    interleaved rounds (each round runs every model at every batch size), so load changes on a
+    shared machine hit all of them alike; a model's time at a batch size is the lowest of its
+    per-round medians, which a burst of load on another process cannot inflate.
     """
-    from slimkit.plugins.targets.cpu import ort_feed, ort_session, time_runs
-
-    sessions = [ort_session(p, cfg.threads) for p in paths]
-    per_round = max(1, math.ceil(cfg.latency_repeats / rounds))
-    times: list[dict[int, list[float]]] = [{} for _ in paths]
-    for r in range(rounds):
-        for b in cfg.latency_batches:
-            example = ctx.data.val.example(int(b))
-            for sess, acc in zip(sessions, times, strict=True):
-                feed = ort_feed(sess, example)
-                t = time_runs(
-                    lambda s=sess, f=feed: s.run(None, f),
-                    warmup=3 if r == 0 else 1,
-                    repeats=per_round,
-                    min_seconds=MIN_SECONDS,
-                    max_seconds=5,
-                )
-                acc.setdefault(int(b), []).append(float(np.median(t)))
-    return [float(math.exp(np.mean([math.log(min(v)) for v in acc.values()]))) for acc in times]
+    target = ctx.require_target("time the quantized candidates")
+    timings = target.measure(
+        paths,
+        {int(b): ctx.data.val.example(int(b)) for b in cfg.latency_batches},
+        rounds=rounds,
+        repeats=max(1, math.ceil(cfg.latency_repeats / rounds)),
+        warmup=1,
+        first_warmup=3,
+        min_seconds=MIN_SECONDS,
+        max_seconds=5,
+    )
+    return [timings.typical(i) for i in range(len(paths))]
 
 
 def search(
@@ -166,9 +158,6 @@ def _search(
     scratch: Path,
     slow_convs: dict[str, str],
 ) -> Any:
-    from . import ort, quantize_mode
-
-    work = Path(ctx.work_dir)
     scorer = Scorer(src, ctx.data.val, cfg.threads)
     labelled = scorer.accuracy is not None
 
@@ -177,74 +166,112 @@ def _search(
             return s.drop <= cfg.max_accuracy_drop + 1e-9
         return s.cosine >= cfg.min_fidelity
 
-    def key(s: Score) -> tuple[float, float]:
-        return quality_key(s, labelled)
+    job = _Job(src, prepared, ctx, cfg, list(exclude) + list(masked), scorer, ok, scratch)
+    full = _full_candidates(job, notes)
+    if cfg.measure:
+        ctx.progress("time the float model and every mode", 0, None)
+        measured = measure_latencies([src, *(c.path for c in full.values())], ctx, cfg)
+        job.float_latency = measured[0]
+        for cand, lat in zip(full.values(), measured[1:], strict=True):
+            cand.latency_ms = lat
+        if slow_convs:
+            cand = _slow_convs_float(full, slow_convs, job)
+            if cand is not None:
+                full[cand.label()] = cand
+    else:  # the target's timings are not the device's: not timed, the first in `modes` wins
+        for cand in full.values():
+            cand.latency_ms = 0.0
+    best, tried, sensitivities = _choose(full, job, notes)
+    ctx.info["candidates"] = [c.row() for c in tried]
+    if cfg.measure:
+        ctx.info["float_latency_ms"] = job.float_latency
+        ctx.metrics["float_latency_ms"] = job.float_latency
+    if best is None:
+        _fail(tried, sensitivities, job)
+    assert best is not None
+    if cfg.measure and cfg.keep_float_if_slower and best.latency_ms > job.float_latency * (1 + cfg.latency_tolerance):
+        return _keep_float(best, job, notes)
+    if cfg.measure and best.latency_ms >= job.float_latency:
+        notes.append(
+            f"no quantized model is faster than float here ({best.latency_ms:.3f} ms vs {job.float_latency:.3f} ms); "
+            "it is smaller, not faster, on this target"
+        )
+    _record(best, sensitivities, job, exclude, masked, slow_convs, notes)
+    return best.model
 
-    fixed = list(exclude) + list(masked)
+
+def _full_candidates(job: _Job, notes: list) -> dict[str, Candidate]:
+    """Every mode of ``cfg.modes`` that applies, built in full and scored (static QDQ in several layouts)."""
+    from . import quantize_mode
+
+    ctx, cfg, src, scratch = job.ctx, job.cfg, job.src, job.scratch
     full: dict[str, Candidate] = {}
     for mode in cfg.modes:
         ctx.progress(f"quantize ({mode})", 0, None)
         try:
-            model = quantize_mode(mode, src, scratch / f"{mode}.onnx", prepared, ctx, cfg, fixed)
+            model = quantize_mode(mode, src, scratch / f"{mode}.onnx", job.prepared, ctx, cfg, job.fixed)
         except TechniqueError as exc:
             notes.append(f"mode {mode} skipped: {exc}")
             continue
         full[mode] = Candidate(
             mode,
             model,
-            scorer.score(scratch / f"{mode}.onnx"),
+            job.scorer.score(scratch / f"{mode}.onnx"),
             per_channel=_per_channel(mode, cfg),
             activation_signed=cfg.activation_signed if mode == "static" else False,
             path=scratch / f"{mode}.onnx",
         )
         if mode == "static" and cfg.weight_bits == 8 and cfg.activation_bits == 8 and cfg.measure:
-            # Per-tensor weights take other int8 kernels: faster on wide MatMuls at batch 1, slower on
-            # small convolutions here; int8 activations (S8S8, quantize_static's default) take others
-            # again than uint8 (U8S8). Which one wins is measured like the modes.
-            extra: list[tuple[str, Any]] = []
-            if cfg.per_channel:
-                extra.append(("static per-tensor", replace(cfg, per_channel=False)))
-            extra.append(
-                ("static per-tensor s8", replace(cfg, per_channel=False, activation_signed=not cfg.activation_signed))
-            )
-            for key_, variant_cfg in extra:
-                cand_ = Candidate(mode, None, None, per_channel=False, activation_signed=variant_cfg.activation_signed)  # type: ignore[arg-type]
-                ctx.progress(f"quantize ({cand_.label()})", 0, None)
-                path = scratch / f"{key_.replace(' ', '_')}.onnx"
-                cand_.model = quantize_mode(mode, src, path, prepared, ctx, variant_cfg, fixed)
-                cand_.score, cand_.path = scorer.score(path), path
-                full[key_] = cand_
+            full.update(_static_layouts(job))
     if not full:
         raise TechniqueError(f"no quantization mode of {list(cfg.modes)} applies to this model ({'; '.join(notes)})")
-    float_latency = 0.0
-    if cfg.measure:
-        ctx.progress("time the float model and every mode", 0, None)
-        measured = measure_latencies([src, *(c.path for c in full.values())], ctx, cfg)
-        float_latency = measured[0]
-        for cand, lat in zip(full.values(), measured[1:], strict=True):
-            cand.latency_ms = lat
-    else:  # the target dictates the format: candidates are not timed here, the first in `modes` wins
-        for cand in full.values():
-            cand.latency_ms = 0.0
+    return full
 
-    tol = cfg.latency_tolerance
-    job = _Job(src, prepared, ctx, cfg, fixed, scorer, ok, scratch, float_latency)
-    if slow_convs and cfg.measure:
-        cand = _slow_convs_float(full, slow_convs, job)
-        if cand is not None:
-            full[cand.label()] = cand
 
-    def better(a: Candidate, b: Candidate | None) -> bool:
-        return prefer(a, b, tol, labelled)
+def _static_layouts(job: _Job) -> dict[str, Candidate]:
+    """Static QDQ with per-tensor weights, and with the other activation signedness, where the target runs it.
 
+    Per-tensor weights take other int8 kernels: faster on wide MatMuls at batch 1, slower on small
+    convolutions here; int8 activations (S8S8, quantize_static's default) take others again than
+    uint8 (U8S8). Which one wins is measured like the modes.
+    """
+    from . import quantize_mode
+
+    cfg = job.cfg
+    variants: list[tuple[str, Any]] = []
+    if cfg.per_channel:
+        variants.append(("static per-tensor", replace(cfg, per_channel=False)))
+    variants.append(
+        ("static per-tensor s8", replace(cfg, per_channel=False, activation_signed=not cfg.activation_signed))
+    )
+    out: dict[str, Candidate] = {}
+    for name, variant_cfg in variants:
+        if not _target_runs(job.ctx, variant_cfg):
+            continue
+        cand = Candidate("static", None, None, per_channel=False, activation_signed=variant_cfg.activation_signed)  # type: ignore[arg-type]
+        job.ctx.progress(f"quantize ({cand.label()})", 0, None)
+        path = job.scratch / f"{name.replace(' ', '_')}.onnx"
+        cand.model = quantize_mode("static", job.src, path, job.prepared, job.ctx, variant_cfg, job.fixed)
+        cand.score, cand.path = job.scorer.score(path), path
+        out[name] = cand
+    return out
+
+
+def _choose(
+    full: dict[str, Candidate], job: _Job, notes: list
+) -> tuple[Candidate | None, list[Candidate], dict[str, dict[str, float]]]:
+    """The best candidate that passes (searching mixed precision where that can beat it), every
+    candidate tried, and the per-layer sensitivities computed on the way."""
+    cfg, tol = job.cfg, job.cfg.latency_tolerance
+    labelled = job.scorer.accuracy is not None
     tried: list[Candidate] = list(full.values())
     best: Candidate | None = None
     for cand in full.values():  # the full candidates that pass need no search
-        if ok(cand.score) and better(cand, best):
+        if job.ok(cand.score) and prefer(cand, best, tol, labelled):
             best = cand
     sensitivities: dict[str, dict[str, float]] = {}
     for cand in sorted(full.values(), key=lambda c: c.latency_ms):
-        if ok(cand.score):
+        if job.ok(cand.score):
             continue
         if best is not None and cand.latency_ms >= best.latency_ms * (1 - tol):
             # Keeping layers float only makes a model slower: this one cannot beat the best that passes.
@@ -256,51 +283,69 @@ def _search(
         found, attempts, sens = _fallback(cand, job)
         tried += attempts
         sensitivities[cand.label()] = sens
-        if found is not None and better(found, best):
+        if found is not None and prefer(found, best, tol, labelled):
             best = found
     if best is not None and cfg.measure and cfg.finish_rounds > 0:
         best = _photo_finish(best, tried, job, notes)
     if best is not None and not labelled and cfg.measure:
         best, more = _match_fidelity(best, list(full.values()), job, sensitivities, notes)
         tried += more
+    return best, tried, sensitivities
 
-    ctx.info["candidates"] = [c.row() for c in tried]
-    if cfg.measure:
-        ctx.info["float_latency_ms"] = float_latency
-        ctx.metrics["float_latency_ms"] = float_latency
-    constraint = (
-        f"max_accuracy_drop={cfg.max_accuracy_drop} pt" if labelled else f"min_fidelity={cfg.min_fidelity} (cosine)"
+
+def _constraint(job: _Job) -> str:
+    if job.scorer.accuracy is not None:
+        return f"max_accuracy_drop={job.cfg.max_accuracy_drop} pt"
+    return f"min_fidelity={job.cfg.min_fidelity} (cosine)"
+
+
+def _fail(tried: list[Candidate], sensitivities: dict[str, dict[str, float]], job: _Job) -> None:
+    """Keep the best candidate as ``best_candidate.onnx`` and raise the one-line error naming the budget."""
+    from . import ort
+
+    ctx, cfg = job.ctx, job.cfg
+    work = Path(ctx.work_dir)
+    top = max(tried, key=lambda c: quality_key(c.score, job.scorer.accuracy is not None))
+    ort.save(top.model, work / "best_candidate.onnx")
+    ctx.artifacts["best_candidate"] = work / "best_candidate.onnx"
+    _plot(ctx, sensitivities, top, {n.name: n.layer for n in ort.quantizable_nodes(job.prepared)})
+    raise TechniqueError(
+        f"no quantized model meets {_constraint(job)} on the validation split: the best candidate ({top.mode}, "
+        f"{len(top.float_layers)} layers float) has {top.score.text()}"
+        + (f" at {top.latency_ms:.3f} ms vs {job.float_latency:.3f} ms float" if cfg.measure else "")
+        + "; it is kept as best_candidate.onnx in the stage's .failed directory; "
+        "raise max_accuracy_drop / lower min_fidelity, raise max_float_fraction, or use mode=qat"
     )
-    if best is None:
-        top = max(tried, key=lambda c: key(c.score))
-        ort.save(top.model, work / "best_candidate.onnx")
-        ctx.artifacts["best_candidate"] = work / "best_candidate.onnx"
-        _plot(ctx, sensitivities, top, {n.name: n.layer for n in ort.quantizable_nodes(prepared)})
-        raise TechniqueError(
-            f"no quantized model meets {constraint} on the validation split: the best candidate ({top.mode}, "
-            f"{len(top.float_layers)} layers float) has {top.score.text()}"
-            + (f" at {top.latency_ms:.3f} ms vs {float_latency:.3f} ms float" if cfg.measure else "")
-            + "; it is kept as best_candidate.onnx in the stage's .failed directory; "
-            "raise max_accuracy_drop / lower min_fidelity, raise max_float_fraction, or use mode=qat"
-        )
 
-    if cfg.measure and cfg.keep_float_if_slower and best.latency_ms > float_latency * (1 + tol):
-        # Clearly slower than float (beyond the timing noise) on this target: the float model it is.
-        notes.append(
-            f"kept the float model (keep_float_if_slower): the best quantized model, {best.label()}, runs "
-            f"{best.latency_ms:.3f} ms vs {float_latency:.3f} ms float on this target"
-        )
-        ctx.info["mode"] = "float"
-        ctx.info["float_layers"] = {}
-        ctx.metrics["latency_ms"] = float_latency
-        ctx.metrics["speedup_vs_float"] = 1.0
-        ctx.metrics["quantized_slowdown"] = best.latency_ms / float_latency
-        return prepared
-    if cfg.measure and best.latency_ms >= float_latency:
-        notes.append(
-            f"no quantized model is faster than float here ({best.latency_ms:.3f} ms vs {float_latency:.3f} ms); "
-            "it is smaller, not faster, on this target"
-        )
+
+def _keep_float(best: Candidate, job: _Job, notes: list) -> Any:
+    """``keep_float_if_slower``: the best quantized model is clearly slower than float on this target."""
+    ctx, float_latency = job.ctx, job.float_latency
+    notes.append(
+        f"kept the float model (keep_float_if_slower): the best quantized model, {best.label()}, runs "
+        f"{best.latency_ms:.3f} ms vs {float_latency:.3f} ms float on this target"
+    )
+    ctx.info["mode"] = "float"
+    ctx.info["float_layers"] = {}
+    ctx.metrics["latency_ms"] = float_latency
+    ctx.metrics["speedup_vs_float"] = 1.0
+    ctx.metrics["quantized_slowdown"] = best.latency_ms / float_latency
+    return job.prepared
+
+
+def _record(
+    best: Candidate,
+    sensitivities: dict[str, dict[str, float]],
+    job: _Job,
+    exclude: list[str],
+    masked: list[str],
+    slow_convs: dict[str, str],
+    notes: list,
+) -> None:
+    """The stage's info and metrics for the chosen candidate: why each layer is float, sensitivity, speed."""
+    from . import ort
+
+    ctx, cfg, prepared = job.ctx, job.cfg, job.prepared
     label = {n.name: n.layer for n in ort.quantizable_nodes(prepared)}  # node name -> layer name
     reasons = {n: "excluded by config" for n in exclude}
     reasons.update({n: "attention-mask path (huge constant): kept float by fix_masks" for n in masked})
@@ -312,9 +357,9 @@ def _search(
             continue
         reasons[n] = (
             f"sensitivity {sens.get(n, float('nan')):.3g} (rank {ranked.index(n) + 1} of {len(ranked)}): "
-            f"kept float to meet {constraint}"
+            f"kept float to meet {_constraint(job)}"
         )
-    if not sens and len(_layers(best.mode, prepared, fixed)) <= CHEAP_LAYERS:
+    if not sens and len(_layers(best.mode, prepared, job.fixed)) <= CHEAP_LAYERS:
         # Nothing had to stay float; the sensitivity is still worth a plot when it is cheap.
         sens = job.sensitivity(best)
         sensitivities[best.label()] = sens
@@ -333,12 +378,20 @@ def _search(
     ctx.metrics["float_layers"] = float(len(best.float_layers) + len(exclude))
     if cfg.measure:
         ctx.metrics["latency_ms"] = best.latency_ms
-        ctx.metrics["speedup_vs_float"] = float_latency / best.latency_ms if best.latency_ms > 0 else 0.0
+        ctx.metrics["speedup_vs_float"] = job.float_latency / best.latency_ms if best.latency_ms > 0 else 0.0
     ctx.metrics["val_cosine"] = best.score.cosine
     if best.score.accuracy is not None:
         ctx.metrics["val_accuracy"] = best.score.accuracy
         ctx.metrics["val_accuracy_drop"] = float(best.score.drop or 0.0)
-    return best.model
+
+
+def _target_runs(ctx: StageContext, cfg: QuantizeConfig) -> bool:
+    """Whether the run's target runs static QDQ with ``cfg``'s activation type (no target: yes)."""
+    if ctx.target is None:
+        return True
+    acts = ctx.target.capabilities().activation_types
+    act = f"{'int' if cfg.activation_signed else 'uint'}{cfg.activation_bits}"
+    return not acts or act in acts
 
 
 def quality_key(score: Score, labelled: bool) -> tuple[float, float]:
@@ -530,112 +583,131 @@ def _match_fidelity(
     variant whose cosine reaches that candidate's is timed and kept when it still beats it (faster
     beyond the timing noise, or within it and faster). Otherwise ``best`` stays, with a note.
     """
-    from . import ort
-
-    ctx, cfg, ok, scorer, prepared, fixed = job.ctx, job.cfg, job.ok, job.scorer, job.prepared, job.fixed
     rival = next(
         (
             c
             for c in sorted(full, key=lambda c: c.latency_ms)
-            if c is not best and ok(c.score) and c.latency_ms > best.latency_ms and c.score.cosine > best.score.cosine
+            if c is not best
+            and job.ok(c.score)
+            and c.latency_ms > best.latency_ms
+            and c.score.cosine > best.score.cosine
         ),
         None,
     )
     if rival is None or best.mode == "weight_only":
         return best, []
-    target = rival.score.cosine
-    tol = cfg.latency_tolerance
     attempts: list[Candidate] = []
-
-    def wins(attempt: Candidate, model: Any, what: str) -> bool:
-        """Time ``attempt`` (rescaled to the first timing) and say whether it beats ``rival``."""
-        attempt.latency_ms = job.timed(model, "fidelity_mixed.onnx")
-        if attempt.latency_ms < rival.latency_ms * (1 - tol) or (
-            attempt.latency_ms <= rival.latency_ms * (1 + tol) and attempt.latency_ms < rival.latency_ms
-        ):
-            notes.append(
-                f"{best.label()} ({best.score.text()}) was less faithful than {rival.label()} "
-                f"({rival.score.text()}); {what}, it has {attempt.score.text()} at "
-                f"{attempt.latency_ms:.3f} ms vs {rival.latency_ms:.3f} ms: chosen"
-            )
-            return True
-        return False
-
-    if best.mode == "static" and cfg.weight_bits == 8 and not best.float_layers:
-        # Static QDQ also quantizes the tensors between the weight layers (attention's activation x
-        # activation MatMuls, residual Adds, ...): on an encoder most of its output error comes from
-        # there, not from a weight layer. This variant quantizes the layers with weights (and Gather,
-        # the embeddings, as dynamic does) only.
-        ctx.progress(f"fidelity of {best.label()}: weight layers only", 0, None)
-        path = job.scratch / "static_weight_ops.onnx"
-        variant_cfg = replace(cfg, per_channel=bool(best.per_channel), activation_signed=best.activation_signed)
-        inits = set(ort.initializers(prepared))
-        act_act = [
-            n.name
-            for n in prepared.graph.node
-            if n.op_type in ort.WEIGHT_OPS and n.name and not any(i in inits for i in n.input)
-        ]
-        # Dedicated Q/DQ pairs: ORT otherwise puts one pair on a LayerNorm output that feeds both the
-        # next MatMuls and the residual Add, and the residual stream is quantized after all (BERT
-        # 6x384: cosine 0.99924 shared, 0.99958 dedicated).
-        plan = ort.StaticPlan(exclude=list(fixed) + act_act, op_types=[*ort.WEIGHT_OPS, "Gather"], dedicated=True)
-        model = ort.quantize_static_model(job.src, path, ctx.data.train, variant_cfg, plan)
-        attempt = Candidate(
-            best.mode,
-            model,
-            scorer.score(path),
-            per_channel=best.per_channel,
-            activation_signed=best.activation_signed,
-        )
+    if best.mode == "static" and job.cfg.weight_bits == 8 and not best.float_layers:
+        attempt, what = _weight_layers_only(best, job)
         attempts.append(attempt)
-        if attempt.score.cosine >= target and ok(attempt.score):
-            if wins(
-                attempt,
-                model,
-                f"with only weight layers and embeddings quantized ({len(act_act)} activation MatMuls float)",
-            ):
-                return attempt, attempts
-    layers = _layers(best.mode, prepared, fixed)
+        if _beats(attempt, rival, best, what, job, notes):
+            return attempt, attempts
+    layers = _layers(best.mode, job.prepared, job.fixed)
     if len(layers) > CHEAP_LAYERS:
         notes.append(
             f"{len(layers)} weight layers: keeping the most sensitive of {best.label()} float to match "
             f"{rival.label()}'s fidelity was not tried (one evaluation per layer to rank them)"
         )
     else:
-        sens = sensitivities.get(best.label())
-        if not sens:
-            sens = job.sensitivity(best, FIDELITY_SAMPLES)
-            sensitivities[best.label()] = sens
-        base = list(best.float_layers)  # layers the accuracy search already keeps float stay float
-        ranked = [n for n in sorted(sens, key=lambda n: -sens[n]) if n not in base]
-        # at least one layer stays quantized (a model with none is not a quantized model)
-        limit = min(int(math.floor(cfg.max_float_fraction * len(layers))), len(layers) - 1) - len(base)
-        k = 1
-        while k <= limit:
-            ctx.progress(f"fidelity of {best.label()} vs {rival.label()}", k, limit)
-            float_set = base + ranked[:k]
-            model = job.variant(best, float_set)
-            attempt = Candidate(
-                best.mode,
-                model,
-                scorer.score(model),
-                float_layers=float_set,
-                per_channel=best.per_channel,
-                activation_signed=best.activation_signed,
-                tag=best.tag,
-            )
-            attempts.append(attempt)
-            if attempt.score.cosine >= target and ok(attempt.score):
-                if wins(attempt, model, f"with {len(float_set)} layers float"):
-                    return attempt, attempts
-                break  # more float layers only make it slower
-            k *= 2
+        found = _float_until_faithful(best, rival, layers, job, sensitivities, attempts, notes)
+        if found is not None:
+            return found, attempts
     notes.append(
         f"no candidate is both faster than and as faithful as {rival.label()} ({rival.score.text()}, "
         f"{rival.latency_ms:.3f} ms): keeping {best.label()} ({best.score.text()}, {best.latency_ms:.3f} ms), "
         f"which meets the fidelity budget"
     )
     return best, attempts
+
+
+def _beats(attempt: Candidate, rival: Candidate, best: Candidate, what: str, job: _Job, notes: list) -> bool:
+    """Whether ``attempt`` is as faithful as ``rival`` and, timed (rescaled to the first timing), faster."""
+    if attempt.score.cosine < rival.score.cosine or not job.ok(attempt.score):
+        return False
+    tol = job.cfg.latency_tolerance
+    attempt.latency_ms = job.timed(attempt.model, "fidelity_mixed.onnx")
+    if attempt.latency_ms < rival.latency_ms * (1 - tol) or (
+        attempt.latency_ms <= rival.latency_ms * (1 + tol) and attempt.latency_ms < rival.latency_ms
+    ):
+        notes.append(
+            f"{best.label()} ({best.score.text()}) was less faithful than {rival.label()} "
+            f"({rival.score.text()}); {what}, it has {attempt.score.text()} at "
+            f"{attempt.latency_ms:.3f} ms vs {rival.latency_ms:.3f} ms: chosen"
+        )
+        return True
+    return False
+
+
+def _weight_layers_only(best: Candidate, job: _Job) -> tuple[Candidate, str]:
+    """``best`` (static QDQ) with only the layers with weights and the embeddings quantized.
+
+    Static QDQ also quantizes the tensors between the weight layers (attention's activation x
+    activation MatMuls, residual Adds, ...): on an encoder most of its output error comes from there,
+    not from a weight layer. This variant quantizes the layers with weights (and Gather, the
+    embeddings, as dynamic does) only.
+    """
+    from . import ort
+
+    ctx, cfg, prepared = job.ctx, job.cfg, job.prepared
+    ctx.progress(f"fidelity of {best.label()}: weight layers only", 0, None)
+    path = job.scratch / "static_weight_ops.onnx"
+    variant_cfg = replace(cfg, per_channel=bool(best.per_channel), activation_signed=best.activation_signed)
+    inits = set(ort.initializers(prepared))
+    act_act = [
+        n.name
+        for n in prepared.graph.node
+        if n.op_type in ort.WEIGHT_OPS and n.name and not any(i in inits for i in n.input)
+    ]
+    # Dedicated Q/DQ pairs: ORT otherwise puts one pair on a LayerNorm output that feeds both the
+    # next MatMuls and the residual Add, and the residual stream is quantized after all (BERT
+    # 6x384: cosine 0.99924 shared, 0.99958 dedicated).
+    plan = ort.StaticPlan(exclude=list(job.fixed) + act_act, op_types=[*ort.WEIGHT_OPS, "Gather"], dedicated=True)
+    model = ort.quantize_static_model(job.src, path, ctx.data.train, variant_cfg, plan)
+    attempt = Candidate(
+        best.mode, model, job.scorer.score(path), per_channel=best.per_channel, activation_signed=best.activation_signed
+    )
+    return attempt, f"with only weight layers and embeddings quantized ({len(act_act)} activation MatMuls float)"
+
+
+def _float_until_faithful(
+    best: Candidate,
+    rival: Candidate,
+    layers: list[str],
+    job: _Job,
+    sensitivities: dict[str, dict[str, float]],
+    attempts: list[Candidate],
+    notes: list,
+) -> Candidate | None:
+    """``best`` with its 1, 2, 4, ... most output-sensitive layers float until it is as faithful as
+    ``rival``; the variant when it also beats ``rival`` on time, else None."""
+    sens = sensitivities.get(best.label())
+    if not sens:
+        sens = job.sensitivity(best, FIDELITY_SAMPLES)
+        sensitivities[best.label()] = sens
+    base = list(best.float_layers)  # layers the accuracy search already keeps float stay float
+    ranked = [n for n in sorted(sens, key=lambda n: -sens[n]) if n not in base]
+    # at least one layer stays quantized (a model with none is not a quantized model)
+    limit = min(int(math.floor(job.cfg.max_float_fraction * len(layers))), len(layers) - 1) - len(base)
+    k = 1
+    while k <= limit:
+        job.ctx.progress(f"fidelity of {best.label()} vs {rival.label()}", k, limit)
+        float_set = base + ranked[:k]
+        model = job.variant(best, float_set)
+        attempt = Candidate(
+            best.mode,
+            model,
+            job.scorer.score(model),
+            float_layers=float_set,
+            per_channel=best.per_channel,
+            activation_signed=best.activation_signed,
+            tag=best.tag,
+        )
+        attempts.append(attempt)
+        if attempt.score.cosine >= rival.score.cosine and job.ok(attempt.score):
+            # more float layers only make it slower: this is the one to time
+            return attempt if _beats(attempt, rival, best, f"with {len(float_set)} layers float", job, notes) else None
+        k *= 2
+    return None
 
 
 def _plot(

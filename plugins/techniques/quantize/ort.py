@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from slimkit.core import ConfigError, DataError, Split, TechniqueError
+from slimkit.plugins.onnx.graph import initializers, remove_unused_nodes
+from slimkit.plugins.onnx.io import write_model
 
 if TYPE_CHECKING:
     import onnx
@@ -60,21 +62,14 @@ def load(path: str | Path) -> onnx.ModelProto:
 
 
 def save(model: onnx.ModelProto, path: str | Path) -> Path:
-    """Save ``model`` (external data only above protobuf's 2 GB limit)."""
-    import onnx
-
-    onnx.save_model(model, str(path), save_as_external_data=model.ByteSize() > 1_800_000_000)
+    """Save ``model`` with the ONNX toolkit's writer (external data only above protobuf's 2 GB limit)."""
+    write_model(model, Path(path))
     return Path(path)
 
 
 def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     """Node count per op type (main graph)."""
     return dict(Counter(n.op_type for n in model.graph.node))
-
-
-def initializers(model: onnx.ModelProto) -> dict[str, Any]:
-    """Initializer name -> TensorProto."""
-    return {i.name: i for i in model.graph.initializer}
 
 
 # -- pre-processing -----------------------------------------------------------------------------------
@@ -576,7 +571,7 @@ def mse_ranges(
     """
     import onnx
 
-    from slimkit.plugins.targets.cpu import ort_session
+    from slimkit.plugins.onnx.runtime import ort_session
 
     skip = set(exclude)
     inits = set(initializers(model))
@@ -706,7 +701,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
             new_nodes.append(bias)
     del out.graph.node[:]
     out.graph.node.extend(new_nodes)
-    _drop_unused_initializers(out)
+    remove_unused_nodes(out)  # the Gemms' transposed-away weights
     return out
 
 
@@ -827,32 +822,8 @@ def floatify(qdq: onnx.ModelProto, original: onnx.ModelProto, names: Iterable[st
         rebuilt.append(node)
     del graph.node[:]
     graph.node.extend(rebuilt)
-    _drop_dead_nodes(out)
-    _drop_unused_initializers(out)
+    remove_unused_nodes(out)  # the Q/DQ pairs and int8 weights no float layer reads any more
     return out
-
-
-def _drop_dead_nodes(model: onnx.ModelProto) -> None:
-    graph = model.graph
-    keep_outputs = {o.name for o in graph.output}
-    while True:
-        used = {i for n in graph.node for i in n.input} | keep_outputs
-        dead = [n for n in graph.node if not any(o in used for o in n.output)]
-        if not dead:
-            return
-        for n in dead:
-            graph.node.remove(n)
-
-
-def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    graph = model.graph
-    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    for n in graph.node:  # subgraphs may refer to outer initializers
-        for a in n.attribute:
-            if a.HasField("g"):
-                used |= {i for sn in a.g.node for i in sn.input}
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)
 
 
 def quantized_nodes(model: onnx.ModelProto) -> list[str]:

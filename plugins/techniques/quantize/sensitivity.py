@@ -72,7 +72,7 @@ class Scorer:
 
     def outputs(self, path: Path) -> np.ndarray:
         """The first output of the model at ``path`` on the whole split."""
-        from slimkit.plugins.targets.cpu import ort_session
+        from slimkit.plugins.onnx.runtime import ort_session
 
         from . import ort
 

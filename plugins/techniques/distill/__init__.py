@@ -1,0 +1,227 @@
+"""``distill``: knowledge distillation from a teacher into the current (or a configured) model.
+
+The loss per batch is :mod:`slimkit.plugins.torch.training`'s (Hinton et al. 2015; FitNets hints,
+Romero et al. 2015)::
+
+    alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, labels)
+    + beta * sum over hint pairs of MSE(proj(student_feature), teacher_feature) / mean(teacher_feature^2)
+
+The teacher is the model before compression (``ctx.baseline``) unless ``teacher`` configures one
+(``{factory, kwargs, weights}`` or ``{path, trust_pickle}``, loaded through the torch adapter). The
+student is the current model unless ``student`` configures a (smaller) architecture
+(``{factory, kwargs}``). Hint projections are learned 1x1 convolutions (feature maps) or linear maps
+(vectors, token features), started at the ridge least-squares map from the student's feature to the
+teacher's (:func:`~slimkit.plugins.torch.training.fit_projections`), and dropped after training.
+``hints: stages`` picks the hint pairs itself: the end of each spatial stage of a CNN (the last module,
+present in both models under the same name, whose feature map has that resolution), which is where a
+student pruned from its teacher can be matched to it. Without labels the CE term is left out: pure
+distillation on unlabeled data.
+
+The same loss is the fine-tuning step of ``channel_prune`` and ``layer_prune`` (``finetune: distill``):
+see :func:`slimkit.plugins.torch.training.recover`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from slimkit.core import (
+    ConfigError,
+    Split,
+    StageContext,
+    Technique,
+    TechniqueConfig,
+    TechniqueError,
+    check_choice,
+    check_range,
+    hookimpl,
+)
+from slimkit.plugins.torch.training import (
+    HINT_MODES,
+    TORCH_FRAMEWORKS,
+    check_kd,
+    check_outputs_match,
+    check_training,
+    default_teacher,
+    distill_fit,
+    kd_loss,
+    resolve_hints,
+    run,
+)
+
+MODEL_KEYS = ("factory", "kwargs", "weights", "path", "trust_pickle")
+
+
+@dataclass
+class DistillConfig(TechniqueConfig):
+    """Config of :class:`Distill`.
+
+    epochs, lr, batch_size, optimizer (``sgd`` | ``adam``), weight_decay, augment: training, as ``finetune``.
+    alpha: weight of the distillation term in [0, 1] (1 - alpha weighs cross-entropy on the labels).
+    temperature: softening temperature T > 0 (the KL term is scaled by T^2). The defaults, T=1 and
+        alpha=0.5, beat T=4 / alpha=0.9 after pruning the bundled ResNet (benchmarks/pruning.py): its
+        teacher was trained with label smoothing, which flattens what softened logits carry.
+    teacher: empty for the model before compression, or ``{factory, kwargs, weights}`` /
+        ``{path, trust_pickle}`` as in ``model=torch``.
+    student: empty for the current model, or ``{factory, kwargs[, weights]}`` for another
+        architecture (e.g. ``kwargs: {pretrained: false, width: 8}``).
+    hint_layers: ``[[student_layer, teacher_layer], ...]`` module names whose outputs are matched
+        through a learned projection; ``beta`` weighs that loss.
+    hints: ``stages`` (default: add the end of every spatial stage, found from the models, see
+        :func:`stage_hints`; nothing for models without feature maps) or ``none`` (only ``hint_layers``).
+    """
+
+    epochs: int = 3
+    lr: float = 0.01
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    weight_decay: float = 5e-4
+    augment: bool = False
+    alpha: float = 0.5
+    temperature: float = 1.0
+    teacher: dict[str, Any] = field(default_factory=dict)
+    student: dict[str, Any] = field(default_factory=dict)
+    hint_layers: list[list[str]] = field(default_factory=list)
+    hints: str = "stages"
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_training(self.epochs, self.lr, self.batch_size)
+        check_choice("hints", self.hints, HINT_MODES)
+        check_choice("optimizer", self.optimizer, ("sgd", "adam"))
+        check_range("weight_decay", self.weight_decay, 0.0, 1.0, example=5e-4)
+        check_kd(self.alpha, self.temperature)
+        check_range("beta", self.beta, 0.0, 1e6, example=1.0)
+        for option, cfg in (("teacher", self.teacher), ("student", self.student)):
+            unknown = sorted(set(cfg) - set(MODEL_KEYS))
+            if unknown:
+                raise ConfigError(f"{option} has no key {', '.join(unknown)}; its keys: {', '.join(MODEL_KEYS)}")
+            if cfg and not (cfg.get("factory") or cfg.get("path")):
+                raise ConfigError(f"{option} sets no factory; give {option}.factory=package.module:function")
+        for pair in self.hint_layers:
+            if len(pair) != 2 or not all(isinstance(p, str) and p for p in pair):
+                raise ConfigError(
+                    f"hint_layers entry {list(pair)} is not a [student_layer, teacher_layer] pair; "
+                    "use e.g. [[layers.8, layers.8]]"
+                )
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+def kd_divergence(student: Any, teacher: Any, split: Split, temperature: float, batch_size: int = 256) -> float:
+    """Mean ``T^2 * KL(teacher_T || student_T)`` over ``split`` (no labels needed)."""
+    import torch
+
+    total, n = 0.0, 0
+    s_was, t_was = student.training, teacher.training
+    student.eval()
+    teacher.eval()
+    with torch.no_grad():
+        for inputs, _ in split.batches(batch_size):
+            s, t = run(student, inputs), run(teacher, inputs)
+            total += float(kd_loss(s, t, None, 1.0, temperature)) * len(s)
+            n += len(s)
+    student.train(s_was)
+    teacher.train(t_was)
+    return total / max(n, 1)
+
+
+def agreement(student: Any, teacher: Any, split: Split, batch_size: int = 256) -> float:
+    """Fraction of samples where student and teacher predict the same class."""
+    import torch
+
+    same, n = 0, 0
+    s_was, t_was = student.training, teacher.training
+    student.eval()
+    teacher.eval()
+    with torch.no_grad():
+        for inputs, _ in split.batches(batch_size):
+            s, t = run(student, inputs), run(teacher, inputs)
+            same += int((s.argmax(-1) == t.argmax(-1)).sum())
+            n += int(s.argmax(-1).numel())
+    student.train(s_was)
+    teacher.train(t_was)
+    return same / max(n, 1)
+
+
+# -- the technique --------------------------------------------------------------------------------
+
+
+class Distill(Technique):
+    """Knowledge distillation (soft targets, optional hint layers) into the current or a new model."""
+
+    name = "distill"
+    description = "knowledge distillation from the uncompressed (or a configured) teacher, optional hint layers"
+    frameworks = TORCH_FRAMEWORKS
+    Config = DistillConfig
+
+    def apply(self, model: Any, adapter: Any, ctx: StageContext) -> Any:
+        from slimkit.plugins.torch.train import FitConfig, accuracy
+
+        cfg: DistillConfig = self.config  # type: ignore[assignment]
+        if cfg.teacher:
+            teacher, source = adapter.load(cfg.teacher), f"configured ({cfg.teacher.get('factory') or 'path'})"
+        else:
+            base = ctx.baseline_adapter
+            if ctx.baseline is not None and base is not None and base.name not in TORCH_FRAMEWORKS:
+                raise TechniqueError(
+                    f"the model before compression is a {base.name} model and cannot teach a torch student; "
+                    "configure a torch teacher with teacher.factory"
+                )
+            teacher, source = default_teacher(ctx, adapter.copy(model))
+        if cfg.student:
+            student = adapter.load(cfg.student)
+            student_source = f"configured ({cfg.student.get('factory') or 'path'})"
+        else:
+            student, student_source = model, "current model"
+        check_outputs_match(student, teacher, ctx.data.train)
+        labelled = ctx.data.train.labels is not None
+        hint_layers = resolve_hints(student, teacher, ctx.data.train, cfg.hints, cfg.hint_layers)
+        if cfg.hints == "stages" and len(hint_layers) == len(cfg.hint_layers):
+            ctx.log("hints=stages found no feature-map stage shared by student and teacher; no stage hints")
+        before = kd_divergence(student, teacher, ctx.data.val, cfg.temperature)
+        hist = distill_fit(
+            student,
+            teacher,
+            ctx.data,
+            FitConfig(
+                epochs=cfg.epochs,
+                lr=cfg.lr,
+                batch_size=cfg.batch_size,
+                optimizer=cfg.optimizer,
+                weight_decay=cfg.weight_decay,
+                augment=cfg.augment,
+            ),
+            ctx.seed,
+            alpha=cfg.alpha if labelled else 1.0,
+            temperature=cfg.temperature,
+            hint_layers=hint_layers,
+            beta=cfg.beta,
+            progress=ctx.progress,
+            task="distill",
+        )
+        student.eval()
+        after = kd_divergence(student, teacher, ctx.data.val, cfg.temperature)
+        ctx.metrics["kd_divergence_before"] = before
+        ctx.metrics["kd_divergence_after"] = after
+        ctx.metrics["teacher_agreement"] = agreement(student, teacher, ctx.data.val)
+        if hist.loss:
+            ctx.metrics["train_loss"] = hist.loss[-1]
+        if ctx.data.val.labels is not None:
+            ctx.metrics["val_accuracy"] = accuracy(student, ctx.data.val)
+            ctx.metrics["teacher_val_accuracy"] = accuracy(teacher, ctx.data.val)
+        ctx.info["teacher"] = source
+        ctx.info["student"] = student_source
+        ctx.info["loss"] = (
+            "pure distillation (no labels)" if not labelled else f"alpha={cfg.alpha}, T={cfg.temperature}"
+        )
+        ctx.info["epoch_loss"] = hist.loss
+        ctx.info["hint_layers"] = hint_layers
+        return student
+
+
+@hookimpl
+def slimkit_register_techniques(registry: Any) -> None:
+    registry.add_technique(Distill)
