@@ -78,27 +78,26 @@ class Latencies(dict):
 
 
 def ort_latencies(paths: dict[str, Path], examples: dict[int, dict[str, Any]], rounds: int, repeats: int) -> Latencies:
-    """p50 ONNX Runtime latency (ms, 1 thread) of every model at every batch size; models take turns
-    round by round so that load changes hit them all alike (:meth:`Latencies.ratio` compares them
-    round by round). Small batches are fast and noisy: they get ``repeats * 64 / batch`` timed runs
-    per round (at most 10x ``repeats``)."""
-    import numpy as np
+    """p50 ONNX Runtime latency (ms, 1 thread) of every model at every batch size, timed by the cpu
+    target's :meth:`~slimkit.core.target.Target.measure` (slimkit's one interleaved timer): models
+    take turns round by round, each round starting with the next one, so that load changes hit them
+    all alike (:meth:`Latencies.ratio` compares them round by round). Small batches are fast and
+    noisy: they get ``repeats * 64 / batch`` timed runs per round (at most 10x ``repeats``)."""
+    from slimkit.plugins.targets.cpu import CpuTarget
 
-    from slimkit.plugins.targets.cpu import ort_feed, ort_session, time_runs
-
-    sessions = {n: ort_session(p, threads=1) for n, p in paths.items()}
+    names = list(paths)
+    timings = CpuTarget({"threads": 1}).measure(
+        [paths[n] for n in names],
+        examples,
+        rounds=rounds,
+        repeats=lambda b: repeats * max(1, min(10, 64 // b)),
+        warmup=2,
+        max_seconds=float("inf"),
+        rotate=True,
+    )
     out = Latencies()
-    for batch, example in examples.items():
-        feeds = {n: ort_feed(s, example) for n, s in sessions.items()}
-        times: dict[str, list[float]] = {n: [] for n in sessions}
-        names = list(sessions)
-        runs = repeats * max(1, min(10, 64 // batch))
-        for r in range(rounds):
-            for n in names[r % len(names) :] + names[: r % len(names)]:
-                s, f = sessions[n], feeds[n]
-                t = list(time_runs(lambda s=s, f=f: s.run(None, f), warmup=2, repeats=runs))
-                times[n] += t
-                out.rounds.setdefault((n, batch), []).append(float(np.median(t)))
-        for n in names:
-            out[(n, batch)] = float(np.median(times[n]))
+    for i, n in enumerate(names):
+        for batch in examples:
+            out[(n, batch)] = timings.p50(i, batch)
+            out.rounds[(n, batch)] = list(timings.rounds[(i, batch)])
     return out

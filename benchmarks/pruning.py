@@ -259,10 +259,10 @@ def layer_section(args: Any, tmp: Path) -> str:
 
     from slimkit.core import StageContext
     from slimkit.plugins.data.digits import load_digits_splits
-    from slimkit.plugins.techniques.distill import distill_fit
     from slimkit.plugins.techniques.layer_prune import LayerPrune, LayerPruneConfig
     from slimkit.plugins.torch.adapter import TorchAdapter
     from slimkit.plugins.torch.train import FitConfig
+    from slimkit.plugins.torch.training import distill_fit
     from slimkit.plugins.torch.zoo import digits_resnet
 
     adapter = TorchAdapter()

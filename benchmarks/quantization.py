@@ -123,20 +123,22 @@ def measure(variants: list[Variant], data: Any, batches: list[int], rounds: int,
     median over rounds of the per-round ratio to the float model, so load that changes between rounds
     on a shared machine cancels out.
     """
-    from slimkit.plugins.targets.cpu import ort_feed, ort_session, time_runs
+    from slimkit.plugins.targets.cpu import CpuTarget
 
-    sessions = {v.name: ort_session(v.path, threads=1) for v in variants}
-    for r in range(rounds):
+    timings = CpuTarget({"threads": 1}).measure(
+        [v.path for v in variants],
+        {b: data.test.example(b) for b in batches},
+        rounds=rounds,
+        # batch 64 runs take 10-100x longer than batch 1: fewer of them per round
+        repeats=lambda b: repeats if b == 1 else max(1, repeats // 4),
+        warmup=warmup,
+        max_seconds=60,
+        progress=lambda task, r, n: log(f"  timing round {r}/{n} done"),
+    )
+    for i, v in enumerate(variants):
         for b in batches:
-            for v in variants:
-                sess = sessions[v.name]
-                feed = ort_feed(sess, data.test.example(b))
-                # batch 64 runs take 10-100x longer than batch 1: fewer of them per round
-                n = repeats if b == 1 else max(1, repeats // 4)
-                t = time_runs(lambda s=sess, f=feed: s.run(None, f), warmup=warmup, repeats=n, max_seconds=60)
-                v.times.setdefault(b, []).extend(t.tolist())
-                v.rounds.setdefault(b, []).append(float(np.median(t)))
-        log(f"  timing round {r + 1}/{rounds} done")
+            v.times[b] = list(timings.runs[(i, b)])
+            v.rounds[b] = list(timings.rounds[(i, b)])
 
 
 def score(variants: list[Variant], data: Any) -> None:
@@ -358,7 +360,7 @@ def bench_convs(work: Path, shapes: tuple[tuple[int, int], ...], rounds: int, re
     from torch import nn
 
     from slimkit.core import DataSplits, Split
-    from slimkit.plugins.targets.cpu import ort_feed, ort_session, time_runs
+    from slimkit.plugins.targets.cpu import CpuTarget
     from slimkit.plugins.techniques.quantize import ort
     from slimkit.plugins.torch.adapter import TorchAdapter
 
@@ -375,16 +377,12 @@ def bench_convs(work: Path, shapes: tuple[tuple[int, int], ...], rounds: int, re
         q, _, _ = slimkit_quantize(model, TorchAdapter(), data, work, mode="static", measure=False)
         why = next(iter(ort.int8_conv_slow_path(ort.load(fp32)).values()), "")
         cases.append((cin, cout, why, fp32, q, data.test.example(1)))
+    # one model per conv shape and kind, each timed on its own input (the examples differ in channels)
+    target = CpuTarget({"threads": 1})
     times: dict[tuple[int, int, str], list[float]] = {}
-    sessions = {}
     for cin, cout, _, fp32, q, x in cases:
-        for kind, path in (("fp32", fp32), ("int8", q)):
-            sess = ort_session(path, threads=1)
-            sessions[(cin, cout, kind)] = (sess, ort_feed(sess, x))
-    for _ in range(rounds):
-        for key, (sess, feed) in sessions.items():
-            t = time_runs(lambda s=sess, f=feed: s.run(None, f), warmup=5, repeats=repeats, max_seconds=20)
-            times.setdefault(key, []).append(float(np.median(t)))
+        t = target.measure([fp32, q], {1: x}, rounds=rounds, repeats=repeats, warmup=5, max_seconds=20)
+        times[(cin, cout, "fp32")], times[(cin, cout, "int8")] = t.rounds[(0, 1)], t.rounds[(1, 1)]
     rows = []
     for cin, cout, why, *_ in cases:
         f, i = np.array(times[(cin, cout, "fp32")]), np.array(times[(cin, cout, "int8")])

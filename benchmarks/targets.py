@@ -115,7 +115,7 @@ def cpu_rows(models: dict[str, tuple[Path, Any]], tmp: Path, threads: int, repea
 
 def npu_rows(models: dict[str, tuple[Path, Any]], tmp: Path, samples: int) -> list[str]:
     from slimkit.core import compare_outputs
-    from slimkit.plugins.targets.cpu import ort_session, run_batched
+    from slimkit.plugins.onnx.runtime import ort_session, run_batched
     from slimkit.plugins.targets.npu import NpuTarget
 
     target = NpuTarget({"validation_samples": samples})

@@ -13,8 +13,8 @@ Three parts, all written to the ``techniques`` section of docs/BENCHMARKS.md:
    dense one. The k-means backends of ``cluster`` (numba vs scikit-learn) are timed too.
 2. **Wide MLP end to end** (``wide_mlp(4096, depth=4)``, trained briefly, every layer magnitude-pruned
    to 90 %): dense ONNX Runtime, dense torch and a numpy chain against the exported ONNX file run by
-   :class:`~slimkit.plugins.torch.sparse_onnx.SparseSession` (ONNX Runtime + kernels) and the torch
-   model with ``SparseLinear`` layers, at batch 1/8/64, with the largest output difference.
+   :class:`~slimkit.plugins.techniques.sparse.onnx_backend.SparseSession` (ONNX Runtime + kernels) and
+   the torch model with ``SparseLinear`` layers, at batch 1/8/64, with the largest output difference.
 3. **Techniques as slimkit runs** on digits_resnet and the wide MLP: accuracy, sizes, latency ratios
    (baseline / compressed, measured in the same run, ONNX Runtime and torch, batch 1 and 64). Each
    pipeline runs with its defaults except the training epochs (flags, written into each row's label);
@@ -103,7 +103,7 @@ def gemm_session(w: Any, threads: int, tmp: Path) -> Any:
     import onnx
     from onnx import helper, numpy_helper
 
-    from slimkit.plugins.targets.cpu import ort_session
+    from slimkit.plugins.onnx.runtime import ort_session
 
     rows, cols = w.shape
     graph = helper.make_graph(
@@ -125,7 +125,7 @@ def kernel_table(threads: int, repeats: int, tmp: Path) -> tuple[list[str], dict
     import torch
     from torch.nn import functional as F
 
-    from slimkit.plugins.torch import sparse_kernels as sk
+    from slimkit.plugins.techniques.sparse import kernels as sk
 
     rng = np.random.default_rng(0)
     base = rng.standard_normal((4096, 4096)).astype(np.float32)
@@ -181,7 +181,7 @@ def kernel_table(threads: int, repeats: int, tmp: Path) -> tuple[list[str], dict
 
 
 def kmeans_rows() -> list[str]:
-    from slimkit.plugins.torch.cluster import compare_backends
+    from slimkit.plugins.techniques.cluster.torch_backend import compare_backends
 
     rows = []
     for r in compare_backends(sizes=(150_000, 1_000_000), ks=(16, 256), max_iter=30):
@@ -234,10 +234,10 @@ def mlp_table(model: Any, threads: int, repeats: int, tmp: Path) -> tuple[list[s
     import numpy as np
     import torch
 
-    from slimkit.plugins.targets.cpu import ort_session
+    from slimkit.plugins.onnx.runtime import ort_session
+    from slimkit.plugins.techniques.sparse.layers import SparseLinear
+    from slimkit.plugins.techniques.sparse.onnx_backend import SparseSession
     from slimkit.plugins.torch.adapter import TorchAdapter
-    from slimkit.plugins.torch.sparse_layers import SparseLinear
-    from slimkit.plugins.torch.sparse_onnx import SparseSession
 
     adapter = TorchAdapter()
     pruned = prune_layers(model, 0.9)

@@ -8,7 +8,7 @@ packages that declare a ``slimkit`` entry point.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
@@ -30,36 +30,52 @@ hookimpl = pluggy.HookimplMarker("slimkit")
 def slimkit_register_adapters(registry: Registry) -> None:
     """Add :class:`~slimkit.core.adapter.ModelAdapter` classes with ``registry.add_adapter(cls)``.
 
-    Called once when the plugin manager's registry is first built.
+    Called once when the plugin manager's registry is first built. Each class's ``Config`` (a
+    :class:`~slimkit.core.adapter.ModelConfig` dataclass) types the ``model`` group, as a technique's
+    ``Config`` types its stage.
     """
 
 
 @hookspec
 def slimkit_register_techniques(registry: Registry) -> None:
-    """Add :class:`~slimkit.core.technique.Technique` classes with ``registry.add_technique(cls)``."""
+    """Add :class:`~slimkit.core.technique.Technique` classes with ``registry.add_technique(cls)``.
+
+    Each class's ``Config`` (a :class:`~slimkit.core.technique.TechniqueConfig` dataclass) types its stage.
+    """
 
 
 @hookspec
 def slimkit_register_targets(registry: Registry) -> None:
-    """Add :class:`~slimkit.core.target.Target` classes with ``registry.add_target(cls)``."""
+    """Add :class:`~slimkit.core.target.Target` classes with ``registry.add_target(cls)``.
+
+    Each class's ``Config`` (a :class:`~slimkit.core.target.TargetConfig` dataclass) types the ``target`` group.
+    """
 
 
 @hookspec
 def slimkit_register_data(registry: Registry) -> None:
-    """Add data sources with ``registry.add_data(name, loader)``.
+    """Add data sources with ``registry.add_data(name, loader, config=MyDataConfig)``.
 
-    ``loader(cfg: Mapping, seed: int) -> DataSplits`` builds the train/val/test splits.
+    ``loader(cfg: Mapping, seed: int) -> DataSplits`` builds the train/val/test splits; ``config`` (a
+    :class:`~slimkit.core.data.DataConfig` dataclass) types the ``data`` group.
     """
 
 
 @hookspec
 def slimkit_register_trackers(registry: Registry) -> None:
-    """Add :class:`~slimkit.core.tracker.Tracker` classes with ``registry.add_tracker(cls)``."""
+    """Add :class:`~slimkit.core.tracker.Tracker` classes with ``registry.add_tracker(cls)``.
+
+    Each class's ``Config`` (a :class:`~slimkit.core.tracker.TrackerConfig` dataclass) types the ``tracking`` group.
+    """
 
 
 @hookspec(firstresult=True)
-def slimkit_adapter_for(path: Path) -> str | None:
-    """Return the name of the adapter that loads the model file ``path``, or None to pass."""
+def slimkit_adapter_for(model: Any) -> str | None:
+    """Return the name of the adapter that handles ``model``, or None to pass.
+
+    ``model`` is an in-memory model object (``slimkit.compress(module, ...)``) or the path of a model
+    file. The first plugin that answers wins.
+    """
 
 
 # -- lifecycle (observers) ------------------------------------------------------------------------
@@ -83,6 +99,11 @@ def slimkit_stage_end(ctx: RunContext, result: StageResult) -> None:
 @hookspec
 def slimkit_progress(ctx: RunContext, task: str, completed: float, total: float | None) -> None:
     """Called during long work (training epochs, benchmarks) to report progress on ``task``."""
+
+
+@hookspec
+def slimkit_log(ctx: RunContext, message: str, stage: str | None) -> None:
+    """Called for each line a stage (``StageContext.log``) or the run logs; also written to ``run.log``."""
 
 
 @hookspec

@@ -99,6 +99,10 @@ class Report:
     error: str | None = None
     fidelity: dict[str, float] = field(default_factory=dict)
     run_dir: str = ""
+    #: Top-level keys a plugin adds to ``report.json`` (``search`` and ``pareto`` for a search run).
+    sections: dict[str, Any] = field(default_factory=dict)
+    #: Markdown a plugin appends to ``report.md``, by section name, in insertion order.
+    markdown: dict[str, str] = field(default_factory=dict)
 
     @property
     def ratios(self) -> dict[str, float | None]:
@@ -137,6 +141,7 @@ class Report:
             "target": self.target,
             "mlflow_run_id": self.mlflow_run_id,
             "config": self.config,
+            **self.sections,
         }
 
     def to_json(self) -> str:
@@ -218,6 +223,8 @@ class Report:
             lines.append("")
         if self.artifacts:
             lines += ["## Artifacts", ""] + [f"- {k}: `{v}`" for k, v in self.artifacts.items()] + [""]
+        for text in self.markdown.values():
+            lines += [text.rstrip("\n"), ""]
         if self.mlflow_run_id:
             lines += [f"MLflow run: `{self.mlflow_run_id}`", ""]
         return "\n".join(lines)

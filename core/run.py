@@ -21,7 +21,7 @@ from .data import DataSplits
 from .errors import DataError, ModelError, SlimkitError, TechniqueError
 from .registry import Registry
 from .report import ModelMetrics, Report, StageResult
-from .target import BenchmarkRequest, Target
+from .target import BenchmarkRequest, Target, compare_outputs
 from .technique import StageContext, Technique, TechniqueConfig
 
 SCHEMA_VERSION = 1
@@ -73,6 +73,13 @@ class RunContext:
 
     def artifact(self, path: Path, kind: str) -> None:
         self.hook.slimkit_log_artifact(ctx=self, path=Path(path), kind=kind)
+
+    def log(self, message: str, stage: str | None = None) -> None:
+        """One line to the run's log: ``run.log`` in the run directory and the ``slimkit_log`` hook."""
+        line = f"[{stage}] {message}" if stage else message
+        with open(self.run_dir / "run.log", "a", encoding="utf-8") as fh:
+            fh.write(line.rstrip("\n") + "\n")
+        self.hook.slimkit_log(ctx=self, message=message, stage=stage)
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -214,9 +221,10 @@ class Runner:
         baseline_adapter: ModelAdapter,
         data_fp: str,
     ) -> tuple[ModelAdapter, Any, str, StageResult]:
+        """Run one stage (or take it from the cache); return the new adapter, model, fingerprint, result."""
         spec = self.spec
         technique = stage.technique(stage.config)
-        out_framework = getattr(technique, "output_framework", None) or adapter.name
+        out_framework = technique.output_framework or adapter.name
         out_adapter = adapter if out_framework == adapter.name else self.registry.adapter(out_framework)()
         key = files.sha256_json(
             {
@@ -230,59 +238,34 @@ class Runner:
         )
         stage_dir = spec.run_dir / "stages" / f"{index:02d}_{stage.name}"
         cache_entry = spec.cache_dir / key if spec.cache_dir else None
-        suffix = out_adapter.suffixes[0] if out_adapter.suffixes else ".bin"
+        model_file = stage_dir / f"model{out_adapter.suffixes[0] if out_adapter.suffixes else '.bin'}"
         t0 = time.perf_counter()
         self.ctx.hook.slimkit_stage_start(
             ctx=self.ctx, name=stage.name, technique=stage.technique.name, index=index, total=len(spec.stages)
         )
-        if cache_entry is not None and (cache_entry / "stage.json").exists():
+        cached = cache_entry is not None and (cache_entry / "stage.json").exists()
+        if cached:
+            assert cache_entry is not None
             files.copy_tree(cache_entry, stage_dir)
             meta = _read_json(stage_dir / "stage.json")
-            new_model = out_adapter.load_file(stage_dir / f"model{suffix}")
-            cached = True
+            new_model = out_adapter.load_file(model_file)
         else:
-            out_adapter.seed(stage_seed(spec.seed, stage.name))
-            assert self.ctx.data is not None
-            with files.atomic_dir(stage_dir) as tmp:
-                sctx = StageContext(
-                    stage=stage.name,
-                    seed=stage_seed(spec.seed, stage.name),
-                    data=self.ctx.data,
-                    work_dir=tmp,
-                    baseline=baseline,
-                    baseline_adapter=baseline_adapter,
-                    target_name=spec.target["name"],
-                    progress=lambda t, c, n: self.ctx.progress(f"{stage.name}: {t}", c, n),
-                    example=self.ctx.data.test.example(1),
-                )
-                try:
-                    new_model = technique.apply(adapter.copy(model), adapter, sctx)
-                except TechniqueError:
-                    _keep_failed_stage(tmp, stage_dir)
-                    raise
-                except SlimkitError:
-                    raise
-                except Exception as exc:
-                    _keep_failed_stage(tmp, stage_dir)
-                    raise TechniqueError(
-                        f"stage {stage.name!r} ({stage.technique.name}) failed: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}; run with SLIMKIT_DEBUG=1 for the traceback"
-                    ) from exc
-                out_adapter.save(new_model, tmp / f"model{suffix}")
-                meta = {
-                    "key": key,
-                    "technique": stage.technique.name,
-                    "config": asdict(stage.config),
-                    "framework": out_adapter.name,
-                    "metrics": sctx.metrics,
-                    "info": sctx.info,
-                    "artifacts": {k: Path(v).name for k, v in sctx.artifacts.items()},
-                }
-                files.write_json(tmp / "stage.json", meta)
+            new_model, meta = self._apply(
+                stage,
+                technique,
+                adapter,
+                out_adapter,
+                model,
+                model_file,
+                key,
+                baseline_pair=(baseline, baseline_adapter),
+            )
             if cache_entry is not None:
                 files.copy_tree(stage_dir, cache_entry)
-            cached = False
         seconds = time.perf_counter() - t0
+        self.ctx.log(
+            f"{stage.technique.name}: {'taken from the cache' if cached else f'done in {seconds:.1f} s'}", stage.name
+        )
         new_fp = files.sha256_json([key, "out"])
         result = StageResult(
             name=stage.name,
@@ -291,12 +274,72 @@ class Runner:
             cached=cached,
             seconds=seconds,
             fingerprint=new_fp,
-            model_path=self._rel(stage_dir / f"model{suffix}"),
+            model_path=self._rel(model_file),
             metrics={k: float(v) for k, v in meta.get("metrics", {}).items()},
             artifacts={k: self._rel(stage_dir / v) for k, v in meta.get("artifacts", {}).items()},
             info=meta.get("info", {}),
         )
         return out_adapter, new_model, new_fp, result
+
+    def _apply(
+        self,
+        stage: StageSpec,
+        technique: Technique,
+        adapter: ModelAdapter,
+        out_adapter: ModelAdapter,
+        model: Any,
+        model_file: Path,
+        key: str,
+        baseline_pair: tuple[Any, ModelAdapter],
+    ) -> tuple[Any, dict[str, Any]]:
+        """Run the technique in a temporary stage directory that becomes ``model_file``'s folder atomically.
+
+        Returns the new model and the stage's ``stage.json`` content. A technique's failure keeps what it
+        wrote as ``<stage dir>.failed`` and becomes a one-line :class:`TechniqueError`.
+        """
+        seed = stage_seed(self.spec.seed, stage.name)
+        stage_dir = model_file.parent
+        out_adapter.seed(seed)
+        assert self.ctx.data is not None
+        with files.atomic_dir(stage_dir) as tmp:
+            sctx = StageContext(
+                stage=stage.name,
+                seed=seed,
+                data=self.ctx.data,
+                work_dir=tmp,
+                baseline=baseline_pair[0],
+                baseline_adapter=baseline_pair[1],
+                target=self.target,
+                progress=lambda t, c, n: self.ctx.progress(f"{stage.name}: {t}", c, n),
+                log=lambda message: self.ctx.log(message, stage.name),
+                example=self.ctx.data.test.example(1),
+                run=self.ctx,
+            )
+            try:
+                new_model = technique.apply(adapter.copy(model), adapter, sctx)
+            except TechniqueError:
+                _keep_failed_stage(tmp, stage_dir)
+                raise
+            except SlimkitError:
+                raise
+            except Exception as exc:
+                _keep_failed_stage(tmp, stage_dir)
+                raise TechniqueError(
+                    f"stage {stage.name!r} ({stage.technique.name}) failed: {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0] if str(exc) else ''}; run with SLIMKIT_DEBUG=1 for the traceback"
+                ) from exc
+            out_adapter.save(new_model, tmp / model_file.name)
+            meta = {
+                "key": key,
+                "technique": stage.technique.name,
+                "config": asdict(stage.config),
+                "framework": out_adapter.name,
+                "metrics": sctx.metrics,
+                "info": sctx.info,
+                "artifacts": {k: Path(v).name for k, v in sctx.artifacts.items()},
+            }
+            files.write_json(tmp / "stage.json", meta)
+        return new_model, meta
 
     # -- the run ----------------------------------------------------------------------------------
 
@@ -317,6 +360,8 @@ class Runner:
                 files.write_text(spec.run_dir / "error.txt", traceback.format_exc())
             self.report.mlflow_run_id = tracker.run_id
             self._write_report()
+            if (spec.run_dir / "run.log").exists():
+                self.ctx.artifact(spec.run_dir / "run.log", "log")
             try:
                 self.ctx.hook.slimkit_run_failed(ctx=self.ctx, error=exc, report=self.report)
             finally:
@@ -334,29 +379,11 @@ class Runner:
         report.target = {"name": self.target.name, **_plain(self.target.cfg)}
         self.ctx.hook.slimkit_run_start(ctx=self.ctx)
         report.mlflow_run_id = self.ctx.tracker.run_id
-
-        # data and model
-        data_cfg = spec.data
-        if data_obj is None:
-            data_obj = self.registry.data_loader(data_cfg["name"])(data_cfg, spec.seed)
-        self.ctx.data = data_obj
-        adapter_name = spec.model.get("adapter", "torch")
-        adapter = self.registry.adapter(adapter_name)()
-        adapter.seed(spec.seed)
-        model = model_obj if model_obj is not None else adapter.load(spec.model)
-        for st in spec.stages:
-            if not st.technique.frameworks or adapter.name not in st.technique.frameworks:
-                working = [n for n, t in self.registry.techniques.items() if adapter.name in t.frameworks]
-                raise TechniqueError(
-                    f"technique {st.technique.name!r} (stage {st.name!r}) does not support {adapter.name} "
-                    f"models; techniques that do: {', '.join(sorted(working)) or 'none'}"
-                )
-        self._check_runs(adapter, model, data_obj)
-        data_fp = data_fingerprint(data_obj)
+        adapter, model, data = self._load(model_obj, data_obj)
+        data_fp = data_fingerprint(data)
 
         # baseline
-        base_dir = spec.run_dir / "baseline"
-        base_onnx = self.export(adapter, model, base_dir / "model.onnx")
+        base_onnx = self.export(adapter, model, spec.run_dir / "baseline" / "model.onnx")
         report.baseline = self.measure(adapter, model, base_onnx, "baseline")
         report.artifacts["baseline_onnx"] = self._rel(base_onnx)
         baseline, baseline_adapter = model, adapter
@@ -372,16 +399,68 @@ class Runner:
                 self.ctx.artifact(spec.run_dir / rel, kind)
             self.ctx.hook.slimkit_stage_end(ctx=self.ctx, result=result)
 
-        # final model: framework file and ONNX, written atomically
-        suffix = adapter.suffixes[0] if adapter.suffixes else ".bin"
-        model_path = spec.run_dir / f"model{suffix}"
+        model_path, onnx_path = self._save_final(adapter, model)
+        self._compare(adapter, model, onnx_path, baseline_adapter, baseline, base_onnx)
+        report.status = "FINISHED"
+        report.mlflow_run_id = self.ctx.tracker.run_id
+        self._write_report()
+        for path, kind in (
+            (model_path, "model"),
+            (onnx_path, "onnx"),
+            (spec.run_dir / "report.json", "report"),
+            (spec.run_dir / "report.md", "report"),
+        ):
+            self.ctx.artifact(path, kind)
+        self.ctx.hook.slimkit_run_end(ctx=self.ctx, report=report)
+        self._write_report()
+        self.model = model
+        self.adapter = adapter
+        return report
+
+    def _load(self, model_obj: Any, data_obj: DataSplits | None) -> tuple[ModelAdapter, Any, DataSplits]:
+        """The data, the adapter and the model; checks that every stage handles the model and that it runs."""
+        spec = self.spec
+        if data_obj is None:
+            data_obj = self.registry.data_loader(spec.data["name"])(spec.data, spec.seed)
+        self.ctx.data = data_obj
+        adapter = self.registry.adapter(spec.model.get("adapter", "torch"))()
+        adapter.seed(spec.seed)
+        model = model_obj if model_obj is not None else adapter.load(spec.model)
+        for st in spec.stages:
+            if not st.technique.frameworks or adapter.name not in st.technique.frameworks:
+                working = [n for n, t in self.registry.techniques.items() if adapter.name in t.frameworks]
+                raise TechniqueError(
+                    f"technique {st.technique.name!r} (stage {st.name!r}) does not support {adapter.name} "
+                    f"models; techniques that do: {', '.join(sorted(working)) or 'none'}"
+                )
+        self._check_runs(adapter, model, data_obj)
+        return adapter, model, data_obj
+
+    def _save_final(self, adapter: ModelAdapter, model: Any) -> tuple[Path, Path]:
+        """The compressed model as its framework's file and as ONNX, written atomically."""
+        spec = self.spec
+        model_path = spec.run_dir / f"model{adapter.suffixes[0] if adapter.suffixes else '.bin'}"
         with files.atomic_path(model_path) as tmp:
             adapter.save(model, tmp)
         onnx_path = spec.run_dir / "model.onnx"
         if model_path.suffix != ".onnx":
             self.export(adapter, model, onnx_path)
-        report.artifacts["model"] = self._rel(model_path)
-        report.artifacts["onnx"] = self._rel(onnx_path)
+        self.report.artifacts["model"] = self._rel(model_path)
+        self.report.artifacts["onnx"] = self._rel(onnx_path)
+        return model_path, onnx_path
+
+    def _compare(
+        self,
+        adapter: ModelAdapter,
+        model: Any,
+        onnx_path: Path,
+        baseline_adapter: ModelAdapter,
+        baseline: Any,
+        base_onnx: Path,
+    ) -> None:
+        """Measure the compressed model, the baseline's latency again, fidelity, and the target's report."""
+        spec, report, data = self.spec, self.report, self.ctx.data
+        assert data is not None and report.baseline is not None and self.target is not None
         report.compressed = self.measure(adapter, model, onnx_path, "compressed")
         # Latency drifts on shared machines: measure the baseline again right after the compressed
         # model, so the two are compared under the same conditions.
@@ -390,39 +469,20 @@ class Runner:
         )
         report.compressed.extra["layer_sparsity"] = adapter.layer_sparsity(model)
         report.baseline.extra["layer_sparsity"] = baseline_adapter.layer_sparsity(baseline)
-        compressed_outputs = adapter.outputs(model, data_obj.test, spec.eval_batch_size)
+        compressed_outputs = adapter.outputs(model, data.test, spec.eval_batch_size)
         report.fidelity = fidelity(
-            baseline_adapter.outputs(baseline, data_obj.test, spec.eval_batch_size), compressed_outputs
+            baseline_adapter.outputs(baseline, data.test, spec.eval_batch_size), compressed_outputs
         )
+        if (spec.run_dir / "run.log").exists():
+            self.ctx.artifact(spec.run_dir / "run.log", "log")
         # The target runs the shipped ONNX model and compares it with the compressed model's own outputs.
         self.ctx.progress("target: placement and validation", 0, None)
-        report.target.update(self.target.report(onnx_path, compressed_outputs, data_obj.test.inputs))
-        report.status = "FINISHED"
-        report.mlflow_run_id = self.ctx.tracker.run_id
-        self._write_report()
-        self.ctx.artifact(model_path, "model")
-        self.ctx.artifact(onnx_path, "onnx")
-        self.ctx.artifact(spec.run_dir / "report.json", "report")
-        self.ctx.artifact(spec.run_dir / "report.md", "report")
-        self.ctx.hook.slimkit_run_end(ctx=self.ctx, report=report)
-        self._write_report()
-        self.model = model
-        self.adapter = adapter
-        return report
+        report.target.update(self.target.report(onnx_path, compressed_outputs, data.test.inputs))
 
 
 def fidelity(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
-    """How close ``output`` is to ``reference``: max abs diff, mean cosine, top-1 agreement."""
-    ref = reference.reshape(len(reference), -1).astype(np.float64)
-    out = output.reshape(len(output), -1).astype(np.float64)
-    num = (ref * out).sum(1)
-    den = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-    cos = np.where(den > 0, num / np.maximum(den, 1e-300), 1.0)
-    return {
-        "max_abs_diff": float(np.abs(ref - out).max()) if ref.size else 0.0,
-        "mean_cosine": float(cos.mean()) if len(cos) else 1.0,
-        "top1_agreement": float((ref.argmax(1) == out.argmax(1)).mean()) if len(ref) else 1.0,
-    }
+    """The report's ``fidelity``: :func:`~slimkit.core.target.compare_outputs` without its sample count."""
+    return {k: v for k, v in compare_outputs(reference, output).items() if k != "samples"}
 
 
 def _plain(obj: Any) -> Any:

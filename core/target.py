@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -11,6 +11,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .errors import TargetError
+from .timing import Progress, Timings, interleave
+
+#: What :meth:`Target.runner` gives: bind(inputs) -> a callable that runs the model once on them.
+Bind = Callable[[Mapping[str, np.ndarray]], Callable[[], Any]]
 
 #: Quantization formats a target may list, and the ``quantize`` mode that produces each.
 QUANT_MODES: dict[str, str] = {
@@ -38,6 +42,9 @@ class Capabilities:
     placing the graph, see :meth:`Target.placement`).
     ``preferred_quant``: overrides of what :func:`quant_preferences` derives from the fields above.
     ``providers``: ONNX Runtime execution providers it uses, preferred first.
+    ``representative_timing``: :meth:`Target.measure` gives the device's own speed, so stages may
+    choose between candidates by timing them there; False for an emulator (its timings prove that a
+    model runs, not how fast the device runs it).
     """
 
     precisions: tuple[str, ...] = ("fp32",)
@@ -50,6 +57,7 @@ class Capabilities:
     supported_ops: frozenset[str] | None = None
     preferred_quant: dict[str, Any] = field(default_factory=dict)
     providers: tuple[str, ...] = ()
+    representative_timing: bool = True
 
     def check_quant(
         self,
@@ -92,10 +100,10 @@ def quant_preferences(capabilities: Capabilities) -> dict[str, Any]:
     Keys (named like the ``quantize`` technique's options):
 
     ``format``: preferred format (``QDQ``, ``dynamic``, ...; ``None`` when the target runs none).
-    ``mode``: ``static``/``dynamic``/``weight_only`` for that format, or ``auto`` when ``measure``.
+    ``mode``: ``static``/``dynamic``/``weight_only`` for that format, or ``auto`` when it runs several.
     ``modes``: the ``quantize`` modes the target runs, preferred first.
-    ``measure``: True when the fastest of ``modes`` should be picked by measuring on the target
-    (the CPU); False when the target dictates the format (an NPU).
+    ``measure``: True when candidates (modes, weight layouts) should be chosen by timing them on the
+    target (``representative_timing``); False on an emulator.
     ``activation_type`` / ``activation_types``, ``weight_type`` / ``weight_types``: preferred and
     allowed QDQ element types; ``activation_bits`` / ``weight_bits``: the preferred ones' widths.
     ``per_channel``, ``weight_symmetric``, ``activation_symmetric``: the QDQ layout.
@@ -109,12 +117,11 @@ def quant_preferences(capabilities: Capabilities) -> dict[str, Any]:
             modes.append(mode)
     acts = list(capabilities.activation_types) or (["uint8"] if "QDQ" in formats else [])
     weights = list(capabilities.weight_types) or (["int8"] if "QDQ" in formats else [])
-    measure = len(modes) > 1
     prefs: dict[str, Any] = {
         "format": formats[0] if formats else None,
-        "mode": "auto" if measure else (modes[0] if modes else None),
+        "mode": "auto" if len(modes) > 1 else (modes[0] if modes else None),
         "modes": modes,
-        "measure": measure,
+        "measure": bool(modes) and capabilities.representative_timing,
         "activation_type": acts[0] if acts else None,
         "activation_types": acts,
         "weight_type": weights[0] if weights else None,
@@ -128,18 +135,6 @@ def quant_preferences(capabilities: Capabilities) -> dict[str, Any]:
     }
     prefs.update(capabilities.preferred_quant)
     return prefs
-
-
-def target_capabilities(name: str, cfg: Mapping[str, Any] | None = None) -> Capabilities:
-    """The :class:`Capabilities` of the registered target ``name`` (built with ``cfg``, default {}).
-
-    Needs no device: targets check for one in :meth:`Target.check_available`, not when built.
-    Raises :class:`~slimkit.core.errors.PluginError` for an unknown name.
-    """
-    from .plugins import get_registry
-
-    target = get_registry().target(name)({"name": name, **dict(cfg or {})})
-    return target.capabilities()
 
 
 @dataclass
@@ -226,18 +221,37 @@ class BenchmarkRequest:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class TargetConfig:
+    """Base of target configs (the ``target`` config group). Subclasses add typed, defaulted fields
+    and check them in ``__post_init__`` (see :mod:`slimkit.core.config`), raising
+    :class:`~slimkit.core.errors.ConfigError`.
+
+    ``name`` names the registered target.
+    """
+
+    name: str = ""
+
+
 class Target(ABC):
     """Abstract base of targets (``cpu``, ``cuda``, ``npu``, ...).
 
-    Subclasses set :attr:`name` and implement :meth:`capabilities` and :meth:`benchmark`. The config
-    mapping is the ``target`` config group (``threads``, ``batch_sizes``, ``warmup``, ``repeats``...).
+    Subclasses set :attr:`name`, :attr:`Config` (a :class:`TargetConfig` subclass: the options, their
+    defaults and checks; also the ``target=NAME`` config group option when slimkit ships no YAML for
+    it) and implement :meth:`capabilities` and :meth:`benchmark`. The config mapping is the
+    ``target`` config group: ``__init__`` keeps it as ``cfg`` and builds ``config``, the typed
+    :attr:`Config`, from it (one-line :class:`TargetError` for an unknown key or a bad value).
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    Config: ClassVar[type[TargetConfig]] = TargetConfig
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
+        from .config import build_config
+
         self.cfg = dict(cfg)
+        self.config = build_config(self.Config, self.cfg, group="target", error=TargetError, name=self.name)
 
     def check_available(self) -> None:
         """Raise :class:`~slimkit.core.errors.TargetError` when the device is not present."""
@@ -246,14 +260,71 @@ class Target(ABC):
     def capabilities(self) -> Capabilities:
         """What the target can run."""
 
-    def prepare(self, onnx_path: Path, out_path: Path) -> Path:
-        """Turn an ONNX model into what the target runs (fixed shapes, fp16, ...). Default: as is.
+    def prepare(
+        self, onnx_path: Path, batch: int | None = None, example: Mapping[str, np.ndarray] | None = None
+    ) -> Path:
+        """The file the target runs for ``onnx_path`` at ``batch`` (fixed shapes, fp16, ...). Default: as is.
 
-        Returns the path of the model to run: ``out_path`` when something was changed, else
-        ``onnx_path``. Raises :class:`~slimkit.core.errors.TargetError` for a model the target
-        cannot run (dynamic shapes it cannot fix, a format it lacks).
+        A target that changes the model writes the result beside ``onnx_path`` (or in a temporary
+        folder) and returns its path; ``example`` (one batch of inputs) fixes what the file does not.
+        Raises :class:`~slimkit.core.errors.TargetError` for a model the target cannot run (dynamic
+        shapes it cannot fix, a format it lacks). Called by :meth:`measure` for every model it times.
         """
-        return onnx_path
+        return Path(onnx_path)
+
+    def runner(self, onnx_path: Path) -> Bind:
+        """Load the (prepared) model file on the target; return ``bind(inputs) -> run()``.
+
+        ``bind`` does the per-input work once (feeding, casting, copies to the device); ``run()``
+        runs the model once and is what :meth:`measure` times. Default: the target cannot run models
+        one at a time, a one-line :class:`~slimkit.core.errors.TargetError`.
+        """
+        raise TargetError(
+            f"target={self.name} cannot time a model outside its benchmark; use a target that implements runner()"
+        )
+
+    def measure(
+        self,
+        paths: Sequence[Path],
+        examples: Mapping[int, Mapping[str, np.ndarray]],
+        *,
+        rounds: int = 3,
+        repeats: int | Callable[[int], int] = 10,
+        warmup: int = 2,
+        first_warmup: int | None = None,
+        min_seconds: float = 0.0,
+        max_seconds: float = 5.0,
+        rotate: bool = False,
+        progress: Progress | None = None,
+    ) -> Timings:
+        """Time the ONNX files ``paths`` on this target at each batch size of ``examples``, interleaved.
+
+        Every model runs at every batch size in each of ``rounds`` rounds (see
+        :func:`~slimkit.core.timing.interleave`), so load that changes on a shared machine hits them
+        all alike; ``Timings`` index models by their position in ``paths``. This is the one timer
+        that stages (``quantize``'s ``auto``, ``sparse``'s break-even), search and the benchmarks use.
+        """
+        loaded: dict[Path, Bind] = {}
+        runs: list[dict[int, Callable[[], Any]]] = []
+        for path in paths:
+            per_batch: dict[int, Callable[[], Any]] = {}
+            for batch, example in examples.items():
+                prepared = Path(self.prepare(Path(path), int(batch), example))
+                if prepared not in loaded:
+                    loaded[prepared] = self.runner(prepared)
+                per_batch[int(batch)] = loaded[prepared](example)
+            runs.append(per_batch)
+        return interleave(
+            runs,
+            rounds=rounds,
+            repeats=repeats,
+            warmup=warmup,
+            first_warmup=first_warmup,
+            min_seconds=min_seconds,
+            max_seconds=max_seconds,
+            rotate=rotate,
+            progress=progress,
+        )
 
     def infer(self, onnx_path: Path, inputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
         """Run the model on the target on every row of ``inputs``; the first output, rows stacked.

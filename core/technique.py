@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from .adapter import ModelAdapter
     from .data import DataSplits
+    from .target import Target
 
 
 @dataclass
@@ -58,9 +59,14 @@ def check_choice(name: str, value: Any, choices: tuple[Any, ...] | list[Any]) ->
 
 @dataclass
 class StageContext:
-    """What a technique may use while it runs: data, seed, the models around it, progress.
+    """What a technique may use while it runs: data, seed, the models around it, the run's target.
 
-    ``metrics`` and ``artifacts`` are filled by the technique and end up in the report, the stage's
+    ``target`` is the run's :class:`~slimkit.core.target.Target` object: a stage asks it what it
+    runs (``capabilities()``), times models on it (``measure()``) and validates on it; techniques
+    never import a target module. ``log`` writes a line to the run's log (terminal, ``run.log``,
+    the tracker). ``run`` is the running run (:class:`~slimkit.core.run.RunContext`) for the few
+    techniques that start runs of their own (``search``); None outside a pipeline. ``metrics``,
+    ``artifacts`` and ``info`` are filled by the technique and end up in the report, the stage's
     directory and the tracking backend.
     """
 
@@ -70,13 +76,28 @@ class StageContext:
     work_dir: Path
     baseline: Any = None
     baseline_adapter: ModelAdapter | None = None
-    target_name: str = "cpu"
+    target: Target | None = None
     progress: Callable[[str, float, float | None], None] = lambda task, done, total: None
     log: Callable[[str], None] = lambda message: None
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: dict[str, Path] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     example: Mapping[str, np.ndarray] | None = None
+    run: Any = None
+
+    @property
+    def target_name(self) -> str:
+        """The run's target's name (``cpu`` when the stage runs outside a pipeline without one)."""
+        return self.target.name if self.target is not None else "cpu"
+
+    def require_target(self, why: str) -> Target:
+        """The run's target, or a one-line :class:`ConfigError` saying ``why`` it is needed."""
+        if self.target is None:
+            raise ConfigError(
+                f"stage {self.stage!r} needs the run's target to {why}; run it in a pipeline "
+                "(slimkit target=...) or give StageContext(target=...)"
+            )
+        return self.target
 
 
 class Technique(ABC):
@@ -84,20 +105,18 @@ class Technique(ABC):
 
     Subclasses set :attr:`name`, :attr:`frameworks` (adapter names they handle), :attr:`Config`
     (a :class:`TechniqueConfig` subclass) and implement :meth:`apply`, which returns a new model and
-    leaves its input untouched.
+    leaves its input untouched. :attr:`output_framework` names the adapter of the model ``apply``
+    returns when it differs from the input's (``search`` returns ONNX); None: the same adapter.
     """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
     frameworks: ClassVar[tuple[str, ...]] = ()
-    targets: ClassVar[tuple[str, ...]] = ("*",)
+    output_framework: ClassVar[str | None] = None
     Config: ClassVar[type[TechniqueConfig]] = TechniqueConfig
 
     def __init__(self, config: TechniqueConfig) -> None:
         self.config = config
-
-    def supports(self, framework: str) -> bool:
-        return framework in self.frameworks
 
     @abstractmethod
     def apply(self, model: Any, adapter: ModelAdapter, ctx: StageContext) -> Any:

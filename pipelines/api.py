@@ -125,15 +125,17 @@ def compress(
 
 
 def _adapter_for(model: Any) -> str:
-    mod = type(model).__module__
-    try:
-        import torch
+    """The adapter for an in-memory model: the first plugin whose ``slimkit_adapter_for`` answers."""
+    from slimkit.core.plugins import get_plugin_manager, get_registry
 
-        if isinstance(model, torch.nn.Module):
-            return "torch"
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        pass
-    raise ConfigError(f"no adapter for a model of type {mod}.{type(model).__name__}; pass a torch.nn.Module")
+    name = get_plugin_manager().hook.slimkit_adapter_for(model=model)
+    if name is None:
+        adapters = ", ".join(sorted(get_registry().adapters))
+        raise ConfigError(
+            f"no adapter for a model of type {type(model).__module__}.{type(model).__name__}; pass a model one of "
+            f"the installed adapters handles ({adapters}: a torch.nn.Module or an onnx.ModelProto)"
+        )
+    return name
 
 
 def _hydra_value(value: Any) -> str:

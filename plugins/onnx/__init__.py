@@ -1,1 +1,1 @@
-"""slimkit.plugins.onnx: ONNX files as first-class models (adapter, inspection, graph techniques)."""
+"""slimkit.plugins.onnx: ONNX files as first-class models (adapter, inspection, the graph helpers techniques use)."""

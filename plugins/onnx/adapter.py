@@ -16,14 +16,16 @@ onnx and onnxruntime are imported inside the methods only.
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slimkit.core import DataError, ModelAdapter, ModelError, ParamCount, Split, hookimpl
+from slimkit.core import DataError, ModelAdapter, ModelConfig, ModelError, ParamCount, Split, hookimpl
 
 from . import graph as g
 from .io import read_model, write_model
@@ -33,10 +35,26 @@ from .runtime import feed, session_for, session_from_path
 _MAX_SESSIONS = 4
 
 
+@dataclass
+class OnnxModelConfig(ModelConfig):
+    """``model=onnx``: an ONNX file from any exporter (external data files beside it).
+
+    ``path``: the file; ``input_size``: the side of a square image input, which ``data=digits``
+    follows (null: the data's default); ``external_data``: write the compressed model's tensors to a
+    ``.data`` file beside it (files above protobuf's 2 GB limit always are).
+    """
+
+    adapter: str = "onnx"
+    path: str | None = None
+    input_size: int | None = None
+    external_data: bool = False
+
+
 class OnnxAdapter(ModelAdapter):
     """Adapter for ONNX models (``onnx.ModelProto``), run with ONNX Runtime's CPU execution provider."""
 
     name = "onnx"
+    Config = OnnxModelConfig
     suffixes = (".onnx",)
     description = "ONNX model file from any exporter, run with ONNX Runtime (CPU)"
 
@@ -226,6 +244,9 @@ def slimkit_register_adapters(registry: Any) -> None:
 
 
 @hookimpl
-def slimkit_adapter_for(path: Path) -> str | None:
-    """``onnx`` for ``.onnx`` files."""
-    return "onnx" if Path(path).suffix.lower() == ".onnx" else None
+def slimkit_adapter_for(model: Any) -> str | None:
+    """``onnx`` for an ``onnx.ModelProto`` and for ``.onnx`` files."""
+    if isinstance(model, str | Path):
+        return "onnx" if Path(model).suffix.lower() == ".onnx" else None
+    onnx = sys.modules.get("onnx")
+    return "onnx" if onnx is not None and isinstance(model, onnx.ModelProto) else None

@@ -364,3 +364,14 @@ def select_weights(model: onnx.ModelProto, layer_types: list[str], ignored: list
             "check layer_types and ignored_layers"
         )
     return chosen
+
+
+def remove_unused_nodes(model: onnx.ModelProto) -> None:
+    """Remove, in place, the nodes no graph output depends on and the initializers nothing reads.
+
+    onnx-ir's ``RemoveUnusedNodesPass`` (through onnxscript's optimizer), which also follows
+    subgraphs' references to outer values.
+    """
+    from onnxscript.optimizer import remove_unused_nodes as _remove
+
+    _remove(model)

@@ -1,23 +1,29 @@
-"""ONNX Runtime sessions for ONNX models in memory or on disk, with one-line errors.
+"""The ONNX Runtime toolkit: sessions, feeding, running, node placement — with one-line errors.
 
-:func:`session_for` builds a CPU session from a ``ModelProto`` (through a temporary file with
-external data when the model is too large for one protobuf message); :func:`load_error` turns ONNX
-Runtime's load failures (opset too new, IR version too new, an op without a kernel) into a
+Used by the ONNX adapter, the targets (cpu, cuda, npu) and the techniques alike; timing lives in
+:mod:`slimkit.plugins.onnx.timing`, the isolated benchmark process in :mod:`slimkit.plugins.onnx.worker`.
+
+:func:`ort_session` opens a model file for measurement (threads, graph optimization, config
+entries); :func:`session_for` builds a CPU session from a ``ModelProto`` (through a temporary file
+with external data when the model is too large for one protobuf message); :func:`load_error` turns
+ONNX Runtime's load failures (opset too new, IR version too new, an op without a kernel) into a
 :class:`ModelError` that names the problem and the fix; :func:`feed` maps named arrays onto a
-session's inputs.
+session's inputs; :func:`run_batched` runs a whole split; :func:`binder` is what a target's
+``runner()`` returns; :func:`ort_placement` counts where the nodes run.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimkit.core import DataError, ModelError
+from slimkit.core import DataError, ModelError, Placement, TargetError
 
 from .graph import PROTO_LIMIT, tensor_bytes
 
@@ -41,6 +47,15 @@ _ORT_TYPES = {
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+GRAPH_OPTIMIZATIONS: tuple[str, ...] = ("all", "extended", "basic", "disable")
+_ORT_LEVELS = {
+    "all": "ORT_ENABLE_ALL",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "basic": "ORT_ENABLE_BASIC",
+    "disable": "ORT_DISABLE_ALL",
+}
 
 
 def session_options(threads: int = 0, optimization: str = "ORT_ENABLE_ALL") -> onnxruntime.SessionOptions:
@@ -149,7 +164,7 @@ def feed(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
     else:
         missing = [n for n in names if n not in inputs]
         raise DataError(
-            f"the ONNX model needs inputs {missing} that the data does not have (data inputs {list(inputs)}); "
+            f"the ONNX model's inputs {names} do not match the data's {list(inputs)} (missing {missing}); "
             "name the data arrays after the model's inputs (see `slimkit inspect`)"
         )
     out = {}
@@ -160,3 +175,142 @@ def feed(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
             arr = arr.astype(want)
         out[info.name] = np.ascontiguousarray(arr)
     return out
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (what ONNX Runtime and torch use by default).
+
+    Counts distinct (package, core) pairs of the CPUs in the process's affinity mask on Linux;
+    elsewhere, or when the topology cannot be read, the logical CPU count.
+    """
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+    cores: set[tuple[str, str]] = set()
+    try:
+        for cpu in cpus:
+            topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+            package = (topo / "physical_package_id").read_text().strip()
+            core = (topo / "core_id").read_text().strip()
+            cores.add((package, core))
+    except OSError:
+        return max(1, len(cpus))
+    return max(1, len(cores))
+
+
+def ort_session(
+    path: str | Path,
+    threads: int = 0,
+    optimization: str = "all",
+    config: Mapping[str, str] | None = None,
+) -> onnxruntime.InferenceSession:
+    """An ONNX Runtime CPU session for the model file ``path``, set up for latency measurement.
+
+    ``threads`` > 0 fixes the intra-op thread count (0: ONNX Runtime's default, all physical cores);
+    inter-op threads are 1, execution is sequential and ``optimization`` is one of ``all``,
+    ``extended``, ``basic`` or ``disable``. ``config`` adds session config entries (e.g.
+    :data:`RECORD_PLACEMENT`). Raises :class:`TargetError` naming the file when ONNX Runtime cannot
+    load it.
+    """
+    if optimization not in _ORT_LEVELS:
+        raise TargetError(
+            f"graph_optimization={optimization!r} is not one of {list(GRAPH_OPTIMIZATIONS)}; use e.g. 'all'"
+        )
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise TargetError(f"threads={threads!r} must be an int >= 0; use 0 for all physical cores")
+    path = Path(path)
+    if not path.is_file():
+        raise TargetError(f"ONNX file {str(path)!r} does not exist; export the model first")
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise TargetError(f"onnxruntime cannot be imported ({exc}); pip install onnxruntime") from exc
+    opts = ort.SessionOptions()
+    if threads > 0:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _ORT_LEVELS[optimization])
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, str(value))
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise TargetError(
+            f"ONNX Runtime cannot load {str(path)!r}: {_first_line(exc)}; check that the file is a "
+            "complete ONNX model (re-export it)"
+        ) from exc
+
+
+#: Session config entry that makes ONNX Runtime record which provider runs each node.
+RECORD_PLACEMENT = {"session.record_ep_graph_assignment_info": "1"}
+
+
+def ort_placement(session: onnxruntime.InferenceSession, provider: str) -> Placement:
+    """Where the nodes of ``session`` run, counted from ONNX Runtime's graph assignment info.
+
+    The session must have been created with :data:`RECORD_PLACEMENT`. Nodes are those of the
+    optimized, partitioned graph (a node a provider fused or compiled counts once per original node
+    it reports). ``fallback`` lists ``"OpType name"`` of the nodes not on ``provider``.
+    """
+    total = on_target = 0
+    fallback: list[str] = []
+    for subgraph in session.get_provider_graph_assignment_info():
+        nodes = list(subgraph.get_nodes())
+        total += len(nodes)
+        if subgraph.ep_name == provider:
+            on_target += len(nodes)
+        else:
+            fallback += [f"{n.op_type} {n.name!r}" if n.name else n.op_type for n in nodes]
+    return Placement(provider=provider, nodes_total=total, nodes_on_target=on_target, fallback=fallback)
+
+
+def fixed_batch(session: onnxruntime.InferenceSession) -> int | None:
+    """The first input's batch size when it is fixed in the model, else None."""
+    shape = session.get_inputs()[0].shape
+    return int(shape[0]) if shape and isinstance(shape[0], int) and shape[0] > 0 else None
+
+
+def run_batched(
+    session: onnxruntime.InferenceSession, inputs: Mapping[str, np.ndarray], chunk: int = 256
+) -> np.ndarray:
+    """The first output of ``session`` on every row of ``inputs``, run ``chunk`` rows at a time.
+
+    A model with a fixed batch size runs that many rows at a time, the last chunk padded by
+    repeating its last row (the padding's outputs are dropped). Raises :class:`TargetError` when a
+    run fails.
+    """
+    n = len(next(iter(inputs.values())))
+    step = fixed_batch(session) or chunk
+    outs = []
+    for start in range(0, n, step):
+        part = {k: np.asarray(v)[start : start + step] for k, v in inputs.items()}
+        rows = len(next(iter(part.values())))
+        if rows < step and fixed_batch(session):
+            part = {k: np.concatenate([v, np.repeat(v[-1:], step - rows, axis=0)]) for k, v in part.items()}
+        try:
+            out = session.run(None, feed(session, part))[0]
+        except TargetError:
+            raise
+        except Exception as exc:
+            raise TargetError(
+                f"ONNX Runtime failed to run the model on rows {start}-{start + rows - 1}: {_first_line(exc)}; "
+                "check that the data fits the model's inputs"
+            ) from exc
+        outs.append(np.asarray(out)[:rows])
+    return np.concatenate(outs) if outs else np.zeros((0,))
+
+
+def binder(session: onnxruntime.InferenceSession) -> Callable[[Mapping[str, np.ndarray]], Callable[[], Any]]:
+    """``bind(inputs) -> run()`` for ``session``: the feed is built once, ``run()`` only runs the model.
+
+    What an ONNX Runtime target's :meth:`~slimkit.core.target.Target.runner` returns.
+    """
+
+    def bind(inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
+        fed = feed(session, inputs)
+        return lambda: session.run(None, fed)
+
+    return bind

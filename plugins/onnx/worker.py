@@ -1,11 +1,11 @@
-"""Benchmarks in an isolated process: ``python -m slimkit.plugins.targets.worker REQUEST.json``.
+"""Benchmarks in an isolated process: ``python -m slimkit.plugins.onnx.worker REQUEST.json``.
 
 A target measures an ONNX model in a fresh Python process so that nothing of the parent (torch's
 thread pool, a training run's memory, imported libraries) shares its cores or inflates its memory,
 and so that the process's peak RSS is the model's. The parent writes the inputs to an ``.npz`` file
 and a JSON request naming a *session factory* (``module:function`` taking the model path and the
 request's ``session`` mapping, returning an ``onnxruntime.InferenceSession``); the worker creates the
-session, runs warm-up and timed runs with :func:`slimkit.plugins.targets.cpu.time_runs` and writes
+session, runs warm-up and timed runs with :func:`slimkit.core.timing.time_runs` and writes
 the times, its peak RSS and (with ``gpu: true``) the GPU memory it holds to a JSON result file.
 Progress goes to stdout as lines starting with :data:`PROGRESS_PREFIX`; anything else a native
 library prints there is ignored.
@@ -62,14 +62,14 @@ def run_isolated(
     """Measure ``onnx_path`` on ``example`` in a new Python process; return its :class:`Latency`.
 
     ``factory`` (``"package.module:function"``) builds the session from ``(path, session)`` in the
-    worker; ``timing`` holds :func:`~slimkit.plugins.targets.cpu.time_runs`' ``warmup``, ``repeats``,
+    worker; ``timing`` holds :func:`~slimkit.core.timing.time_runs`' ``warmup``, ``repeats``,
     ``min_seconds`` and ``max_seconds``; ``threads`` is recorded as the latency's thread count.
     ``progress(task, done, total)`` is called as the worker reports. ``timeout`` (default: the
     timing budget plus :data:`STARTUP_SECONDS`) ends a worker that hangs.
 
     Raises the worker's :class:`SlimkitError` as is, and :class:`TargetError` when the worker dies.
     """
-    from .cpu import latency
+    from .timing import latency
 
     limit = timeout if timeout is not None else float(timing.get("max_seconds", 60.0)) + STARTUP_SECONDS
     with tempfile.TemporaryDirectory(prefix="slimkit-bench-") as tmp:
@@ -90,7 +90,7 @@ def run_isolated(
         stderr_path = tmpdir / "stderr.txt"
         with open(stderr_path, "w") as stderr:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "slimkit.plugins.targets.worker", str(tmpdir / "request.json")],
+                [sys.executable, "-m", "slimkit.plugins.onnx.worker", str(tmpdir / "request.json")],
                 stdout=subprocess.PIPE,
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,
@@ -181,7 +181,7 @@ def load_factory(spec: str) -> Callable[[str, Mapping[str, Any]], Any]:
 
 
 def _work(request: Mapping[str, Any]) -> dict[str, Any]:
-    from .cpu import measure_session
+    from .timing import measure_session
 
     def progress(task: str, done: float, total: float | None) -> None:
         print(PROGRESS_PREFIX + json.dumps({"task": task, "done": done, "total": total}), flush=True)
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     """Worker entry: read the request file named in ``argv``, write its result file. Exit 0 unless it cannot."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m slimkit.plugins.targets.worker REQUEST.json", file=sys.stderr)
+        print("usage: python -m slimkit.plugins.onnx.worker REQUEST.json", file=sys.stderr)
         return 2
     request = json.loads(Path(argv[0]).read_text())
     try:

@@ -6,14 +6,13 @@ it returns the best trial within the constraints as the stage's model, so the ru
 ``model.onnx`` and MLflow run are those of a normal run, plus the Pareto front. See ``docs/SEARCH.md``.
 
 Hooks: the technique is registered like any other; ``slimkit_run_start`` checks the study storage
-before any work (one line, within seconds) and gives the report its Pareto section;
-``slimkit_stage_start`` hands the running run (target, tracker, run directory) to the technique;
+before any work (one line, within seconds) and gives the report its Pareto section; the technique
+gets the running run (target, tracker, run directory) from its stage context (``ctx.run``);
 ``slimkit_run_end``/``slimkit_run_failed`` print the Pareto table.
 """
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from slimkit.core import Technique, TechniqueError, hookimpl
@@ -23,12 +22,9 @@ from .config import SearchConfig
 if TYPE_CHECKING:
     from slimkit.core.adapter import ModelAdapter
     from slimkit.core.registry import Registry
-    from slimkit.core.report import Report
+    from slimkit.core.report import Report, StageResult
     from slimkit.core.run import RunContext
     from slimkit.core.technique import StageContext
-
-#: The run whose ``search`` stage is starting (set by :func:`slimkit_stage_start`, read by the technique).
-_RUN: ContextVar[RunContext | None] = ContextVar("slimkit_search_run", default=None)
 
 
 class Search(Technique):
@@ -41,7 +37,7 @@ class Search(Technique):
     Config = SearchConfig
 
     def apply(self, model: Any, adapter: ModelAdapter, ctx: StageContext) -> Any:
-        run = _RUN.get()
+        run = ctx.run
         if run is None:
             raise TechniqueError("the search technique runs only inside a slimkit run; use pipeline=search")
         from .study import run_search
@@ -66,20 +62,21 @@ def slimkit_run_start(ctx: RunContext) -> None:
     configs = _search_configs(ctx)
     if not configs:
         return
-    from .report import SearchReport
+    from .report import add_search_section
     from .study import check_storage
 
-    # Same fields, more output: report.json gets "pareto" and "search", report.md a Pareto table.
-    ctx.report.__class__ = SearchReport
+    add_search_section(ctx.report, None)  # report.json gets "search" and "pareto", filled when it has run
     for cfg in configs:
         check_storage(str(cfg.storage))
 
 
 @hookimpl
-def slimkit_stage_start(ctx: RunContext, name: str, technique: str, index: int, total: int) -> None:
-    """Hand the run to the ``search`` technique that is about to run."""
-    if technique == Search.name:
-        _RUN.set(ctx)
+def slimkit_stage_end(ctx: RunContext, result: StageResult) -> None:
+    """A search stage (run or taken from the cache): its Pareto front goes into the run's report."""
+    if result.technique == Search.name and "search" in result.info:
+        from .report import add_search_section
+
+        add_search_section(ctx.report, {"search": result.info["search"], "pareto": result.info.get("pareto", [])})
 
 
 def _print(ctx: RunContext, report: Report | None) -> None:
@@ -95,14 +92,10 @@ def _print(ctx: RunContext, report: Report | None) -> None:
 @hookimpl
 def slimkit_run_end(ctx: RunContext, report: Report) -> None:
     """Print the Pareto front after a search run."""
-    if _search_configs(ctx):
-        _RUN.set(None)
     _print(ctx, report)
 
 
 @hookimpl
 def slimkit_run_failed(ctx: RunContext, error: BaseException, report: Report | None) -> None:
     """Print the Pareto front of a failed search (e.g. no trial met the constraints)."""
-    if _search_configs(ctx):
-        _RUN.set(None)
     _print(ctx, report)

@@ -16,36 +16,22 @@ COLUMNS = ("trial", "label", "accuracy", "accuracy_drop", "speedup", "latency_ms
 
 def search_section(report: Report) -> dict[str, Any] | None:
     """``{"search": summary, "pareto": rows}`` of a search run (from the run or its cached stage)."""
-    section = report.__dict__.get("search")
-    if section:
-        return section
+    if report.sections.get("search"):
+        return {"search": report.sections["search"], "pareto": report.sections.get("pareto", [])}
     for stage in report.stages:
         if stage.technique == "search" and "search" in stage.info:
             return {"search": stage.info["search"], "pareto": stage.info.get("pareto", [])}
     return None
 
 
-class SearchReport(Report):
-    """A :class:`Report` that also writes the search's Pareto front.
-
-    The search plugin gives a search run's report this class when the run starts, so ``report.json``
-    gets ``pareto`` (a list of trials) and ``search`` (study, storage, trial counts, best trial), and
-    ``report.md`` a Pareto table; everything else is the normal report contract.
-    """
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        section = search_section(self) or {}
-        out["search"] = section.get("search")
-        out["pareto"] = section.get("pareto", [])
-        return out
-
-    def to_markdown(self) -> str:
-        text = super().to_markdown()
-        section = search_section(self)
-        if not section:
-            return text
-        return text.rstrip("\n") + "\n\n" + pareto_markdown(section) + "\n"
+def add_search_section(report: Report, section: dict[str, Any] | None) -> None:
+    """Give ``report`` the search's sections: ``search`` and ``pareto`` in report.json, a Pareto table
+    in report.md (empty ones until the search has run)."""
+    section = section or {}
+    report.sections["search"] = section.get("search")
+    report.sections["pareto"] = section.get("pareto", [])
+    if section:
+        report.markdown["pareto"] = pareto_markdown(section)
 
 
 def _fmt(key: str, value: Any) -> str:

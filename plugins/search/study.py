@@ -544,9 +544,36 @@ def run_search(cfg: SearchConfig, run: RunContext, model: Any, adapter: ModelAda
     Raises :class:`SearchError` when no trial meets the constraints (the closest trial's model is
     kept in the stage's ``.failed`` directory) or when every trial failed.
     """
-    import optuna
+    study = _open(cfg, run, sctx)
+    searcher = Searcher(cfg=cfg, run=run, model=model, adapter=adapter, sctx=sctx)
+    enqueue_seeds(study, cfg, searcher.supported)
+    unusable = [n for n in cfg.seed_pipelines if not all(searcher.supported(t) for t in seed_techniques(cfg, n))]
+    if unusable:
+        sctx.info["seeds_skipped"] = {n: f"a stage's technique does not handle {adapter.name} models" for n in unusable}
+        searcher.note(f"seed pipelines {', '.join(unusable)} skipped: they cannot run on a {adapter.name} model")
+    _optimize(study, cfg, searcher)
+    rows = trial_rows(study, cfg)
+    best = pick_best(rows, cfg)
+    summary = _summarize(rows, best, cfg, searcher, run, sctx)
+    if best is None:
+        _no_feasible_trial(rows, summary, cfg, searcher, study, Path(sctx.work_dir))
+    assert best is not None
+    path = _load_trial_model(searcher, best, study)
+    if path is None:
+        raise SearchError(f"the model of the best trial {best['trial']} could not be rebuilt; re-run the search")
+    sctx.metrics.update(
+        {
+            "best_trial": float(best["trial"]),
+            "best_speedup": float(best["speedup"]),
+            "best_accuracy_drop": float(best["accuracy_drop"]),
+        }
+    )
+    return run.registry.adapter("onnx")().load_file(path)
 
-    from .report import pareto_plot
+
+def _open(cfg: SearchConfig, run: RunContext, sctx: StageContext) -> Any:
+    """The study in ``cfg.storage``, its trials of dead workers failed (their tracker runs ended FAILED)."""
+    import optuna
 
     logging.getLogger("optuna").setLevel(logging.ERROR)
 
@@ -574,26 +601,39 @@ def run_search(cfg: SearchConfig, run: RunContext, model: Any, adapter: ModelAda
             f"cannot use the study {cfg.study!r} in {mask_url(str(cfg.storage))}: {type(exc).__name__}: "
             f"{' '.join(str(exc).split())[:300]}; check search.storage"
         ) from exc
-    searcher = Searcher(cfg=cfg, run=run, model=model, adapter=adapter, sctx=sctx)
-    enqueue_seeds(study, cfg, searcher.supported)
-    unusable = [n for n in cfg.seed_pipelines if not all(searcher.supported(t) for t in seed_techniques(cfg, n))]
-    if unusable:
-        sctx.info["seeds_skipped"] = {n: f"a stage's technique does not handle {adapter.name} models" for n in unusable}
-        searcher.note(f"seed pipelines {', '.join(unusable)} skipped: they cannot run on a {adapter.name} model")
+    return study
+
+
+def _optimize(study: Any, cfg: SearchConfig, searcher: Searcher) -> None:
+    """Run trials until the study holds ``n_trials`` that ran (other workers' count too) or time is up."""
+    import optuna
+
     finished = [t for t in study.get_trials(deepcopy=False) if t.state.name in _COUNTED]
     todo = int(cfg.n_trials) - len(finished)
-    if todo > 0:
-        states = tuple(getattr(optuna.trial.TrialState, s) for s in _COUNTED)
-        study.optimize(
-            searcher.objective,
-            n_trials=todo * (1 + DUPLICATES_PER_TRIAL),  # the callback stops at n_trials that ran
-            timeout=cfg.timeout_s,
-            catch=(Exception,),
-            callbacks=[optuna.study.MaxTrialsCallback(int(cfg.n_trials), states=states)],
-        )
-    rows = trial_rows(study, cfg)
+    if todo <= 0:
+        return
+    states = tuple(getattr(optuna.trial.TrialState, s) for s in _COUNTED)
+    study.optimize(
+        searcher.objective,
+        n_trials=todo * (1 + DUPLICATES_PER_TRIAL),  # the callback stops at n_trials that ran
+        timeout=cfg.timeout_s,
+        catch=(Exception,),
+        callbacks=[optuna.study.MaxTrialsCallback(int(cfg.n_trials), states=states)],
+    )
+
+
+def _summarize(
+    rows: list[dict[str, Any]],
+    best: Mapping[str, Any] | None,
+    cfg: SearchConfig,
+    searcher: Searcher,
+    run: RunContext,
+    sctx: StageContext,
+) -> dict[str, Any]:
+    """The study's summary, trials.json, the Pareto plot, the stage's info and metrics, the report's section."""
+    from .report import add_search_section, pareto_plot
+
     front = pareto_front(rows, cfg.objectives)
-    best = pick_best(rows, cfg)
     counts = {s: sum(1 for r in rows if r["state"] == s) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
     summary = {
         "study": cfg.study,
@@ -616,41 +656,35 @@ def run_search(cfg: SearchConfig, run: RunContext, model: Any, adapter: ModelAda
         sctx.info["plot_error"] = f"{type(exc).__name__}: {exc}"
     sctx.info.update({"search": summary, "pareto": front})
     sctx.metrics.update({f"trials_{k.lower()}": float(v) for k, v in counts.items()})
-    run.report.search = {"search": summary, "pareto": front}  # type: ignore[attr-defined]
-    if best is None:
-        near = closest(rows)
-        if near is None:
-            errors = [r["error"] for r in rows if r.get("error")]
-            raise SearchError(
-                f"no trial of study {cfg.study!r} finished ({counts['FAIL']} failed"
-                + (f"; first error: {errors[0][:200]}" if errors else "")
-                + "); fix the error or narrow search.space, then re-run to continue the study"
-            )
-        summary["closest_trial"] = near["trial"]
-        missed = [k for k, v in near["violations"].items() if v > 0]
-        bounds = cfg.constraints()
-        candidate = _load_trial_model(searcher, near, study)
-        if candidate is not None:
-            shutil.copy2(candidate, work / "closest_model.onnx")
+    add_search_section(run.report, {"search": summary, "pareto": front})
+    return summary
+
+
+def _no_feasible_trial(
+    rows: list[dict[str, Any]], summary: dict[str, Any], cfg: SearchConfig, searcher: Searcher, study: Any, work: Path
+) -> None:
+    """Raise the one-line :class:`SearchError` of a search without a feasible trial (keep the closest model)."""
+    near = closest(rows)
+    if near is None:
+        errors = [r["error"] for r in rows if r.get("error")]
         raise SearchError(
-            f"no trial meets {', '.join(f'{k}={bounds[k]:g}' for k in missed)}; closest: trial {near['trial']} "
-            f"({near['label']}): accuracy drop {near['accuracy_drop']:.2f} pt, speedup {near['speedup']:.2f}x, "
-            f"latency {near['latency_ms']:.3f} ms, size {near['size_mb']:.3f} MB"
-            + (" (its model is kept in the stage's .failed directory)" if candidate is not None else "")
-            + "; relax the constraint or add trials (search.n_trials)"
+            f"no trial of study {cfg.study!r} finished ({summary['trials']['FAIL']} failed"
+            + (f"; first error: {errors[0][:200]}" if errors else "")
+            + "); fix the error or narrow search.space, then re-run to continue the study"
         )
-    path = _load_trial_model(searcher, best, study)
-    if path is None:
-        raise SearchError(f"the model of the best trial {best['trial']} could not be rebuilt; re-run the search")
-    sctx.metrics.update(
-        {
-            "best_trial": float(best["trial"]),
-            "best_speedup": float(best["speedup"]),
-            "best_accuracy_drop": float(best["accuracy_drop"]),
-        }
+    summary["closest_trial"] = near["trial"]
+    missed = [k for k, v in near["violations"].items() if v > 0]
+    bounds = cfg.constraints()
+    candidate = _load_trial_model(searcher, near, study)
+    if candidate is not None:
+        shutil.copy2(candidate, work / "closest_model.onnx")
+    raise SearchError(
+        f"no trial meets {', '.join(f'{k}={bounds[k]:g}' for k in missed)}; closest: trial {near['trial']} "
+        f"({near['label']}): accuracy drop {near['accuracy_drop']:.2f} pt, speedup {near['speedup']:.2f}x, "
+        f"latency {near['latency_ms']:.3f} ms, size {near['size_mb']:.3f} MB"
+        + (" (its model is kept in the stage's .failed directory)" if candidate is not None else "")
+        + "; relax the constraint or add trials (search.n_trials)"
     )
-    onnx_adapter = run.registry.adapter("onnx")()
-    return onnx_adapter.load_file(path)
 
 
 def _load_trial_model(searcher: Searcher, row: Mapping[str, Any], study: Any) -> Path | None:

@@ -1,6 +1,6 @@
 """The ``cpu`` target: latency on the host CPU with ONNX Runtime and the model's own framework.
 
-Config (the ``target`` group; every key optional):
+Config (the ``target`` group, :class:`CpuConfig`, where the defaults live; every key optional):
 
 ``threads``
     Intra-op threads, ``0`` (default) for the runtime's default: all physical cores.
@@ -22,7 +22,7 @@ Config (the ``target`` group; every key optional):
     ``disable``.
 ``isolate``
     Measure ONNX Runtime in a fresh Python process per batch size (default ``true``; see
-    :mod:`slimkit.plugins.targets.worker`): nothing of this process (torch's threads, a training
+    :mod:`slimkit.plugins.onnx.worker`): nothing of this process (torch's threads, a training
     run's memory) shares its cores, and the latencies carry the worker's peak RSS. The framework
     runtime is always measured in this process, where its model object lives: pickling an
     arbitrary model and its runner to another process is fragile, and torch eager shares nothing
@@ -33,311 +33,47 @@ Importing this module imports neither ONNX Runtime nor torch; they are imported 
 
 from __future__ import annotations
 
-import os
 import sys
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimkit.core import BenchmarkRequest, Capabilities, Latency, Placement, Target, TargetError, hookimpl
+from slimkit.core import (
+    BenchmarkRequest,
+    Capabilities,
+    ConfigError,
+    Latency,
+    Placement,
+    Target,
+    TargetConfig,
+    TargetError,
+    check_bool,
+    check_int,
+    check_list,
+    check_number,
+    hookimpl,
+)
+from slimkit.core.target import Bind
+from slimkit.core.timing import Progress, time_runs
+from slimkit.plugins.onnx.runtime import (
+    GRAPH_OPTIMIZATIONS,
+    RECORD_PLACEMENT,
+    _first_line,
+    binder,
+    ort_placement,
+    ort_session,
+    physical_cores,
+    run_batched,
+)
+from slimkit.plugins.onnx.timing import latency, measure_session
 
 if TYPE_CHECKING:
     import onnxruntime
 
-Progress = Callable[[str, float, float | None], None]
-
 RUNTIMES: tuple[str, ...] = ("onnxruntime", "torch")
-GRAPH_OPTIMIZATIONS: tuple[str, ...] = ("all", "extended", "basic", "disable")
-_ORT_LEVELS = {
-    "all": "ORT_ENABLE_ALL",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "basic": "ORT_ENABLE_BASIC",
-    "disable": "ORT_DISABLE_ALL",
-}
-_ORT_DTYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(double)": np.float64,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(int16)": np.int16,
-    "tensor(int8)": np.int8,
-    "tensor(uint8)": np.uint8,
-    "tensor(bool)": np.bool_,
-}
-_PROGRESS_EVERY = 10
-
-DEFAULTS: dict[str, Any] = {
-    "threads": 0,
-    "batch_sizes": [1, 64],
-    "warmup": 10,
-    "repeats": 50,
-    "min_seconds": 0.0,
-    "max_seconds": 10.0,
-    "runtimes": list(RUNTIMES),
-    "graph_optimization": "all",
-    "isolate": True,
-}
-
-
-# -- helpers other plugins may reuse --------------------------------------------------------------
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def physical_cores() -> int:
-    """Physical cores this process may run on (what ONNX Runtime and torch use by default).
-
-    Counts distinct (package, core) pairs of the CPUs in the process's affinity mask on Linux;
-    elsewhere, or when the topology cannot be read, the logical CPU count.
-    """
-    try:
-        cpus = sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-    cores: set[tuple[str, str]] = set()
-    try:
-        for cpu in cpus:
-            topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
-            package = (topo / "physical_package_id").read_text().strip()
-            core = (topo / "core_id").read_text().strip()
-            cores.add((package, core))
-    except OSError:
-        return max(1, len(cpus))
-    return max(1, len(cores))
-
-
-def ort_session(
-    path: str | Path,
-    threads: int = 0,
-    optimization: str = "all",
-    config: Mapping[str, str] | None = None,
-) -> onnxruntime.InferenceSession:
-    """An ONNX Runtime CPU session for the model file ``path``, set up for latency measurement.
-
-    ``threads`` > 0 fixes the intra-op thread count (0: ONNX Runtime's default, all physical cores);
-    inter-op threads are 1, execution is sequential and ``optimization`` is one of ``all``,
-    ``extended``, ``basic`` or ``disable``. ``config`` adds session config entries (e.g.
-    :data:`RECORD_PLACEMENT`). Raises :class:`TargetError` naming the file when ONNX Runtime cannot
-    load it.
-    """
-    if optimization not in _ORT_LEVELS:
-        raise TargetError(
-            f"graph_optimization={optimization!r} is not one of {list(GRAPH_OPTIMIZATIONS)}; use e.g. 'all'"
-        )
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise TargetError(f"threads={threads!r} must be an int >= 0; use 0 for all physical cores")
-    path = Path(path)
-    if not path.is_file():
-        raise TargetError(f"ONNX file {str(path)!r} does not exist; export the model first")
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        raise TargetError(f"onnxruntime cannot be imported ({exc}); pip install onnxruntime") from exc
-    opts = ort.SessionOptions()
-    if threads > 0:
-        opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _ORT_LEVELS[optimization])
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    for key, value in (config or {}).items():
-        opts.add_session_config_entry(key, str(value))
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise TargetError(
-            f"ONNX Runtime cannot load {str(path)!r}: {_first_line(exc)}; check that the file is a "
-            "complete ONNX model (re-export it)"
-        ) from exc
-
-
-def ort_feed(session: onnxruntime.InferenceSession, example: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Map the named arrays of ``example`` onto the session's inputs.
-
-    Inputs are matched by name; when the names differ and both the model and the example have
-    exactly one input, the array is fed positionally. Arrays are cast to the input's element type
-    (once, here, not in the timed loop) and made contiguous. Raises :class:`TargetError` when the
-    inputs cannot be matched.
-    """
-    inputs = session.get_inputs()
-    names = [i.name for i in inputs]
-    if all(n in example for n in names):
-        arrays = [example[n] for n in names]
-    elif len(names) == 1 and len(example) == 1:
-        arrays = [next(iter(example.values()))]
-    else:
-        raise TargetError(
-            f"the ONNX model's inputs {names} do not match the example inputs {list(example)}; "
-            "name the data inputs like the model's inputs (input_names= at export)"
-        )
-    feed = {}
-    for info, arr in zip(inputs, arrays, strict=True):
-        arr = np.asarray(arr)
-        want = _ORT_DTYPES.get(info.type)
-        if want is not None and arr.dtype != want:
-            arr = arr.astype(want)
-        feed[info.name] = np.ascontiguousarray(arr)
-    return feed
-
-
-def time_runs(
-    fn: Callable[[], Any],
-    *,
-    warmup: int,
-    repeats: int,
-    min_seconds: float = 0.0,
-    max_seconds: float = float("inf"),
-    progress: Progress | None = None,
-    task: str = "",
-) -> np.ndarray:
-    """Call ``fn`` ``warmup`` times untimed, then time it; return the run times in milliseconds.
-
-    Timed runs continue until both ``repeats`` runs and ``min_seconds`` of timed runs are done, and
-    stop early once ``max_seconds`` (counting from the first warm-up run) has passed; warm-up stops
-    once half of ``max_seconds`` has passed. At least one timed run is always made. ``progress(task,
-    done, total)`` is called at the start, every few runs and at the end, never inside a timing.
-    """
-    clock = time.perf_counter_ns
-    max_ns = max_seconds * 1e9
-    min_ns = min_seconds * 1e9
-    start = clock()
-    total: float | None = float(repeats)
-    if progress is not None:
-        progress(task, 0, total)
-    for _ in range(warmup):
-        fn()
-        if clock() - start >= max_ns / 2:
-            break
-    times: list[int] = []
-    timed_start = clock()
-    while True:
-        t0 = clock()
-        fn()
-        t1 = clock()
-        times.append(t1 - t0)
-        n = len(times)
-        if t1 - start >= max_ns:
-            break
-        if n >= repeats and t1 - timed_start >= min_ns:
-            break
-        if progress is not None and n % _PROGRESS_EVERY == 0:
-            if n >= repeats:
-                total = None  # extending to min_seconds: the number of runs is not known
-            progress(task, n, total)
-    if progress is not None:
-        progress(task, len(times), len(times))
-    return np.asarray(times, dtype=np.float64) / 1e6
-
-
-def latency(runtime: str, batch: int, times_ms: np.ndarray, threads: int) -> Latency:
-    """A :class:`Latency` from run times in milliseconds (p50, p90, mean via numpy)."""
-    p50, p90 = np.percentile(times_ms, [50, 90])
-    return Latency(
-        runtime=runtime,
-        batch=int(batch),
-        p50=float(p50),
-        p90=float(p90),
-        mean=float(np.mean(times_ms)),
-        runs=len(times_ms),
-        threads=int(threads),
-    )
-
-
-#: Session config entry that makes ONNX Runtime record which provider runs each node.
-RECORD_PLACEMENT = {"session.record_ep_graph_assignment_info": "1"}
-
-
-def ort_placement(session: onnxruntime.InferenceSession, provider: str) -> Placement:
-    """Where the nodes of ``session`` run, counted from ONNX Runtime's graph assignment info.
-
-    The session must have been created with :data:`RECORD_PLACEMENT`. Nodes are those of the
-    optimized, partitioned graph (a node a provider fused or compiled counts once per original node
-    it reports). ``fallback`` lists ``"OpType name"`` of the nodes not on ``provider``.
-    """
-    total = on_target = 0
-    fallback: list[str] = []
-    for subgraph in session.get_provider_graph_assignment_info():
-        nodes = list(subgraph.get_nodes())
-        total += len(nodes)
-        if subgraph.ep_name == provider:
-            on_target += len(nodes)
-        else:
-            fallback += [f"{n.op_type} {n.name!r}" if n.name else n.op_type for n in nodes]
-    return Placement(provider=provider, nodes_total=total, nodes_on_target=on_target, fallback=fallback)
-
-
-def fixed_batch(session: onnxruntime.InferenceSession) -> int | None:
-    """The first input's batch size when it is fixed in the model, else None."""
-    shape = session.get_inputs()[0].shape
-    return int(shape[0]) if shape and isinstance(shape[0], int) and shape[0] > 0 else None
-
-
-def run_batched(
-    session: onnxruntime.InferenceSession, inputs: Mapping[str, np.ndarray], chunk: int = 256
-) -> np.ndarray:
-    """The first output of ``session`` on every row of ``inputs``, run ``chunk`` rows at a time.
-
-    A model with a fixed batch size runs that many rows at a time, the last chunk padded by
-    repeating its last row (the padding's outputs are dropped). Raises :class:`TargetError` when a
-    run fails.
-    """
-    n = len(next(iter(inputs.values())))
-    step = fixed_batch(session) or chunk
-    outs = []
-    for start in range(0, n, step):
-        part = {k: np.asarray(v)[start : start + step] for k, v in inputs.items()}
-        rows = len(next(iter(part.values())))
-        if rows < step and fixed_batch(session):
-            part = {k: np.concatenate([v, np.repeat(v[-1:], step - rows, axis=0)]) for k, v in part.items()}
-        try:
-            out = session.run(None, ort_feed(session, part))[0]
-        except TargetError:
-            raise
-        except Exception as exc:
-            raise TargetError(
-                f"ONNX Runtime failed to run the model on rows {start}-{start + rows - 1}: {_first_line(exc)}; "
-                "check that the data fits the model's inputs"
-            ) from exc
-        outs.append(np.asarray(out)[:rows])
-    return np.concatenate(outs) if outs else np.zeros((0,))
-
-
-def measure_session(
-    session: onnxruntime.InferenceSession,
-    path: str | Path,
-    example: Mapping[str, np.ndarray],
-    batch: int,
-    timing: Mapping[str, Any],
-    progress: Progress | None,
-    task: str,
-) -> np.ndarray:
-    """Time ``session`` on ``example`` (one batch) with :func:`time_runs`; run times in ms.
-
-    Raises :class:`TargetError` naming ``path`` and ``batch`` when a run fails.
-    """
-    feed = ort_feed(session, example)
-
-    def run() -> Any:
-        return session.run(None, feed)
-
-    try:
-        return time_runs(run, progress=progress, task=task, **timing)
-    except TargetError:
-        raise
-    except Exception as exc:
-        shapes = {k: list(v.shape) for k, v in feed.items()}
-        raise TargetError(
-            f"ONNX Runtime failed to run {str(path)!r} at batch {batch} (inputs "
-            f"{shapes}): {_first_line(exc)}; export with a dynamic batch dimension or change "
-            "target.batch_sizes"
-        ) from exc
 
 
 def worker_session(path: str, spec: Mapping[str, Any]) -> onnxruntime.InferenceSession:
@@ -348,83 +84,71 @@ def worker_session(path: str, spec: Mapping[str, Any]) -> onnxruntime.InferenceS
 # -- config ---------------------------------------------------------------------------------------
 
 
-def _int(cfg: Mapping[str, Any], key: str, low: int, example: Any) -> int:
-    value = cfg[key]
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TargetError(f"target.{key}={value!r} must be an integer >= {low}; use e.g. {example}")
-    if value < low:
-        raise TargetError(f"target.{key}={value} must be >= {low}; use e.g. {example}")
-    return int(value)
+@dataclass
+class TimingConfig(TargetConfig):
+    """The options every slimkit target times with (``cpu``, ``cuda`` and ``npu`` extend it).
 
-
-def _float(cfg: Mapping[str, Any], key: str, positive: bool, example: Any) -> float:
-    value = cfg[key]
-    bound = "> 0" if positive else ">= 0"
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TargetError(f"target.{key}={value!r} must be a number {bound}; use e.g. {example}")
-    value = float(value)
-    if value != value or (value <= 0 if positive else value < 0):
-        raise TargetError(f"target.{key}={value} must be {bound}; use e.g. {example}")
-    return value
-
-
-def _list(cfg: Mapping[str, Any], key: str, example: Any) -> list[Any]:
-    value = cfg[key]
-    if isinstance(value, str | bytes | Mapping) or not hasattr(value, "__iter__"):
-        raise TargetError(f"target.{key}={value!r} must be a list; use e.g. {example}")
-    items = list(value)
-    if not items:
-        raise TargetError(f"target.{key} is empty; use e.g. {example}")
-    return items
-
-
-def validate_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``cpu`` target config with defaults filled in; :class:`TargetError` for a bad value.
-
-    Keys other than the known ones (``name`` and those of other targets) are kept as they are.
+    threads: intra-op threads, 0 for the runtime's default (all physical cores); batch_sizes: the
+    batch sizes to measure, in order; warmup / repeats: untimed runs, then timed runs per (runtime,
+    batch); min_seconds / max_seconds: keep timing until both ``repeats`` runs and ``min_seconds``
+    are done, stop once ``max_seconds`` is spent; isolate: measure ONNX Runtime in a worker process.
     """
-    merged = {**DEFAULTS, **{k: v for k, v in dict(cfg).items() if v is not None}}
-    out = dict(merged)
-    out["threads"] = _int(merged, "threads", 0, "0 (all physical cores) or 4")
-    sizes = _list(merged, "batch_sizes", "[1, 64]")
-    checked = []
-    for b in sizes:
-        if isinstance(b, bool) or not isinstance(b, int | np.integer) or b < 1:
-            raise TargetError(
-                f"target.batch_sizes={sizes!r} has {b!r}; batch sizes must be integers >= 1, e.g. [1, 64]"
+
+    threads: int = 0
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
+    warmup: int = 10
+    repeats: int = 50
+    min_seconds: float = 0.0
+    max_seconds: float = 10.0
+    isolate: bool = True
+
+    def __post_init__(self) -> None:
+        self.threads = check_int("threads", self.threads, 0, example="0 (all physical cores) or 4")
+        sizes = check_list("batch_sizes", self.batch_sizes, example="[1, 64]")
+        checked: list[int] = []
+        for b in sizes:
+            if isinstance(b, bool) or not isinstance(b, int | np.integer) or b < 1:
+                raise ConfigError(f"batch_sizes={sizes!r} has {b!r}; batch sizes must be integers >= 1, e.g. [1, 64]")
+            if int(b) in checked:
+                raise ConfigError(f"batch_sizes={sizes!r} lists {b} twice; list each batch size once")
+            checked.append(int(b))
+        self.batch_sizes = checked
+        self.warmup = check_int("warmup", self.warmup, 0, example=10)
+        self.repeats = check_int("repeats", self.repeats, 1, example=50)
+        self.min_seconds = check_number("min_seconds", self.min_seconds, example=1.0)
+        self.max_seconds = check_number("max_seconds", self.max_seconds, low_open=True, example=10)
+        if self.min_seconds > self.max_seconds:
+            raise ConfigError(
+                f"min_seconds={self.min_seconds} is above max_seconds={self.max_seconds}; "
+                "raise max_seconds or lower min_seconds"
             )
-        if int(b) in checked:
-            raise TargetError(f"target.batch_sizes={sizes!r} lists {b} twice; list each batch size once")
-        checked.append(int(b))
-    out["batch_sizes"] = checked
-    out["warmup"] = _int(merged, "warmup", 0, 10)
-    out["repeats"] = _int(merged, "repeats", 1, 50)
-    out["min_seconds"] = _float(merged, "min_seconds", False, 1.0)
-    out["max_seconds"] = _float(merged, "max_seconds", True, 10)
-    if out["min_seconds"] > out["max_seconds"]:
-        raise TargetError(
-            f"target.min_seconds={out['min_seconds']} is above target.max_seconds={out['max_seconds']}; "
-            "raise max_seconds or lower min_seconds"
-        )
-    runtimes = _list(merged, "runtimes", list(RUNTIMES))
-    for r in runtimes:
-        if r not in RUNTIMES:
-            raise TargetError(
-                f"target.runtimes has unknown runtime {r!r}; pick from {list(RUNTIMES)} "
-                "('torch' runs the framework model)"
+        self.isolate = check_bool("isolate", self.isolate)
+
+
+@dataclass
+class CpuConfig(TimingConfig):
+    """``target=cpu``: :class:`TimingConfig` plus the runtimes to measure and ONNX Runtime's graph
+    optimization level (see the module docstring)."""
+
+    runtimes: list[str] = field(default_factory=lambda: list(RUNTIMES))
+    graph_optimization: str = "all"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        runtimes = check_list("runtimes", self.runtimes, example=list(RUNTIMES))
+        for r in runtimes:
+            if r not in RUNTIMES:
+                raise ConfigError(
+                    f"runtimes has unknown runtime {r!r}; pick from {list(RUNTIMES)} ('torch' runs the framework model)"
+                )
+        if len(set(runtimes)) != len(runtimes):
+            raise ConfigError(f"runtimes={runtimes!r} lists a runtime twice; list each once")
+        self.runtimes = [str(r) for r in runtimes]
+        if self.graph_optimization not in GRAPH_OPTIMIZATIONS:
+            raise ConfigError(
+                f"graph_optimization={self.graph_optimization!r} is not one of {list(GRAPH_OPTIMIZATIONS)}; "
+                "use e.g. 'all'"
             )
-    if len(set(runtimes)) != len(runtimes):
-        raise TargetError(f"target.runtimes={runtimes!r} lists a runtime twice; list each once")
-    out["runtimes"] = [str(r) for r in runtimes]
-    opt = merged["graph_optimization"]
-    if opt not in GRAPH_OPTIMIZATIONS:
-        raise TargetError(
-            f"target.graph_optimization={opt!r} is not one of {list(GRAPH_OPTIMIZATIONS)}; use e.g. 'all'"
-        )
-    if not isinstance(merged["isolate"], bool | np.bool_):
-        raise TargetError(f"target.isolate={merged['isolate']!r} must be true or false; use e.g. true")
-    out["isolate"] = bool(merged["isolate"])
-    return out
 
 
 # -- the target -----------------------------------------------------------------------------------
@@ -435,10 +159,13 @@ class CpuTarget(Target):
 
     name = "cpu"
     description = "host CPU: ONNX Runtime CPUExecutionProvider and the framework model (e.g. torch)"
+    Config = CpuConfig
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__(cfg)
-        self.options = validate_cfg(self.cfg)
+        #: The typed config (:class:`CpuConfig`); ``options`` is the same as a dict.
+        self.config: CpuConfig
+        self.options: dict[str, Any] = asdict(self.config)
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -478,6 +205,10 @@ class CpuTarget(Target):
         """The model's first output on every row of ``inputs`` (ONNX Runtime CPU, ``threads``)."""
         session = ort_session(onnx_path, self.options["threads"], self.options["graph_optimization"])
         return run_batched(session, inputs)
+
+    def runner(self, onnx_path: Path) -> Bind:
+        """An ONNX Runtime CPU session (``threads``, ``graph_optimization``) for :meth:`measure`."""
+        return binder(ort_session(onnx_path, self.options["threads"], self.options["graph_optimization"]))
 
     def placement(self, onnx_path: Path) -> Placement:
         """Every node runs on the CPU provider; the count is that of ONNX Runtime's optimized graph."""
@@ -525,7 +256,7 @@ class CpuTarget(Target):
         threads = self.options["threads"]
         effective = threads if threads > 0 else physical_cores()
         if self.options["isolate"]:
-            from .worker import run_isolated
+            from slimkit.plugins.onnx.worker import run_isolated
 
             return [
                 run_isolated(

@@ -19,10 +19,10 @@ Without a GPU, :meth:`CudaTarget.check_available` fails with ``target=cuda needs
 none found — use target=cpu``. Nothing here needs a GPU to import, and the 2:4 helpers
 (:func:`is_2to4`, :func:`semi_structured_layers`) run on the CPU.
 
-Config: as ``cpu`` (``threads``, ``batch_sizes``, ``warmup``, ``repeats``, ``min_seconds``,
-``max_seconds``, ``runtimes``, ``graph_optimization``, ``isolate``) plus ``device`` (CUDA device
-index), ``precision`` (``fp32`` or ``fp16``), ``tensorrt`` (use the TensorRT EP when present) and
-``sparsity`` (``none`` or ``2:4``).
+Config (:class:`CudaConfig`): as ``cpu`` (``threads``, ``batch_sizes``, ``warmup``, ``repeats``,
+``min_seconds``, ``max_seconds``, ``runtimes``, ``graph_optimization``, ``isolate``) plus ``device``
+(CUDA device index), ``precision`` (``fp32`` or ``fp16``), ``tensorrt`` (use the TensorRT EP when
+present) and ``sparsity`` (``none`` or ``2:4``).
 """
 
 from __future__ import annotations
@@ -30,25 +30,29 @@ from __future__ import annotations
 import copy
 import sys
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimkit.core import BenchmarkRequest, Capabilities, Latency, Placement, Target, TargetError, hookimpl
-
-from .cpu import (
-    _ORT_LEVELS,
-    RECORD_PLACEMENT,
-    Progress,
-    _first_line,
-    latency,
-    measure_session,
-    ort_placement,
-    run_batched,
-    time_runs,
-    validate_cfg,
+from slimkit.core import (
+    BenchmarkRequest,
+    Capabilities,
+    ConfigError,
+    Latency,
+    Placement,
+    Target,
+    TargetError,
+    check_bool,
+    hookimpl,
 )
+from slimkit.core.target import Bind
+from slimkit.core.timing import time_runs
+from slimkit.plugins.onnx.runtime import _ORT_LEVELS, RECORD_PLACEMENT, _first_line, binder, ort_placement, run_batched
+from slimkit.plugins.onnx.timing import latency, measure_session
+
+from .cpu import CpuConfig, Progress
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -56,7 +60,6 @@ if TYPE_CHECKING:
 NO_DEVICE = "target=cuda needs a CUDA device; none found — use target=cpu"
 PRECISIONS = ("fp32", "fp16")
 SPARSITIES = ("none", "2:4")
-DEFAULTS: dict[str, Any] = {"device": 0, "precision": "fp32", "tensorrt": True, "sparsity": "none"}
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
@@ -235,24 +238,30 @@ def to_semi_structured(model: Any) -> tuple[list[str], dict[str, str]]:
 # -- the target ------------------------------------------------------------------------------------------
 
 
-def _validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    merged = {**DEFAULTS, **{k: v for k, v in dict(cfg).items() if v is not None}}
-    out = validate_cfg(merged)
-    device = merged["device"]
-    if isinstance(device, bool) or not isinstance(device, int | np.integer) or device < 0:
-        raise TargetError(f"target.device={device!r} must be a CUDA device index >= 0; use e.g. 0")
-    out["device"] = int(device)
-    if merged["precision"] not in PRECISIONS:
-        raise TargetError(
-            f"target.precision={merged['precision']!r} is not one of {list(PRECISIONS)}; use fp16 for tensor cores "
-            "(int8 comes from a QDQ model: quantize it first)"
-        )
-    if merged["sparsity"] not in SPARSITIES:
-        raise TargetError(f"target.sparsity={merged['sparsity']!r} is not one of {list(SPARSITIES)}; use e.g. 2:4")
-    if not isinstance(merged["tensorrt"], bool | np.bool_):
-        raise TargetError(f"target.tensorrt={merged['tensorrt']!r} must be true or false; use e.g. true")
-    out["tensorrt"] = bool(merged["tensorrt"])
-    return out
+@dataclass
+class CudaConfig(CpuConfig):
+    """``target=cuda``: the ``cpu`` target's options plus ``device`` (CUDA device index),
+    ``precision`` (``fp32`` or ``fp16``), ``tensorrt`` (use the TensorRT EP when present) and
+    ``sparsity`` (``none`` or ``2:4``)."""
+
+    device: int = 0
+    precision: str = "fp32"
+    tensorrt: bool = True
+    sparsity: str = "none"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.device, bool) or not isinstance(self.device, int | np.integer) or self.device < 0:
+            raise ConfigError(f"device={self.device!r} must be a CUDA device index >= 0; use e.g. 0")
+        self.device = int(self.device)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(
+                f"precision={self.precision!r} is not one of {list(PRECISIONS)}; use fp16 for tensor cores "
+                "(int8 comes from a QDQ model: quantize it first)"
+            )
+        if self.sparsity not in SPARSITIES:
+            raise ConfigError(f"sparsity={self.sparsity!r} is not one of {list(SPARSITIES)}; use e.g. 2:4")
+        self.tensorrt = check_bool("tensorrt", self.tensorrt)
 
 
 class CudaTarget(Target):
@@ -261,9 +270,13 @@ class CudaTarget(Target):
     name = "cuda"
     description = "NVIDIA GPU: ONNX Runtime CUDA EP (TensorRT EP when present) and torch CUDA; fp16, int8, 2:4"
 
+    Config = CudaConfig
+
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__(cfg)
-        self.options = _validate(self.cfg)
+        #: The typed config (:class:`CudaConfig`); ``options`` is the same as a dict.
+        self.config: CudaConfig
+        self.options: dict[str, Any] = asdict(self.config)
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -310,10 +323,15 @@ class CudaTarget(Target):
             "optimization": o["graph_optimization"],
         }
 
-    def prepare(self, onnx_path: Path, out_path: Path) -> Path:
-        """fp16: the model converted with ONNX Runtime's float16 converter (inputs and outputs stay fp32)."""
+    def prepare(
+        self, onnx_path: Path, batch: int | None = None, example: Mapping[str, np.ndarray] | None = None
+    ) -> Path:
+        """fp16: the model converted with ONNX Runtime's float16 converter (inputs and outputs stay fp32),
+        written beside it as ``NAME.cuda_fp16.onnx``; fp32: the file as is. Batch and example are not needed."""
+        onnx_path = Path(onnx_path)
         if self.options["precision"] != "fp16":
-            return Path(onnx_path)
+            return onnx_path
+        out_path = onnx_path.with_name(f"{onnx_path.stem}.cuda_{self.options['precision']}.onnx")
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -324,10 +342,6 @@ class CudaTarget(Target):
             onnx.save(model, str(tmp))
         return Path(out_path)
 
-    def _prepared(self, onnx_path: Path) -> Path:
-        onnx_path = Path(onnx_path)
-        return self.prepare(onnx_path, onnx_path.with_name(f"{onnx_path.stem}.cuda_{self.options['precision']}.onnx"))
-
     def benchmark(self, request: BenchmarkRequest, progress: Progress) -> list[Latency]:
         """Latency on the GPU at each batch size: ONNX Runtime (isolated by default), then torch."""
         o = self.options
@@ -335,9 +349,9 @@ class CudaTarget(Target):
         batches = [b for b in self.batch_sizes if b in request.examples]
         out: list[Latency] = []
         if "onnxruntime" in o["runtimes"] and request.onnx_path is not None:
-            path = self._prepared(request.onnx_path)
+            path = self.prepare(request.onnx_path)
             if o["isolate"]:
-                from .worker import run_isolated
+                from slimkit.plugins.onnx.worker import run_isolated
 
                 out += [
                     run_isolated(
@@ -414,13 +428,17 @@ class CudaTarget(Target):
         torch.cuda.empty_cache()
         return out
 
+    def runner(self, onnx_path: Path) -> Bind:
+        """An ONNX Runtime session on the GPU (TensorRT/CUDA providers) for :meth:`measure`."""
+        return binder(cuda_session(onnx_path, **self._session_spec()))
+
     def infer(self, onnx_path: Path, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The model's first output on every row of ``inputs``, run by ONNX Runtime on the GPU."""
-        return run_batched(cuda_session(self._prepared(onnx_path), **self._session_spec()), inputs)
+        return run_batched(cuda_session(self.prepare(onnx_path), **self._session_spec()), inputs)
 
     def placement(self, onnx_path: Path) -> Placement:
         """Nodes on the GPU providers (TensorRT and CUDA together) vs the CPU."""
-        session = cuda_session(self._prepared(onnx_path), **self._session_spec(), config=RECORD_PLACEMENT)
+        session = cuda_session(self.prepare(onnx_path), **self._session_spec(), config=RECORD_PLACEMENT)
         provider = session.get_providers()[0]
         placement = ort_placement(session, provider)
         if provider == "TensorrtExecutionProvider":  # nodes TensorRT left to the CUDA EP are on the GPU too

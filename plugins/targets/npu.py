@@ -27,9 +27,10 @@ says) or float (the HTP runs float graphs in fp16 on the phone; the emulator may
 fp32). Weight-only (``MatMulNBits``, e.g. int4) and dynamic quantization have no HTP kernels and are
 refused with one line.
 
-Config (the ``target`` group): ``htp_arch`` (HTP generation emulated/targeted, default 73),
-``soc_model`` (0: QNN's default), ``batch_sizes`` (default ``[1]``), ``warmup``/``repeats``/
-``min_seconds``/``max_seconds`` as for ``cpu``, ``threads`` (CPU threads of the session),
+Config (the ``target`` group, :class:`NpuConfig`): ``htp_arch`` (HTP generation emulated/targeted,
+default 73), ``soc_model`` (0: QNN's default), ``batch_sizes`` (default ``[1]``), ``runtimes``
+(``[onnxruntime]`` only), ``warmup``/``repeats``/``min_seconds``/``max_seconds`` as for ``cpu``,
+``threads`` (CPU threads of the session),
 ``isolate`` (benchmark in a worker process), ``input_shapes`` (``{input: [1, 128]}``; on the
 command line ``+target.input_shapes.input=[1,128]``),
 ``allow_fallback`` (run unsupported nodes on the CPU instead of failing; the report counts them),
@@ -42,23 +43,29 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimkit.core import BenchmarkRequest, Capabilities, Latency, Placement, Target, TargetError, hookimpl
-
-from .cpu import (
-    RECORD_PLACEMENT,
-    Progress,
-    _first_line,
-    latency,
-    measure_session,
-    ort_placement,
-    run_batched,
-    validate_cfg,
+from slimkit.core import (
+    BenchmarkRequest,
+    Capabilities,
+    ConfigError,
+    Latency,
+    Placement,
+    Target,
+    TargetError,
+    check_bool,
+    check_list,
+    hookimpl,
 )
+from slimkit.core.target import Bind
+from slimkit.plugins.onnx.runtime import RECORD_PLACEMENT, _first_line, binder, ort_placement, run_batched
+from slimkit.plugins.onnx.timing import latency, measure_session
+
+from .cpu import Progress, TimingConfig
 
 if TYPE_CHECKING:
     import onnx
@@ -69,17 +76,6 @@ EP_NAME = "QNNExecutionProvider"
 DISABLE_FALLBACK = {"session.disable_cpu_ep_fallback": "1"}
 _FALLBACK_MESSAGE = "assigned to the default CPU EP"
 
-DEFAULTS: dict[str, Any] = {
-    "batch_sizes": [1],
-    "warmup": 2,
-    "repeats": 10,
-    "htp_arch": 73,
-    "soc_model": 0,
-    "input_shapes": {},
-    "allow_fallback": False,
-    "context_binary": False,
-    "validation_samples": 128,
-}
 #: Ops of weight-only and dynamic quantization: no HTP kernels.
 _WEIGHT_ONLY = {"MatMulNBits", "MatMulBnb4", "GatherBlockQuantized"}
 _DYNAMIC = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"}
@@ -354,29 +350,44 @@ def fix_static_shapes(
 # -- the target ------------------------------------------------------------------------------------------
 
 
-def _validate(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    merged = {**DEFAULTS, **{k: v for k, v in dict(cfg).items() if v is not None}}
-    out = validate_cfg(merged)
-    for key in ("htp_arch", "soc_model", "validation_samples"):
-        value = merged[key]
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
-            raise TargetError(f"target.{key}={value!r} must be an integer >= 0; use e.g. {DEFAULTS[key]}")
-        out[key] = int(value)
-    for key in ("allow_fallback", "context_binary"):
-        if not isinstance(merged[key], bool | np.bool_):
-            raise TargetError(f"target.{key}={merged[key]!r} must be true or false; use e.g. false")
-        out[key] = bool(merged[key])
-    shapes = merged["input_shapes"]
-    if not isinstance(shapes, Mapping):
-        raise TargetError(
-            f"target.input_shapes={shapes!r} must map input names to shapes; use e.g. {{input: [1, 128]}}"
-        )
-    for name, shape in shapes.items():
-        ok = isinstance(shape, list | tuple) and shape and all(isinstance(d, int) and d >= 1 for d in shape)
-        if not ok:
-            raise TargetError(f"target.input_shapes.{name}={shape!r} must list sizes >= 1; use e.g. [1, 128]")
-    out["input_shapes"] = {str(k): [int(d) for d in v] for k, v in shapes.items()}
-    return out
+@dataclass
+class NpuConfig(TimingConfig):
+    """``target=npu``: the timing options (fewer runs: the emulator is slow) plus the QNN HTP's
+    (see the module docstring). ``runtimes`` is always ``[onnxruntime]`` (the QNN execution provider):
+    a setting shared with the other targets (e.g. search's ``trial_target``)."""
+
+    batch_sizes: list[int] = field(default_factory=lambda: [1])
+    warmup: int = 2
+    repeats: int = 10
+    runtimes: list[str] = field(default_factory=lambda: ["onnxruntime"])
+    htp_arch: int = 73
+    soc_model: int = 0
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    allow_fallback: bool = False
+    context_binary: bool = False
+    validation_samples: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        runtimes = check_list("runtimes", self.runtimes, example="[onnxruntime]")
+        if [str(r) for r in runtimes] != ["onnxruntime"]:
+            raise ConfigError(f"runtimes={runtimes!r}: target=npu runs onnxruntime (QNN) only; use [onnxruntime]")
+        self.runtimes = ["onnxruntime"]
+        for key, example in (("htp_arch", 73), ("soc_model", 0), ("validation_samples", 128)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+                raise ConfigError(f"{key}={value!r} must be an integer >= 0; use e.g. {example}")
+            setattr(self, key, int(value))
+        self.allow_fallback = check_bool("allow_fallback", self.allow_fallback, example="false")
+        self.context_binary = check_bool("context_binary", self.context_binary, example="false")
+        shapes = self.input_shapes
+        if not isinstance(shapes, Mapping):
+            raise ConfigError(f"input_shapes={shapes!r} must map input names to shapes; use e.g. {{input: [1, 128]}}")
+        for name, shape in shapes.items():
+            ok = isinstance(shape, list | tuple) and shape and all(isinstance(d, int) and d >= 1 for d in shape)
+            if not ok:
+                raise ConfigError(f"input_shapes.{name}={shape!r} must list sizes >= 1; use e.g. [1, 128]")
+        self.input_shapes = {str(k): [int(d) for d in v] for k, v in shapes.items()}
 
 
 class NpuTarget(Target):
@@ -385,9 +396,13 @@ class NpuTarget(Target):
     name = "npu"
     description = "Qualcomm NPU (QNN HTP) via onnxruntime-qnn: static shapes, QDQ u8/u16; emulated on x86_64"
 
+    Config = NpuConfig
+
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__(cfg)
-        self.options = _validate(self.cfg)
+        #: The typed config (:class:`NpuConfig`); ``options`` is the same as a dict.
+        self.config: NpuConfig
+        self.options: dict[str, Any] = asdict(self.config)
 
     @property
     def batch_sizes(self) -> list[int]:
@@ -411,6 +426,8 @@ class NpuTarget(Target):
             supported_ops=None,
             preferred_quant={"per_channel": True, "weight_symmetric": True, "activation_symmetric": False},
             providers=(EP_NAME,),
+            # the HTP emulator on x86_64 proves a model runs, not how fast the phone runs it
+            representative_timing=not emulated(),
         )
 
     def _session_kwargs(self) -> dict[str, Any]:
@@ -424,7 +441,7 @@ class NpuTarget(Target):
 
     # -- preparing ---------------------------------------------------------------------------------------
 
-    def prepare(
+    def _write_prepared(
         self,
         onnx_path: Path,
         out_path: Path,
@@ -454,7 +471,7 @@ class NpuTarget(Target):
             onnx.save(model, str(tmp))
         return Path(out_path)
 
-    def prepared_path(
+    def prepare(
         self, onnx_path: Path, batch: int | None = None, example: Mapping[str, np.ndarray] | None = None
     ) -> Path:
         """Prepare ``onnx_path`` for batch ``batch`` beside it (``NAME.npu_bB.onnx``) and return that path.
@@ -466,7 +483,7 @@ class NpuTarget(Target):
         if not onnx_path.is_file():
             raise TargetError(f"ONNX file {str(onnx_path)!r} does not exist; export the model first")
         folder = onnx_path.parent if os.access(onnx_path.parent, os.W_OK) else Path(_tempdir())
-        return self.prepare(onnx_path, folder / f"{onnx_path.stem}.npu_b{batch}.onnx", batch, example)
+        return self._write_prepared(onnx_path, folder / f"{onnx_path.stem}.npu_b{batch}.onnx", batch, example)
 
     def context_binary(self, prepared: Path) -> Path:
         """Compile ``prepared`` for the HTP and write it as an EPContext model beside it (``*_ctx.onnx``).
@@ -501,10 +518,10 @@ class NpuTarget(Target):
         out = []
         for batch in batches:
             example = request.examples[batch]
-            path = self.prepared_path(request.onnx_path, batch, example)
+            path = self.prepare(request.onnx_path, batch, example)
             task = f"qnn_htp b{batch}"
             if o["isolate"]:
-                from .worker import run_isolated
+                from slimkit.plugins.onnx.worker import run_isolated
 
                 out.append(
                     run_isolated(
@@ -526,16 +543,20 @@ class NpuTarget(Target):
                 out.append(latency("qnn_htp", batch, times, o["threads"] or 1))
         return out
 
+    def runner(self, onnx_path: Path) -> Bind:
+        """A QNN HTP session (emulated on x86_64) for :meth:`measure`; ``onnx_path`` is a prepared file."""
+        return binder(qnn_session(onnx_path, **self._session_kwargs()))
+
     def infer(self, onnx_path: Path, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The model's first output on the HTP for the first ``validation_samples`` rows (0: all)."""
         limit = self.options["validation_samples"]
         rows = {k: np.asarray(v)[:limit] if limit else np.asarray(v) for k, v in inputs.items()}
-        path = self.prepared_path(onnx_path, None, {k: v[:1] for k, v in rows.items()})
+        path = self.prepare(onnx_path, None, {k: v[:1] for k, v in rows.items()})
         return run_batched(qnn_session(path, **self._session_kwargs()), rows)
 
     def placement(self, onnx_path: Path) -> Placement:
         """Nodes on the HTP vs the CPU (with ``allow_fallback``; otherwise any CPU node is an error)."""
-        path = self.prepared_path(onnx_path)
+        path = self.prepare(onnx_path)
         session = qnn_session(path, **self._session_kwargs(), config=RECORD_PLACEMENT)
         return ort_placement(session, EP_NAME)
 
@@ -546,7 +567,7 @@ class NpuTarget(Target):
         import onnx
 
         out = super().report(onnx_path, reference_outputs, examples)
-        prepared = self.prepared_path(onnx_path)
+        prepared = self.prepare(onnx_path)
         fmt = quant_format(onnx.load(str(prepared), load_external_data=False))
         out.update(
             {

@@ -54,6 +54,7 @@ LIFECYCLE = [
     "slimkit_stage_end",
     "slimkit_progress",
     "slimkit_log_artifact",
+    "slimkit_log",
     "slimkit_run_end",
     "slimkit_run_failed",
 ]
@@ -100,6 +101,10 @@ class Recorder:
     @hookimpl
     def slimkit_log_artifact(self, ctx: RunContext, path: Path, kind: str) -> None:
         self.calls.append(("slimkit_log_artifact", {"ctx": ctx, "path": path, "kind": kind, "exists": path.exists()}))
+
+    @hookimpl
+    def slimkit_log(self, ctx: RunContext, message: str, stage: str | None) -> None:
+        self.calls.append(("slimkit_log", {"ctx": ctx, "message": message, "stage": stage}))
 
     @hookimpl
     def slimkit_run_end(self, ctx: RunContext, report: Report) -> None:
@@ -164,6 +169,27 @@ def test_hook_order_of_a_successful_run(good_run) -> None:
     ctxs = {id(kw["ctx"]) for _, kw in recorder.calls}
     assert len(ctxs) == 1
     assert recorder.calls[0][1]["ctx"].report is runner.report
+
+
+def test_hook_slimkit_log(good_run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recorder, _, run_dir = good_run
+    (call,) = recorder.of("slimkit_log")
+    assert call["stage"] == "prune" and call["message"].startswith("magnitude_prune: done in ")
+    assert (run_dir / "run.log").read_text().startswith("[prune] magnitude_prune: done in ")
+    # a technique's ctx.log reaches the hook and run.log, tagged with its stage
+    from slimkit.plugins.techniques.magnitude_prune import MagnitudePrune
+
+    apply = MagnitudePrune.apply
+
+    def logging_apply(self, model, adapter, ctx):
+        ctx.log("hello from the stage")
+        return apply(self, model, adapter, ctx)
+
+    monkeypatch.setattr(MagnitudePrune, "apply", logging_apply)
+    recorder, _, error = run_recorded(tmp_path / "run", [])
+    assert error is None
+    assert ("prune", "hello from the stage") in [(c["stage"], c["message"]) for c in recorder.of("slimkit_log")]
+    assert "[prune] hello from the stage" in (tmp_path / "run" / "run.log").read_text()
 
 
 def test_hook_slimkit_run_start(good_run) -> None:
@@ -351,8 +377,8 @@ class Provider:
         registry.add_tracker(FakeTracker)
 
     @hookimpl
-    def slimkit_adapter_for(self, path):
-        return "fake" if Path(path).suffix == ".fake" else None
+    def slimkit_adapter_for(self, model):
+        return "fake" if isinstance(model, Path) and model.suffix == ".fake" else None
 
 
 @pytest.fixture
@@ -399,10 +425,10 @@ def test_hook_slimkit_register_trackers(provided) -> None:
 
 def test_hook_slimkit_adapter_for(provided) -> None:
     pm, _ = provided
-    assert pm.hook.slimkit_adapter_for(path=Path("model.pt")) == "torch"
-    assert pm.hook.slimkit_adapter_for(path=Path("model.pth")) == "torch"
-    assert pm.hook.slimkit_adapter_for(path=Path("model.fake")) == "fake"
-    assert pm.hook.slimkit_adapter_for(path=Path("model.xyz")) is None
+    assert pm.hook.slimkit_adapter_for(model=Path("model.pt")) == "torch"
+    assert pm.hook.slimkit_adapter_for(model=Path("model.pth")) == "torch"
+    assert pm.hook.slimkit_adapter_for(model=Path("model.fake")) == "fake"
+    assert pm.hook.slimkit_adapter_for(model=Path("model.xyz")) is None
     assert pm.hook.slimkit_adapter_for.spec.opts["firstresult"] is True
 
 

@@ -248,7 +248,7 @@ def test_trace_plugins_writes_hook_calls_to_stderr(
     monkeypatch.setenv("SLIMKIT_TRACE_PLUGINS", "1")
     pm = build_plugin_manager(load_entrypoints=False)
     build_registry(pm)
-    assert pm.hook.slimkit_adapter_for(path=Path("model.pt")) == "torch"
+    assert pm.hook.slimkit_adapter_for(model=Path("model.pt")) == "torch"
     err = capsys.readouterr().err
     assert "slimkit_register_techniques" in err
     assert "slimkit_adapter_for" in err
@@ -258,7 +258,7 @@ def test_trace_plugins_writes_hook_calls_to_stderr(
 def test_no_trace_without_the_variable(capsys: pytest.CaptureFixture[str]) -> None:
     pm = build_plugin_manager(load_entrypoints=False)
     build_registry(pm)
-    pm.hook.slimkit_adapter_for(path=Path("model.pt"))
+    pm.hook.slimkit_adapter_for(model=Path("model.pt"))
     assert capsys.readouterr().err == ""
 
 

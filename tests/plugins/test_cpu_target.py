@@ -14,9 +14,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import slimkit.core.hookspecs
-from slimkit.core import BenchmarkRequest, Capabilities, Latency, TargetError
+from slimkit.core import BenchmarkRequest, Capabilities, DataError, Latency, TargetError
 from slimkit.core.plugins import build_registry
-from slimkit.plugins.targets.cpu import CpuTarget, ort_feed, ort_session, time_runs
+from slimkit.core.timing import time_runs
+from slimkit.plugins.onnx.runtime import feed, ort_session
+from slimkit.plugins.targets.cpu import CpuTarget
 
 FAST = {"warmup": 1, "repeats": 5, "max_seconds": 60.0}
 
@@ -193,7 +195,7 @@ def test_default_threads_recorded(onnx_path: Path) -> None:
 @pytest.mark.parametrize("level", ["all", "extended", "basic", "disable"])
 def test_graph_optimization_levels(onnx_path: Path, level: str) -> None:
     sess = ort_session(onnx_path, 1, level)
-    out = sess.run(None, ort_feed(sess, examples(3)[3]))
+    out = sess.run(None, feed(sess, examples(3)[3]))
     assert out[0].shape == (3, 10)
 
 
@@ -207,7 +209,7 @@ def test_positional_feed_and_dtype_cast(tmp_path: Path) -> None:
 def test_unmatched_inputs_raise(tmp_path: Path) -> None:
     path = two_input_onnx(tmp_path / "add.onnx")
     request = BenchmarkRequest(onnx_path=path, examples={1: {"a": np.zeros((1, 4), np.float32)}})
-    with pytest.raises(TargetError, match=r"inputs \['a', 'b'\]"):
+    with pytest.raises(DataError, match=r"inputs \['a', 'b'\]"):
         CpuTarget({"batch_sizes": [1], **FAST}).benchmark(request, no_progress)
     ok = BenchmarkRequest(
         onnx_path=path,
@@ -233,10 +235,8 @@ def test_max_seconds_stops_early(onnx_path: Path) -> None:
     request = BenchmarkRequest(
         onnx_path=onnx_path, examples=examples(1), framework_model=np_model(), framework_runner=runner
     )
-    t0 = time.perf_counter()
     (lat,) = target.benchmark(request, no_progress)
-    assert time.perf_counter() - t0 < 2
-    assert 1 <= lat.runs < 1000
+    assert 1 <= lat.runs < 1000  # 1000 runs of 10 ms would take 10 s: the 0.1 s budget stopped it
     assert lat.p50 >= 10  # ms: the sleep is inside the timed call
 
 

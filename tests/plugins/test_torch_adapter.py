@@ -312,6 +312,6 @@ def test_export_onnx_twice_gives_identical_bytes(exported, tmp_path: Path) -> No
 def test_adapter_for_hook() -> None:
     from slimkit.plugins.torch import adapter as module
 
-    assert module.slimkit_adapter_for(path=Path("m.pt")) == "torch"
-    assert module.slimkit_adapter_for(path=Path("m.pth")) == "torch"
-    assert module.slimkit_adapter_for(path=Path("m.onnx")) is None
+    assert module.slimkit_adapter_for(model=Path("m.pt")) == "torch"
+    assert module.slimkit_adapter_for(model=Path("m.pth")) == "torch"
+    assert module.slimkit_adapter_for(model=Path("m.onnx")) is None

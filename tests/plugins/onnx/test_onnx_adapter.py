@@ -260,7 +260,8 @@ def test_plugin_module_imports_no_framework() -> None:
     import sys
 
     code = (
-        "import sys, slimkit.plugins.onnx.adapter, slimkit.plugins.onnx.optimize, slimkit.plugins.onnx.fix_shapes, "
+        "import sys, slimkit.plugins.onnx.adapter, slimkit.plugins.techniques.ort_optimize, "
+        "slimkit.plugins.techniques.fix_shapes, "
         "slimkit.plugins.data.npz, slimkit.plugins.data.random, slimkit.plugins.data.callable, "
         "slimkit.plugins.techniques.lowrank, slimkit.plugins.techniques.cluster; "
         "print(sorted(m for m in ('onnx', 'onnxruntime', 'torch', 'mlflow') if m in sys.modules))"

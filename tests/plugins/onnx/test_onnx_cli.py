@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,21 +12,14 @@ import pytest
 from onnx_testlib import mlp_graph
 
 from slimkit.core import TechniqueError
+from slimkit.pipelines.testing import run_cli
 from slimkit.plugins.onnx.inspect import inspect_model
 
 FAST_TARGET = ["target.repeats=3", "target.warmup=1", "target.batch_sizes=[1,8]", "target.threads=1"]
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "slimkit.pipelines.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli(args, cwd, env={"COLUMNS": "200"})
 
 
 def test_cli_sparse_pipeline_on_an_onnx_file(tmp_path: Path, cnn_onnx: Path) -> None:

@@ -12,12 +12,12 @@ from onnx_testlib import mlp_graph, random_splits, save, stage_ctx, torch_mlp
 from slimkit.core import ConfigError, DataSplits, TechniqueError
 from slimkit.plugins.onnx import graph as g
 from slimkit.plugins.onnx.adapter import OnnxAdapter
-from slimkit.plugins.onnx.cluster import kmeans_1d
-from slimkit.plugins.onnx.fix_shapes import FixShapes, FixShapesConfig
-from slimkit.plugins.onnx.optimize import OrtOptimize, OrtOptimizeConfig
 from slimkit.plugins.techniques.cluster import Cluster, ClusterConfig
+from slimkit.plugins.techniques.cluster.onnx_backend import kmeans_1d
+from slimkit.plugins.techniques.fix_shapes import FixShapes, FixShapesConfig
 from slimkit.plugins.techniques.lowrank import LowRank, LowRankConfig
 from slimkit.plugins.techniques.magnitude_prune import MagnitudePrune, MagnitudePruneConfig
+from slimkit.plugins.techniques.ort_optimize import OrtOptimize, OrtOptimizeConfig
 
 
 def _load(adapter: OnnxAdapter, model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
@@ -35,7 +35,7 @@ def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     ("scope", "score"), [("global", "magnitude"), ("layer", "magnitude"), ("global", "normalized")]
 )
 def test_prune_exact_counts_and_input_untouched(tmp_path: Path, scope: str, score: str) -> None:
-    from slimkit.plugins.onnx.prune import normalized_scores
+    from slimkit.plugins.techniques.magnitude_prune.onnx_backend import normalized_scores
 
     adapter = OnnxAdapter()
     model = _load(adapter, mlp_graph(), tmp_path / "m.onnx")
@@ -74,7 +74,7 @@ def test_prune_exact_counts_and_input_untouched(tmp_path: Path, scope: str, scor
 
 
 def test_smallest_is_a_stable_argsort_in_linear_time() -> None:
-    from slimkit.plugins.onnx.prune import smallest
+    from slimkit.plugins.techniques.magnitude_prune.onnx_backend import smallest
 
     rng = np.random.default_rng(0)
     cases = [rng.random(1000), np.round(rng.random(5000), 1), np.zeros(50), np.array([2.0, 1.0, 1.0, 0.0, 1.0])]
@@ -108,7 +108,7 @@ def test_prune_matches_the_torch_side(tmp_path: Path, mlp_onnx: Path) -> None:
 def test_channel_axes_and_normalized_masks_ignore_channel_scales() -> None:
     """MatMul weights [in, out] scale along axis 1, Gemm transB=1 weights [out, in] along axis 0;
     normalized masks are the same after any positive per-output-channel scaling (a folded BatchNorm)."""
-    from slimkit.plugins.onnx.prune import magnitude_masks
+    from slimkit.plugins.techniques.magnitude_prune.onnx_backend import magnitude_masks
 
     model = mlp_graph()
     axes = {w.name: w.channel_axis for w in g.weight_initializers(model)}

@@ -7,12 +7,13 @@ fine-tuning, static int8 or float) and few benchmark repeats, in a pytest temp d
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from slimkit.pipelines import testing
 
 #: Overrides that keep a search short: small model, a 4-point space, no training, few repeats.
 TINY: list[str] = [
@@ -47,41 +48,27 @@ SEEDED: list[str] = [
     "search.space.sparsity=[0.0,0.5]",  # 8 points: room for the sampled trials beside the seed
 ]
 
-_SCRUBBED = ("SLIMKIT_DEBUG", "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "COLUMNS")
+#: Search workers train and time models side by side: one OpenMP thread each.
+SEARCH_ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
 def cli_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"})
-    return env
+    """The CLI runner's environment (:func:`slimkit.pipelines.testing.cli_env`) for search workers."""
+    return testing.cli_env(**SEARCH_ENV)
 
 
 def cli_command(args: Sequence[str]) -> list[str]:
+    """The CLI's command line, for workers started with ``subprocess.Popen``."""
     return [sys.executable, "-m", "slimkit.pipelines.cli", *args]
 
 
 def run_cli(args: Sequence[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the CLI in ``cwd``; return the finished process (output captured as text)."""
-    Path(cwd).mkdir(parents=True, exist_ok=True)
-    return subprocess.run(cli_command(args), cwd=cwd, capture_output=True, text=True, env=cli_env(), timeout=timeout)
+    """The shared CLI runner (:func:`slimkit.pipelines.testing.run_cli`) with :data:`SEARCH_ENV`."""
+    return testing.run_cli(args, cwd, env=SEARCH_ENV, timeout=timeout)
 
 
-def describe(proc: subprocess.CompletedProcess) -> str:
-    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-3000:]}\n--- stderr ---\n{proc.stderr[-5000:]}"
-
-
-def user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
-    """Assert exit 2 with one ``slimkit: error:`` line (last) and no traceback; return the message."""
-    text = describe(proc)
-    assert proc.returncode == 2, text
-    assert "Traceback" not in proc.stderr, text
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert lines and lines[-1].startswith("slimkit: error: "), text
-    assert sum(ln.startswith("slimkit: error") for ln in lines) == 1, text
-    message = lines[-1].removeprefix("slimkit: error: ")
-    for fragment in fragments:
-        assert fragment in message, f"{fragment!r} not in the error line\n{text}"
-    return message
+describe = testing.describe
+user_error = testing.user_error
 
 
 def reports(root: Path) -> list[dict[str, Any]]:

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 from search_testlib import TINY, run_cli, user_error
 
-from slimkit.core import ConfigError
+from slimkit.core import ConfigError, Report
 from slimkit.plugins.search.config import DEFAULT_SPACE, SearchConfig
-from slimkit.plugins.search.report import SearchReport, pareto_markdown
+from slimkit.plugins.search.report import add_search_section, pareto_markdown
 from slimkit.plugins.search.space import active_space, describe, resolve_exclude, trial_stages
 from slimkit.plugins.search.study import (
     SearchError,
@@ -120,12 +120,12 @@ def test_pareto_front_pick_and_closest() -> None:
 
 
 def test_report_has_pareto_in_json_and_markdown() -> None:
-    report = SearchReport(status="FINISHED")
+    report = Report(status="FINISHED")
     section = {
         "search": {"study": "s", "storage": "sqlite:///x.db", "sampler": "tpe", "trials": {"COMPLETE": 2}},
         "pareto": [_row(1, 0.5, 2.0)],
     }
-    report.search = section  # type: ignore[attr-defined]
+    add_search_section(report, section)
     data = report.to_dict()
     assert data["pareto"][0]["trial"] == 1 and data["search"]["study"] == "s"
     assert "### Pareto front" in report.to_markdown()

@@ -75,17 +75,19 @@ def _states(db: Path) -> list[str]:
         return []
 
 
-def _running_with_mlflow_run(db: Path) -> bool:
-    """Whether a trial is RUNNING and has recorded its MLflow run id (optuna's SQLite tables)."""
+def _running_with_mlflow_run(db: Path) -> int | None:
+    """The number of a trial that is RUNNING and has recorded its MLflow run id (optuna's SQLite
+    tables), or None."""
     query = (
-        "SELECT COUNT(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+        "SELECT t.number FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
         "WHERE t.state = 'RUNNING' AND a.key = 'mlflow_run_id'"
     )
     try:
         with sqlite3.connect(db, timeout=5) as conn:
-            return bool(conn.execute(query).fetchone()[0])
+            row = conn.execute(query).fetchone()
+            return None if row is None else int(row[0])
     except sqlite3.Error:  # not created yet
-        return False
+        return None
 
 
 @pytest.mark.slow
@@ -103,15 +105,18 @@ def test_worker_killed_mid_trial_is_marked_failed_and_the_study_continues(tmp_pa
     db = tmp_path / "study.db"
     try:
         end = time.monotonic() + 240
-        while not _running_with_mlflow_run(db):
+        killed = None
+        # killed as soon as a trial is inside its MLflow run (polling, not a fixed sleep)
+        while killed is None:
             assert worker.poll() is None, describe(_finish(worker))
             assert time.monotonic() < end, "no trial started"
-            time.sleep(0.3)
-        time.sleep(0.5)  # inside the trial, its MLflow run started
+            killed = _running_with_mlflow_run(db)
+            if killed is None:
+                time.sleep(0.1)
     finally:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(30)
-    killed = _states(db).index("RUNNING")
+    assert _states(db)[killed] == "RUNNING"  # the dead worker left it running
 
     proc = run_cli([*args, "hydra.run.dir=outputs/second"], tmp_path)
     assert proc.returncode == 0, describe(proc)

@@ -8,9 +8,6 @@ int8 per-channel weights, calibrated on training images) on a model exported wit
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -100,39 +97,3 @@ def resnet_qdq(tmp_path_factory: pytest.TempPathFactory, digits32: DataSplits) -
 def qnn() -> None:
     """Skip where onnxruntime-qnn (the npu target's runtime) is not installed (it is on Linux x86_64)."""
     pytest.importorskip("onnxruntime_qnn")
-
-
-def run_cli(args: Sequence[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m slimkit.pipelines.cli`` in ``cwd`` (outputs stay under the test's tmp dir)."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if k not in ("SLIMKIT_DEBUG", "HYDRA_FULL_ERROR", "MLFLOW_TRACKING_URI")}
-    return subprocess.run(
-        [sys.executable, "-m", "slimkit.pipelines.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
-
-
-@pytest.fixture(scope="session")
-def cli() -> Callable[..., subprocess.CompletedProcess]:
-    """``cli(args, cwd)``: the CLI in a subprocess."""
-    return run_cli
-
-
-def one_line_error(proc: subprocess.CompletedProcess) -> str:
-    """Assert the CLI's contract for bad input (exit 2, one ``slimkit: error:`` line, no traceback)."""
-    text = f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout[-2000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
-    assert proc.returncode == 2, text
-    assert "Traceback" not in proc.stderr, text
-    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("slimkit: error")]
-    assert len(errors) == 1, text
-    return errors[0].removeprefix("slimkit: error: ")
-
-
-@pytest.fixture(scope="session")
-def cli_error() -> Callable[[subprocess.CompletedProcess], str]:
-    return one_line_error

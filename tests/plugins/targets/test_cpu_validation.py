@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from slimkit.core import DataSplits
-from slimkit.plugins.targets.cpu import CpuTarget, ort_session, run_batched
+from slimkit.plugins.onnx.runtime import ort_session, run_batched
+from slimkit.plugins.targets.cpu import CpuTarget
 
 
 def torch_outputs(data: DataSplits) -> np.ndarray:
@@ -52,8 +53,8 @@ def test_run_batched_pads_fixed_batches(cnn_qdq: Path, cnn_onnx: Path, digits8: 
 
 
 @pytest.mark.slow
-def test_report_json_has_target_section(tmp_path: Path, cli) -> None:
-    proc = cli(
+def test_report_json_has_target_section(tmp_path: Path, run_cli) -> None:
+    proc = run_cli(
         [
             "pipeline=none",
             "model=digits_cnn",

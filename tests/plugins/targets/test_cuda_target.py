@@ -17,9 +17,9 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device on this mac
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has a CUDA device")
-def test_cli_without_gpu_is_one_line_exit_2(tmp_path: Path, cli, cli_error) -> None:
-    proc = cli(["pipeline=none", "model=digits_cnn", "target=cuda", "tracking=none"], tmp_path)
-    assert cli_error(proc) == "target=cuda needs a CUDA device; none found — use target=cpu"
+def test_cli_without_gpu_is_one_line_exit_2(tmp_path: Path, run_cli, check_user_error) -> None:
+    proc = run_cli(["pipeline=none", "model=digits_cnn", "target=cuda", "tracking=none"], tmp_path)
+    assert check_user_error(proc) == "target=cuda needs a CUDA device; none found — use target=cpu"
     assert not list(tmp_path.glob("outputs/**/model.onnx"))  # refused before any work
 
 
@@ -73,7 +73,7 @@ def test_is_2to4() -> None:
 
 def test_semi_structured_layers_selects_2to4_linear() -> None:
     torch = pytest.importorskip("torch")
-    from slimkit.plugins.techniques.magnitude_prune import nm_mask
+    from slimkit.plugins.techniques.magnitude_prune.torch_backend import nm_mask
 
     nn = torch.nn
     model = nn.Sequential(nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 64), nn.Linear(64, 10))

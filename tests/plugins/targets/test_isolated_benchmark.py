@@ -1,4 +1,4 @@
-"""The isolated benchmark (slimkit.plugins.targets.worker) and the cpu target's ``isolate`` option."""
+"""The isolated benchmark (slimkit.plugins.onnx.worker) and the cpu target's ``isolate`` option."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from slimkit.core import BenchmarkRequest, DataSplits, Latency, TargetError
+from slimkit.plugins.onnx.worker import run_isolated
 from slimkit.plugins.targets.cpu import CpuTarget
-from slimkit.plugins.targets.worker import run_isolated
 
 FAST = {"warmup": 2, "repeats": 8, "max_seconds": 60.0, "threads": 1}
 TIMING = {"warmup": 2, "repeats": 8, "min_seconds": 0.0, "max_seconds": 60.0}

@@ -18,7 +18,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from slimkit.core import BenchmarkRequest, DataSplits, TargetError, compare_outputs
-from slimkit.plugins.targets.cpu import ort_session, run_batched
+from slimkit.plugins.onnx.runtime import ort_session, run_batched
 from slimkit.plugins.targets.npu import EP_NAME, NpuTarget, qnn_devices, qnn_session, quant_format
 
 pytestmark = pytest.mark.usefixtures("qnn")
@@ -93,7 +93,7 @@ def test_float_model_is_fixed_to_batch_and_runs(tmp_path: Path, cnn_onnx: Path, 
     model = tmp_path / "fp32.onnx"
     model.write_bytes(cnn_onnx.read_bytes())
     target = NpuTarget({"batch_sizes": [4], "validation_samples": 10})
-    prepared = target.prepared_path(model)
+    prepared = target.prepare(model)
     assert prepared.name == "fp32.npu_b4.onnx"
     dims = [d.dim_value for d in onnx.load(str(prepared)).graph.input[0].type.tensor_type.shape.dim]
     assert dims == [4, 1, 8, 8]
@@ -120,19 +120,19 @@ def test_dynamic_dims_need_an_override(tmp_path: Path) -> None:
     model = seq_model(tmp_path / "seq.onnx")
     example = {"tokens": np.zeros((1, 128), np.float32)}
     with pytest.raises(TargetError) as info:
-        NpuTarget({}).prepared_path(model, 1, example)
+        NpuTarget({}).prepare(model, 1, example)
     msg = str(info.value)
     assert msg == (
         "input 'tokens' has dynamic dim 'seq' at axis 1 (shape [1, 'seq']) and target=npu needs static shapes; "
         "set +target.input_shapes.tokens=[1,128]"
     )
-    prepared = NpuTarget({"input_shapes": {"tokens": [1, 128]}}).prepared_path(model, 1, example)
+    prepared = NpuTarget({"input_shapes": {"tokens": [1, 128]}}).prepare(model, 1, example)
     dims = [d.dim_value for d in onnx.load(str(prepared)).graph.output[0].type.tensor_type.shape.dim]
     assert dims == [1, 128]
     with pytest.raises(TargetError, match=r"target.input_shapes.tokens=\[1, 2, 3\] does not fit"):
-        NpuTarget({"input_shapes": {"tokens": [1, 2, 3]}}).prepared_path(model, 1, example)
+        NpuTarget({"input_shapes": {"tokens": [1, 2, 3]}}).prepare(model, 1, example)
     with pytest.raises(TargetError, match=r"names \['ids'\], which are not inputs"):
-        NpuTarget({"input_shapes": {"ids": [1, 2]}}).prepared_path(model, 1, example)
+        NpuTarget({"input_shapes": {"ids": [1, 2]}}).prepare(model, 1, example)
 
 
 def test_override_composes_from_the_command_line() -> None:
@@ -147,7 +147,7 @@ def test_fixed_batch_mismatch(cnn_qdq: Path, tmp_path: Path) -> None:
     model = tmp_path / "q.onnx"
     model.write_bytes(cnn_qdq.read_bytes())
     with pytest.raises(TargetError, match=r"fixed at batch 1, not 8; set target.batch_sizes=\[1\]"):
-        NpuTarget({"batch_sizes": [8]}).prepared_path(model)
+        NpuTarget({"batch_sizes": [8]}).prepare(model)
 
 
 def hardmax_model(path: Path) -> Path:
@@ -207,7 +207,7 @@ def test_int4_weight_only_is_refused(tmp_path: Path) -> None:
     quantizer.process()
     onnx.save(quantizer.model.model, str(tmp_path / "int4.onnx"))
     with pytest.raises(TargetError) as info:
-        NpuTarget({}).prepared_path(tmp_path / "int4.onnx")
+        NpuTarget({}).prepare(tmp_path / "int4.onnx")
     msg = str(info.value)
     assert msg.startswith(
         "target=npu cannot run weight-only quantization (int4/int8 MatMulNBits: MatMulNBits 'fc_Q4' (4-bit))"
@@ -220,7 +220,7 @@ def test_dynamic_quantization_is_refused(tmp_path: Path) -> None:
 
     quantize_dynamic(str(matmul_model(tmp_path / "mm.onnx")), str(tmp_path / "dyn.onnx"))
     with pytest.raises(TargetError, match="target=npu cannot run dynamic quantization"):
-        NpuTarget({}).prepared_path(tmp_path / "dyn.onnx")
+        NpuTarget({}).prepare(tmp_path / "dyn.onnx")
 
 
 @pytest.mark.parametrize(
@@ -239,18 +239,18 @@ def test_bad_config(cfg: dict, needle: str) -> None:
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 
-def test_cli_bad_npu_override_exits_2(tmp_path: Path, cli, cli_error) -> None:
-    proc = cli(["pipeline=none", "model=digits_cnn", "target=npu", "tracking=none", "target.htp_arch=-3"], tmp_path)
-    assert "target.htp_arch=-3 must be an integer >= 0" in cli_error(proc)
+def test_cli_bad_npu_override_exits_2(tmp_path: Path, run_cli, check_user_error) -> None:
+    proc = run_cli(["pipeline=none", "model=digits_cnn", "target=npu", "tracking=none", "target.htp_arch=-3"], tmp_path)
+    assert "target.htp_arch=-3 must be an integer >= 0" in check_user_error(proc)
 
 
 @pytest.mark.slow
-def test_quantize_pipeline_on_npu_end_to_end(tmp_path: Path, cli) -> None:
+def test_quantize_pipeline_on_npu_end_to_end(tmp_path: Path, run_cli) -> None:
     """``slimkit pipeline=quantize target=npu`` (mode=auto): the target's format, every node on the HTP."""
     import json
 
     pytest.importorskip("slimkit.plugins.techniques.quantize")
-    proc = cli(
+    proc = run_cli(
         [
             "pipeline=quantize",
             "model=digits_cnn",
@@ -288,32 +288,35 @@ def test_quantize_pipeline_on_npu_end_to_end(tmp_path: Path, cli) -> None:
     ],
 )
 def test_quantize_format_the_npu_cannot_run_is_one_line(
-    tmp_path: Path, cli, cli_error, override: str, needle: str
+    tmp_path: Path, run_cli, check_user_error, override: str, needle: str
 ) -> None:
     """dynamic or int4 weight-only quantization for target=npu: refused before anything is quantized."""
     pytest.importorskip("slimkit.plugins.techniques.quantize")
     args = ["pipeline=quantize", "model=digits_cnn", "target=npu", "tracking=none", override]
     if "weight_bits" in override:
         args.append("pipeline.stages.quantize.mode=weight_only")
-    proc = cli(args, tmp_path)
-    assert needle in cli_error(proc)
+    proc = run_cli(args, tmp_path)
+    assert needle in check_user_error(proc)
 
 
 def test_quantize_follows_the_npu_preferences() -> None:
     """auto on npu tries static QDQ only; a mode or activation width the HTP cannot run is one line."""
     quantize = pytest.importorskip("slimkit.plugins.techniques.quantize")
+    from slimkit.plugins.targets.cpu import CpuTarget
+
+    npu = NpuTarget({})
     notes: list[str] = []
-    cfg = quantize.follow_target(quantize.QuantizeConfig(technique="quantize"), "npu", notes)
+    cfg = quantize.follow_target(quantize.QuantizeConfig(technique="quantize"), npu, notes)
     assert (cfg.mode, cfg.modes, cfg.activation_bits, cfg.measure) == ("auto", ["static"], 8, False)
     assert notes and "target=npu runs QDQ only" in notes[0]
-    u16 = quantize.follow_target(quantize.QuantizeConfig(technique="quantize", activation_bits=16), "npu", [])
+    u16 = quantize.follow_target(quantize.QuantizeConfig(technique="quantize", activation_bits=16), npu, [])
     assert u16.modes == ["static"] and u16.activation_bits == 16
     cpu = quantize.QuantizeConfig(technique="quantize")
-    assert quantize.follow_target(cpu, "cpu", []) is cpu  # the CPU measures every mode
+    assert quantize.follow_target(cpu, CpuTarget({}), []) is cpu  # the CPU measures every mode
     for kwargs, needle in [
         ({"mode": "dynamic"}, "target=npu cannot run mode=dynamic quantization (it runs QDQ only); use mode=static"),
         ({"mode": "weight_only", "weight_bits": 4}, "target=npu cannot run mode=weight_only quantization"),
         ({"mode": "static", "activation_signed": True}, "target=npu cannot run signed (int8) activations"),
     ]:
         with pytest.raises(TargetError, match=re.escape(needle)):
-            quantize.follow_target(quantize.QuantizeConfig(technique="quantize", **kwargs), "npu", [])
+            quantize.follow_target(quantize.QuantizeConfig(technique="quantize", **kwargs), npu, [])

@@ -11,7 +11,8 @@ from torch import nn
 
 from slimkit.core import ConfigError, DataSplits, Split, StageContext, TechniqueError
 from slimkit.plugins.targets.cuda import is_2to4
-from slimkit.plugins.techniques.magnitude_prune import MagnitudePrune, MagnitudePruneConfig, nm_mask
+from slimkit.plugins.techniques.magnitude_prune import MagnitudePrune, MagnitudePruneConfig
+from slimkit.plugins.techniques.magnitude_prune.torch_backend import nm_mask
 from slimkit.plugins.torch.adapter import TorchAdapter
 
 

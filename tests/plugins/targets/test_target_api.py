@@ -14,8 +14,13 @@ from slimkit.core import (
     TargetError,
     compare_outputs,
     quant_preferences,
-    target_capabilities,
 )
+from slimkit.core.plugins import get_registry
+
+
+def target_capabilities(name: str) -> Capabilities:
+    """The capabilities of the registered target ``name`` with its default config."""
+    return get_registry().target(name)({"name": name}).capabilities()
 
 
 class Echo(Target):
@@ -141,3 +146,50 @@ def test_report_shows_target_placement_and_memory() -> None:
     flat = metrics.flat("compressed")
     assert flat["compressed_latency_qnn_htp_b1_peak_rss_mb"] == 412.5
     assert "compressed_latency_qnn_htp_b1_gpu_mem_mb" not in flat
+
+
+class Counting(Echo):
+    """A target whose runner records what it loads and counts the runs of each (path, batch)."""
+
+    name = "counting"
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.loaded: list[Path] = []
+        self.prepared: list[tuple[str, int]] = []
+        self.runs: dict[tuple[str, int], int] = {}
+
+    def prepare(self, onnx_path, batch=None, example=None):
+        self.prepared.append((Path(onnx_path).name, batch))
+        return Path(onnx_path)
+
+    def runner(self, onnx_path):
+        self.loaded.append(Path(onnx_path))
+
+        def bind(inputs):
+            key = (Path(onnx_path).name, len(next(iter(inputs.values()))))
+
+            def run():
+                self.runs[key] = self.runs.get(key, 0) + 1
+
+            return run
+
+        return bind
+
+
+def test_measure_prepares_loads_once_and_runs_every_model_every_round(tmp_path: Path) -> None:
+    target = Counting({})
+    examples = {1: {"x": np.zeros((1, 2))}, 4: {"x": np.zeros((4, 2))}}
+    timings = target.measure([tmp_path / "a.onnx", tmp_path / "b.onnx"], examples, rounds=3, repeats=2, warmup=1)
+    assert target.loaded == [tmp_path / "a.onnx", tmp_path / "b.onnx"]  # one session per file
+    assert sorted(target.prepared) == [("a.onnx", 1), ("a.onnx", 4), ("b.onnx", 1), ("b.onnx", 4)]
+    # 3 rounds x (1 warm-up + 2 timed) runs per model and batch size
+    assert target.runs == {("a.onnx", 1): 9, ("a.onnx", 4): 9, ("b.onnx", 1): 9, ("b.onnx", 4): 9}
+    assert timings.models == 2 and timings.batches == [1, 4]
+    assert all(len(timings.rounds[(m, b)]) == 3 for m in (0, 1) for b in (1, 4))
+
+
+def test_a_target_without_runner_cannot_time_models(tmp_path: Path) -> None:
+    with pytest.raises(TargetError, match="target=echo cannot time a model"):
+        Echo({}).measure([tmp_path / "a.onnx"], {1: {"x": np.zeros((1, 2))}})
+    assert Echo({}).prepare(tmp_path / "a.onnx", 1) == tmp_path / "a.onnx"

@@ -1,0 +1,67 @@
+"""Timing ONNX Runtime sessions: latencies from run times, one session timed with one-line errors.
+
+The timed loop itself is :func:`slimkit.core.timing.time_runs` (framework-free, one for all of
+slimkit); models compared with each other are timed in interleaved rounds by a target's
+:meth:`~slimkit.core.target.Target.measure`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from slimkit.core import Latency, TargetError
+from slimkit.core.timing import Progress, time_runs
+
+from .runtime import _first_line, feed
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+
+def latency(runtime: str, batch: int, times_ms: np.ndarray, threads: int) -> Latency:
+    """A :class:`Latency` from run times in milliseconds (p50, p90, mean via numpy)."""
+    p50, p90 = np.percentile(times_ms, [50, 90])
+    return Latency(
+        runtime=runtime,
+        batch=int(batch),
+        p50=float(p50),
+        p90=float(p90),
+        mean=float(np.mean(times_ms)),
+        runs=len(times_ms),
+        threads=int(threads),
+    )
+
+
+def measure_session(
+    session: onnxruntime.InferenceSession,
+    path: str | Path,
+    example: Mapping[str, np.ndarray],
+    batch: int,
+    timing: Mapping[str, Any],
+    progress: Progress | None,
+    task: str,
+) -> np.ndarray:
+    """Time ``session`` on ``example`` (one batch) with :func:`time_runs`; run times in ms.
+
+    Raises :class:`TargetError` naming ``path`` and ``batch`` when a run fails.
+    """
+    fed = feed(session, example)
+
+    def run() -> Any:
+        return session.run(None, fed)
+
+    try:
+        return time_runs(run, progress=progress, task=task, **timing)
+    except TargetError:
+        raise
+    except Exception as exc:
+        shapes = {k: list(v.shape) for k, v in fed.items()}
+        raise TargetError(
+            f"ONNX Runtime failed to run {str(path)!r} at batch {batch} (inputs "
+            f"{shapes}): {_first_line(exc)}; export with a dynamic batch dimension or change "
+            "target.batch_sizes"
+        ) from exc
