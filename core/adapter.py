@@ -44,20 +44,46 @@ class ParamCount:
         return 0.0 if self.total == 0 else 1.0 - self.nonzero / self.total
 
 
+@dataclass
+class ModelConfig:
+    """Base of model configs (the ``model`` config group). Subclasses add typed, defaulted fields
+    (where the model is, how to build it) and check them in ``__post_init__`` (see
+    :mod:`slimkit.core.config`).
+
+    ``name`` names the model (``digits_cnn``, or the adapter's name); ``adapter`` the registered
+    adapter that loads it.
+    """
+
+    name: str = ""
+    adapter: str = ""
+
+
 class ModelAdapter(ABC):
     """Abstract base of framework adapters (``torch``, ``onnx``, ...).
 
-    Subclasses set :attr:`name` (used in ``model.adapter=``) and :attr:`suffixes` (file endings
-    they read), and implement the abstract methods. Model objects are opaque to the core.
+    Subclasses set :attr:`name` (used in ``model.adapter=``), :attr:`suffixes` (file endings they
+    read) and :attr:`Config` (a :class:`ModelConfig` subclass: what :meth:`load` reads, with its
+    defaults and checks; also the schema of ``model=`` options that use this adapter, and the
+    ``model=NAME`` option itself when slimkit ships no YAML for it), and implement the abstract
+    methods. Model objects are opaque to the core.
     """
 
     name: ClassVar[str]
     suffixes: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
+    Config: ClassVar[type[ModelConfig]] = ModelConfig
 
     @abstractmethod
     def load(self, cfg: Mapping[str, Any]) -> Any:
-        """Load the user's model as the ``model`` config group describes it."""
+        """Load the user's model as the ``model`` config group describes it (see :meth:`model_config`)."""
+
+    def model_config(self, cfg: Mapping[str, Any]) -> ModelConfig:
+        """The ``model`` config group ``cfg`` as a typed :attr:`Config`; one-line
+        :class:`~slimkit.core.errors.ModelError` for an unknown key or a bad value."""
+        from .config import build_config
+        from .errors import ModelError
+
+        return build_config(self.Config, cfg, group="model", error=ModelError, adapter=self.name, name=self.name)
 
     @abstractmethod
     def load_file(self, path: Path) -> Any:

@@ -10,6 +10,18 @@ import numpy as np
 
 
 @dataclass
+class DataConfig:
+    """Base of data source configs (the ``data`` config group). Subclasses add typed, defaulted
+    fields and check them in ``__post_init__`` (see :mod:`slimkit.core.config`); a data source
+    registers its config with ``registry.add_data(name, loader, config=MyDataConfig)``.
+
+    ``name`` names the registered data source.
+    """
+
+    name: str = ""
+
+
+@dataclass
 class Split:
     """One split of a dataset: named inputs (first axis = samples) and optional integer labels."""
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .adapter import ModelAdapter
-from .data import DataSplits
+from .data import DataConfig, DataSplits
 from .errors import PluginError
 from .target import Target
 from .technique import Technique
@@ -31,6 +32,7 @@ class Registry:
     techniques: dict[str, type[Technique]] = field(default_factory=dict)
     targets: dict[str, type[Target]] = field(default_factory=dict)
     data: dict[str, DataLoader] = field(default_factory=dict)
+    data_configs: dict[str, type[DataConfig]] = field(default_factory=dict)
     trackers: dict[str, type[Tracker]] = field(default_factory=lambda: {"none": NullTracker})
     owners: dict[tuple[str, str], str] = field(default_factory=dict)
     _current_plugin: str = "?"
@@ -58,9 +60,22 @@ class Registry:
         """Register a :class:`Target` subclass under ``cls.name``."""
         self._add("target", self.targets, getattr(cls, "name", ""), cls)
 
-    def add_data(self, name: str, loader: DataLoader) -> None:
-        """Register a data loader ``loader(cfg, seed) -> DataSplits`` under ``name``."""
+    def add_data(self, name: str, loader: DataLoader, config: type[DataConfig] | None = None) -> None:
+        """Register a data loader ``loader(cfg, seed) -> DataSplits`` under ``name``.
+
+        ``config``: its typed config, a :class:`~slimkit.core.data.DataConfig` subclass (the options,
+        their defaults and checks), kept in :attr:`data_configs`: the schema of ``data=NAME``, and
+        the option itself when slimkit ships no YAML for it. ``cfg`` stays the plain ``data`` group;
+        the loader builds the dataclass with ``build_config(config, cfg, group="data")``.
+        """
+        if config is not None and not (isinstance(config, type) and dataclasses.is_dataclass(config)):
+            raise PluginError(
+                f"data source {name!r} of plugin {self._current_plugin!r}: config= must be a dataclass; "
+                "make it a DataConfig subclass"
+            )
         self._add("data source", self.data, name, loader)
+        if config is not None:
+            self.data_configs[name] = config
 
     def add_tracker(self, cls: type[Tracker]) -> None:
         """Register a :class:`Tracker` subclass under ``cls.name``."""

@@ -8,18 +8,41 @@ hook implementations (``slimkit_run_start``, ``slimkit_stage_end``, ``slimkit_lo
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from .config import build_config
+
+
+@dataclass
+class TrackerConfig:
+    """Base of tracker configs (the ``tracking`` config group). Subclasses add typed, defaulted
+    fields and check them in ``__post_init__`` (see :mod:`slimkit.core.config`).
+
+    ``name`` names the registered tracker.
+    """
+
+    name: str = ""
 
 
 class Tracker:
-    """Base of trackers. Subclasses set :attr:`name` and implement the lifecycle hooks they need
-    as methods decorated with ``@hookimpl``. ``run_id`` is set once the backend has a run."""
+    """Base of trackers. Subclasses set :attr:`name` and :attr:`Config` (a :class:`TrackerConfig`
+    subclass: the options, their defaults and checks; also the ``tracking=NAME`` config group
+    option when slimkit ships no YAML for it) and implement the lifecycle hooks they need as
+    methods decorated with ``@hookimpl``.
+
+    ``cfg`` is the ``tracking`` config group as a plain dict; ``config`` the same as a typed
+    :attr:`Config` (an unknown key or a bad value: a one-line
+    :class:`~slimkit.core.errors.ConfigError`). ``run_id`` is set once the backend has a run.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str] = ""
+    Config: ClassVar[type[TrackerConfig]] = TrackerConfig
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         self.cfg = dict(cfg)
+        self.config = build_config(self.Config, self.cfg, group="tracking", name=getattr(self, "name", ""))
         self.run_id: str | None = None
 
     def check(self) -> None:

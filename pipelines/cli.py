@@ -12,7 +12,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from slimkit.core import SlimkitError
+from slimkit.core import ConfigError, SlimkitError
 
 EXIT_USAGE = 2
 _state: dict[str, Any] = {"exit": 0}
@@ -115,8 +115,7 @@ def _precheck(args: list[str], *, sweep: bool = False, record: bool = True) -> N
 
     ``sweep``: check a multirun's first job; ``record``: record the failure (not for ``--cfg``).
     """
-    from .config import compose, to_plain
-    from .run import record_failure
+    from .config import compose
 
     overrides: list[str] | None = _overrides(args)
     if sweep:
@@ -126,16 +125,106 @@ def _precheck(args: list[str], *, sweep: bool = False, record: bool = True) -> N
     try:
         compose(overrides)
     except SlimkitError as exc:
-        if not record:
-            raise
-        # Record the failure with whatever tracking settings the valid overrides give.
-        tracking = [o for o in overrides if o.lstrip("+~").startswith("tracking")]
-        try:
-            plain = to_plain(compose(tracking))
-        except SlimkitError:
-            plain = {}
-        record_failure(plain, Path("outputs") / "failed", exc)
+        if record:
+            _record_config_failure(overrides, exc)
         raise
+
+
+def _single_run(args: list[str]) -> list[str] | None:
+    """The overrides of ``args`` when they ask for one plain run (no Hydra option, no sweep), else None."""
+    import contextlib
+    import io
+
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            namespace, extra = get_args_parser().parse_known_args(args)
+    except SystemExit:
+        return None
+    options = {k: v for k, v in vars(namespace).items() if k not in ("overrides", "run")}
+    if extra or any(v not in (None, False) for v in options.values()):
+        return None
+    overrides = list(namespace.overrides or [])
+    if any(o.lstrip("+~").startswith("hydra.mode") for o in overrides):
+        return None
+    return overrides
+
+
+def _record_config_failure(overrides: list[str], exc: SlimkitError) -> None:
+    """Record a config that does not compose as a FAILED tracker run, with whatever tracking
+    settings the valid overrides give (under ``outputs/failed``)."""
+    from .config import compose, to_plain
+    from .run import record_failure
+
+    tracking = [o for o in overrides if o.lstrip("+~").startswith("tracking")]
+    try:
+        plain = to_plain(compose(tracking))
+    except SlimkitError:
+        plain = {}
+    record_failure(plain, Path("outputs") / "failed", exc)
+
+
+def _run_once(overrides: list[str]) -> None:
+    """One run, its config composed once: what ``hydra.main`` does for it (``Hydra.run``: the run
+    directory, ``.hydra/``, logging, callbacks, the job), without composing twice more first (the
+    precheck, then Hydra's ``get_mode``). A config that does not compose raises a one-line
+    :class:`~slimkit.core.ConfigError`, recorded as a FAILED tracker run, as the precheck does.
+    """
+    from hydra import version
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import (
+        create_automatic_config_search_path,
+        detect_calling_file_or_module_from_task_function,
+        detect_task_name,
+        run_and_report,
+    )
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext, RunMode
+
+    from .config import CONFIG_MODULE, CONFIG_NAME, hydra_error_line
+
+    version.setbase(None)
+    calling_file, calling_module = detect_calling_file_or_module_from_task_function(_task)
+    search_path = create_automatic_config_search_path(calling_file, calling_module, f"pkg://{CONFIG_MODULE}")
+    hydra_app = Hydra.create_main_hydra2(
+        task_name=detect_task_name(calling_file, calling_module), config_search_path=search_path
+    )
+    try:
+        try:
+            cfg = hydra_app.compose_config(
+                config_name=CONFIG_NAME,
+                overrides=[*overrides, "hydra.mode=RUN"],  # what hydra.main adds for a run
+                run_mode=RunMode.RUN,
+                with_log_configuration=True,
+                from_shell=False,  # the precheck's wording of errors
+            )
+        except Exception as exc:
+            error = exc if isinstance(exc, SlimkitError) else ConfigError(hydra_error_line(exc))
+            _record_config_failure(overrides, error)
+            if error is exc:
+                raise
+            raise error from exc
+
+        def run() -> None:
+            callbacks = Callbacks(cfg)
+            callbacks.on_run_start(config=cfg, config_name=CONFIG_NAME)
+            ret = run_job(
+                hydra_context=HydraContext(config_loader=hydra_app.config_loader, callbacks=callbacks),
+                task_function=_task,
+                config=cfg,
+                job_dir_key="hydra.run.dir",
+                job_subdir_key=None,
+                configure_logging=True,
+            )
+            callbacks.on_run_end(config=cfg, config_name=CONFIG_NAME, job_return=ret)
+            _ = ret.return_value  # raises if the job raised, as Hydra.run does
+
+        run_and_report(run)
+    finally:
+        GlobalHydra.instance().clear()
 
 
 GROUPS = ("pipeline", "model", "data", "technique", "target", "tracking", "search")
@@ -267,7 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         register_schemas(get_registry())
         if any(a in ("--help", "-h") for a in args):
             return help_command(args)
-        if not any(a in ("--hydra-help", "--shell-completion", "-sc") for a in args):
+        single = _single_run(args)
+        # A single run composes its config once, in _run_once; anything else (a sweep, --cfg, Hydra's
+        # options) is checked here first, then composed by hydra.main.
+        if single is None and not any(a in ("--hydra-help", "--shell-completion", "-sc") for a in args):
             _precheck(args, sweep=_is_multirun(args), record=not _wants_info(args))
     except SlimkitError as exc:
         _error(exc)
@@ -278,11 +370,16 @@ def main(argv: list[str] | None = None) -> int:
     from .config import CONFIG_MODULE, CONFIG_NAME
 
     _state["exit"] = 0
-    task = hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base=None)(_task)
     saved = sys.argv
     sys.argv = ["slimkit", *args]
     try:
-        task()
+        if single is not None:
+            _run_once(single)
+        else:
+            hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=CONFIG_NAME, version_base=None)(_task)()
+    except SlimkitError as exc:  # the single run's config does not compose
+        _error(exc)
+        return EXIT_USAGE
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if code:

@@ -1,9 +1,11 @@
 """Config: structured schemas for Hydra, composition, and turning a composed config into a RunSpec.
 
 Schemas are registered in Hydra's ConfigStore so that a value of the wrong type fails when the
-config is composed. Technique schemas come from the techniques' own ``Config`` dataclasses (one
-source of truth for defaults); a technique from a third-party plugin that ships no YAML file gets its
-config group option straight from its dataclass.
+config is composed. They come from the plugins' own ``Config`` dataclasses (one source of truth for
+defaults): techniques, targets, trackers and model adapters declare ``Config`` on their class, data
+sources pass ``config=`` to ``registry.add_data``. A plugin from a third party that ships no YAML
+file gets its config group option (``technique=``, ``target=``, ``tracking=``, ``model=``,
+``data=``) straight from its dataclass.
 """
 
 from __future__ import annotations
@@ -15,7 +17,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slimkit.core import ConfigError, PluginError, SlimkitError
+from slimkit.core import (
+    ConfigError,
+    DataConfig,
+    DataError,
+    ModelConfig,
+    ModelError,
+    PluginError,
+    SlimkitError,
+    TargetConfig,
+    TargetError,
+    TechniqueConfig,
+    TrackerConfig,
+    build_config,
+)
 from slimkit.core.registry import Registry
 from slimkit.core.run import RunSpec, StageSpec
 
@@ -47,162 +62,6 @@ class SlimkitConfig:
 
 
 @dataclass
-class TorchModelConfig:
-    """``model=torch`` and the bundled torch models."""
-
-    name: str = "torch"
-    adapter: str = "torch"
-    factory: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    weights: str | None = None
-    path: str | None = None
-    trust_pickle: bool = False
-    input_size: int | None = None
-
-
-@dataclass
-class DigitsDataConfig:
-    """``data=digits``: scikit-learn's digits."""
-
-    name: str = "digits"
-    size: int = 32
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    split_seed: int = 0
-    limit: int | None = None
-
-
-@dataclass
-class OnnxModelConfig:
-    """``model=onnx``: an ONNX file from any exporter (external data files beside it)."""
-
-    name: str = "onnx"
-    adapter: str = "onnx"
-    path: str | None = None
-    input_size: int | None = None
-    external_data: bool = False
-
-
-@dataclass
-class HfModelConfig:
-    """``model=hf``: a local Hugging Face Transformers directory (no download)."""
-
-    name: str = "hf"
-    adapter: str = "hf"
-    path: str | None = None
-    task: str = "auto"
-    dynamic_sequence: bool = True
-    input_size: int | None = None
-
-
-@dataclass
-class NpzDataConfig:
-    """``data=npz``: arrays keyed by the model's input names, optional integer labels."""
-
-    name: str = "npz"
-    path: str | None = None
-    labels: str = "labels"
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-    num_classes: int | None = None
-
-
-@dataclass
-class RandomDataConfig:
-    """``data=random``: random inputs typed and shaped like the model's (``path``: its ONNX file)."""
-
-    name: str = "random"
-    path: str | None = None
-    samples: int = 256
-    dims: dict[str, int] = field(default_factory=dict)
-    int_range: list[int] = field(default_factory=lambda: [0, 100])
-    ranges: dict[str, list[int]] = field(default_factory=dict)
-    shapes: dict[str, list[int]] = field(default_factory=dict)
-    distribution: str = "normal"
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-
-
-@dataclass
-class CallableDataConfig:
-    """``data=callable``: ``fn(**kwargs)`` returns DataSplits, (x, y) or a dict of arrays."""
-
-    name: str = "callable"
-    fn: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
-
-
-@dataclass
-class CpuTargetConfig:
-    """``target=cpu``: ONNX Runtime CPU EP and the framework's eager runtime."""
-
-    name: str = "cpu"
-    threads: int = 0
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
-    warmup: int = 10
-    repeats: int = 50
-    min_seconds: float = 0.0
-    max_seconds: float = 10.0
-    runtimes: list[str] = field(default_factory=lambda: ["onnxruntime", "torch"])
-    graph_optimization: str = "all"
-    isolate: bool = True
-
-
-@dataclass
-class CudaTargetConfig:
-    """``target=cuda``: ONNX Runtime CUDA EP (TensorRT EP when present) and torch CUDA."""
-
-    name: str = "cuda"
-    device: int = 0
-    threads: int = 0
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 64])
-    warmup: int = 10
-    repeats: int = 50
-    min_seconds: float = 0.0
-    max_seconds: float = 10.0
-    runtimes: list[str] = field(default_factory=lambda: ["onnxruntime", "torch"])
-    graph_optimization: str = "all"
-    isolate: bool = True
-    precision: str = "fp32"
-    tensorrt: bool = True
-    sparsity: str = "none"
-
-
-@dataclass
-class NpuTargetConfig:
-    """``target=npu``: Qualcomm QNN HTP through onnxruntime-qnn (emulated on x86_64)."""
-
-    name: str = "npu"
-    htp_arch: int = 73
-    soc_model: int = 0
-    threads: int = 0
-    batch_sizes: list[int] = field(default_factory=lambda: [1])
-    warmup: int = 2
-    repeats: int = 10
-    min_seconds: float = 0.0
-    max_seconds: float = 10.0
-    isolate: bool = True
-    input_shapes: dict[str, list[int]] = field(default_factory=dict)
-    allow_fallback: bool = False
-    context_binary: bool = False
-    validation_samples: int = 128
-
-
-@dataclass
-class MlflowTrackingConfig:
-    """``tracking=mlflow``."""
-
-    name: str = "mlflow"
-    uri: str | None = None
-    experiment: str = "slimkit"
-    run_name: str | None = None
-    log_model: bool = True
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
 class PipelineConfig:
     """A pipeline: named stages in order, each ``{technique: NAME, **params}``."""
 
@@ -229,8 +88,36 @@ def _has_yaml(group: str, name: str) -> bool:
         return False
 
 
+def _plugin_configs(registry: Registry) -> list[tuple[str, str, type, type, dict[str, str]]]:
+    """(group, name, Config, base, what the node's identity fields are) of every registered plugin."""
+    out: list[tuple[str, str, type, type, dict[str, str]]] = []
+    for name, tech in registry.techniques.items():
+        out.append(("technique", name, tech.Config, TechniqueConfig, {"technique": name}))
+    for name, target in registry.targets.items():
+        out.append(("target", name, target.Config, TargetConfig, {"name": name}))
+    for name, tracker in registry.trackers.items():
+        out.append(("tracking", name, tracker.Config, TrackerConfig, {"name": name}))
+    for name, adapter in registry.adapters.items():
+        out.append(("model", name, adapter.Config, ModelConfig, {"name": name, "adapter": name}))
+    for name, data_cls in registry.data_configs.items():
+        out.append(("data", name, data_cls, DataConfig, {"name": name}))
+    return out
+
+
+def _kind(group: str) -> str:
+    return {"technique": "technique", "target": "target", "tracking": "tracker", "model": "model adapter"}.get(
+        group, "data source"
+    )
+
+
 def register_schemas(registry: Registry) -> None:
-    """Store the schemas (and plugin techniques without YAML) in Hydra's ConfigStore, once."""
+    """Store every plugin's typed ``Config`` in Hydra's ConfigStore, once.
+
+    Each registered technique, target, tracker, model adapter and data source (with ``config=``)
+    gets ``schema/<group>/<name>`` (groups ``technique``, ``target``, ``tracking``, ``model``,
+    ``data``), which the YAML files in ``conf/`` extend, and, when slimkit ships no YAML for it
+    (a third-party plugin), the group option ``<group>=<name>`` itself.
+    """
     global _registered
     if _registered:
         return
@@ -240,28 +127,18 @@ def register_schemas(registry: Registry) -> None:
     cs = ConfigStore.instance()
     cs.store(name="slimkit_schema", node=SlimkitConfig)
     cs.store(group="schema/pipeline", name="pipeline", node=PipelineConfig)
-    cs.store(group="schema/model", name="torch", node=TorchModelConfig)
-    cs.store(group="schema/data", name="digits", node=DigitsDataConfig)
-    cs.store(group="schema/model", name="onnx", node=OnnxModelConfig)
-    cs.store(group="schema/model", name="hf", node=HfModelConfig)
-    cs.store(group="schema/data", name="npz", node=NpzDataConfig)
-    cs.store(group="schema/data", name="random", node=RandomDataConfig)
-    cs.store(group="schema/data", name="callable", node=CallableDataConfig)
-    cs.store(group="schema/target", name="cpu", node=CpuTargetConfig)
-    cs.store(group="schema/target", name="cuda", node=CudaTargetConfig)
-    cs.store(group="schema/target", name="npu", node=NpuTargetConfig)
-    cs.store(group="schema/tracking", name="mlflow", node=MlflowTrackingConfig)
-    for name, tech in registry.techniques.items():
-        cfg_cls = tech.Config
+    for group, name, cfg_cls, base, ids in _plugin_configs(registry):
         if not dataclasses.is_dataclass(cfg_cls):
-            raise PluginError(f"technique {name!r}: Config must be a dataclass; make it a TechniqueConfig subclass")
+            raise PluginError(
+                f"{_kind(group)} {name!r}: Config must be a dataclass; make it a {base.__name__} subclass"
+            )
         try:
-            node = cfg_cls(technique=name)
+            node = cfg_cls(**ids)
         except SlimkitError as exc:
-            raise PluginError(f"technique {name!r}: its Config defaults are invalid ({exc})") from exc
-        cs.store(group="schema/technique", name=name, node=node)
-        if not _has_yaml("technique", name):
-            cs.store(group="technique", name=name, node=node)
+            raise PluginError(f"{_kind(group)} {name!r}: its Config defaults are invalid ({exc})") from exc
+        cs.store(group=f"schema/{group}", name=name, node=node)
+        if not _has_yaml(group, name):
+            cs.store(group=group, name=name, node=node)
     _registered = True
 
 
@@ -347,6 +224,30 @@ def validate_stage(name: str, params: dict[str, Any], registry: Registry) -> Sta
     return StageSpec(name=name, technique=tech, config=config)  # type: ignore[arg-type]
 
 
+def validate_groups(plain: dict[str, Any], registry: Registry) -> None:
+    """Check the ``target``, ``tracking``, ``data`` and ``model`` groups against their plugins' typed
+    configs (unknown keys, values the ``Config`` refuses): one-line errors before any work starts.
+
+    The plugin builds the same dataclass from the same mapping when the run uses it.
+    """
+    target = plain["target"]
+    target_cls = registry.target(target["name"]).Config
+    build_config(target_cls, target, group="target", error=TargetError)
+    tracking = plain["tracking"]
+    name = tracking.get("name", "none")
+    build_config(registry.tracker(name).Config, tracking, group="tracking")
+    data = plain["data"]
+    if data["name"] != "python":  # "python": data passed as an object through the API
+        registry.data_loader(data["name"])
+        data_cls = registry.data_configs.get(data["name"])
+        if data_cls is not None:
+            build_config(data_cls, data, group="data", error=DataError)
+    model = plain["model"]
+    adapter = model.get("adapter", "torch")
+    model_cls = registry.adapter(adapter).Config
+    build_config(model_cls, model, group="model", error=ModelError, adapter=adapter)
+
+
 def build_spec(plain: dict[str, Any], registry: Registry, run_dir: Path) -> RunSpec:
     """Turn the resolved config into a validated :class:`RunSpec` (before any work starts)."""
     pipeline = plain.get("pipeline") or {}
@@ -354,11 +255,7 @@ def build_spec(plain: dict[str, Any], registry: Registry, run_dir: Path) -> RunS
     for group in ("model", "data", "target", "tracking"):
         if not isinstance(plain.get(group), dict):
             raise ConfigError(f"no {group} is configured; pick one with {group}=OPTION (see `slimkit --help`)")
-    registry.target(plain["target"]["name"])
-    registry.tracker(plain["tracking"].get("name", "none"))
-    if plain["data"]["name"] != "python":  # "python": data passed as an object through the API
-        registry.data_loader(plain["data"]["name"])
-    registry.adapter(plain["model"].get("adapter", "torch"))
+    validate_groups(plain, registry)
     seed = int(plain.get("seed", 0))
     cache_dir = Path(plain["cache_dir"]) if plain.get("cache") and plain.get("cache_dir") else None
     return RunSpec(

@@ -1,4 +1,5 @@
-"""Helpers of the array-based data sources (``npz``, ``random``, ``callable``): splitting and checks.
+"""Helpers of the data sources (``digits``, ``npz``, ``random``, ``callable``, ``text``): their shared
+config (:class:`SplitDataConfig`), splitting and checks.
 
 Not a plugin itself: the data sources import it.
 """
@@ -7,22 +8,37 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
-from slimkit.core import DataError, DataSplits, Split
+from slimkit.core import ConfigError, DataConfig, DataError, DataSplits, Split, build_config, check_number
+
+C = TypeVar("C", bound=DataConfig)
 
 
-def check_fractions(cfg: Mapping[str, Any]) -> tuple[float, float]:
-    """``data.val_fraction`` and ``data.test_fraction``, each in (0, 0.5); :class:`DataError` otherwise."""
-    val = float(cfg.get("val_fraction", 0.1))
-    test = float(cfg.get("test_fraction", 0.2))
-    if not (0 < val < 0.5 and 0 < test < 0.5):
-        raise DataError(
-            f"data.val_fraction={val} / data.test_fraction={test} must each be in (0, 0.5); use e.g. 0.1 and 0.2"
-        )
-    return val, test
+@dataclass
+class SplitDataConfig(DataConfig):
+    """The options of a data source that splits samples itself: the fractions of the samples that
+    go to validation and test, each in (0, 0.5) (the rest is for training)."""
+
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        val = check_number("val_fraction", self.val_fraction, example=0.1)
+        test = check_number("test_fraction", self.test_fraction, example=0.2)
+        if not (0 < val < 0.5 and 0 < test < 0.5):
+            raise ConfigError(
+                f"val_fraction={val} / test_fraction={test} must each be in (0, 0.5); use e.g. 0.1 and 0.2"
+            )
+        self.val_fraction, self.test_fraction = val, test
+
+
+def data_config(cls: type[C], cfg: Mapping[str, Any], name: str) -> C:
+    """The ``data`` group ``cfg`` as the typed ``cls``; one-line :class:`DataError` for a bad value."""
+    return build_config(cls, cfg, group="data", error=DataError, name=name)
 
 
 def split_arrays(

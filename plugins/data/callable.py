@@ -1,6 +1,6 @@
 """The ``callable`` data source: your own function builds the data.
 
-Config (``data=callable``)::
+Config (``data=callable``, :class:`CallableDataConfig`)::
 
     fn: package.module:function     # called as fn(**kwargs), with seed=SEED if it takes ``seed``
     kwargs: {}
@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from slimkit.core import DataError, DataSplits, SlimkitError, hookimpl
 
-from .arrays import check_fractions, import_callable, split_arrays
+from .arrays import SplitDataConfig, data_config, import_callable, split_arrays
 
 
 def _call(fn: Any, spec: str, kwargs: dict[str, Any], seed: int) -> Any:
@@ -71,16 +72,24 @@ def to_splits(result: Any, spec: str, seed: int, val: float, test: float) -> Dat
     return split_arrays(inputs, labels, seed, name=name, val_fraction=val, test_fraction=test)
 
 
+@dataclass
+class CallableDataConfig(SplitDataConfig):
+    """``data=callable``: see the module docstring."""
+
+    fn: str | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
 def load(cfg: Mapping[str, Any], seed: int) -> DataSplits:
     """Data-source entry: call ``data.fn`` and split what it returns."""
-    spec = cfg.get("fn")
+    config = data_config(CallableDataConfig, cfg, "callable")
+    spec = config.fn
     fn = import_callable(spec, "data.fn")
-    val, test = check_fractions(cfg)
-    result = _call(fn, str(spec), dict(cfg.get("kwargs") or {}), seed)
-    return to_splits(result, str(spec), seed, val, test)
+    result = _call(fn, str(spec), dict(config.kwargs or {}), seed)
+    return to_splits(result, str(spec), seed, config.val_fraction, config.test_fraction)
 
 
 @hookimpl
 def slimkit_register_data(registry: Any) -> None:
     """Register the ``callable`` data source."""
-    registry.add_data("callable", load)
+    registry.add_data("callable", load, config=CallableDataConfig)

@@ -8,28 +8,49 @@ the run's seed, so that the bundled models never see their test set whatever see
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from slimkit.core import DataError, DataSplits, Split, hookimpl
+from slimkit.core import ConfigError, DataSplits, Split, hookimpl
+
+from .arrays import SplitDataConfig, data_config
+
+
+@dataclass
+class DigitsDataConfig(SplitDataConfig):
+    """``data=digits``: ``size`` 8 (original), 16 or 32 (upsampled); ``split_seed`` fixes the split;
+    ``limit`` keeps at most that many samples per split."""
+
+    size: int = 32
+    split_seed: int = 0
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.size not in (8, 16, 32):
+            raise ConfigError(f"size={self.size} is not supported; use 8 (original) or 32 (upsampled)")
+        super().__post_init__()
 
 
 def load_digits_splits(
-    size: int = 32,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
-    split_seed: int = 0,
+    size: int | None = None,
+    val_fraction: float | None = None,
+    test_fraction: float | None = None,
+    split_seed: int | None = None,
     limit: int | None = None,
 ) -> DataSplits:
-    """Load, scale to [0, 1], optionally upsample, and split the digits stratified by class."""
-    if size not in (8, 16, 32):
-        raise DataError(f"data.size={size} is not supported; use 8 (original) or 32 (upsampled)")
-    if not (0 < val_fraction < 0.5 and 0 < test_fraction < 0.5):
-        raise DataError(
-            f"data.val_fraction={val_fraction} / data.test_fraction={test_fraction} must each be in (0, 0.5); "
-            "use e.g. 0.1 and 0.2"
-        )
+    """Load, scale to [0, 1], optionally upsample, and split the digits stratified by class.
+
+    Arguments left out (None) take :class:`DigitsDataConfig`'s defaults.
+    """
+    cfg = {"size": size, "val_fraction": val_fraction, "test_fraction": test_fraction, "split_seed": split_seed}
+    return _load(data_config(DigitsDataConfig, {**cfg, "limit": limit}, "digits"))
+
+
+def _load(config: DigitsDataConfig) -> DataSplits:
+    size, val_fraction, test_fraction = config.size, config.val_fraction, config.test_fraction
+    split_seed, limit = config.split_seed, config.limit
     from scipy.ndimage import zoom
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -63,15 +84,9 @@ def load_digits_splits(
 
 def load(cfg: Mapping[str, Any], seed: int) -> DataSplits:
     """Data-source entry: build the digits splits from the ``data`` config group."""
-    return load_digits_splits(
-        size=int(cfg.get("size", 32)),
-        val_fraction=float(cfg.get("val_fraction", 0.1)),
-        test_fraction=float(cfg.get("test_fraction", 0.2)),
-        split_seed=int(cfg.get("split_seed", 0)),
-        limit=cfg.get("limit"),
-    )
+    return _load(data_config(DigitsDataConfig, cfg, "digits"))
 
 
 @hookimpl
 def slimkit_register_data(registry: Any) -> None:
-    registry.add_data("digits", load)
+    registry.add_data("digits", load, config=DigitsDataConfig)

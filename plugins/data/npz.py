@@ -1,6 +1,6 @@
 """The ``npz`` data source: arrays from a NumPy ``.npz`` file, keyed by the model's input names.
 
-Config (``data=npz``)::
+Config (``data=npz``, :class:`NpzDataConfig`)::
 
     path: FILE.npz          # arrays named like the model's inputs, first axis = samples
     labels: labels          # the array of integer labels, if the file has one (accuracy is measured then)
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 
 from slimkit.core import DataError, DataSplits, hookimpl
 
-from .arrays import check_fractions, split_arrays
+from .arrays import SplitDataConfig, data_config, split_arrays
 
 
 def read_npz(path: Path, labels_key: str = "labels") -> tuple[dict[str, np.ndarray], np.ndarray | None]:
@@ -54,21 +55,30 @@ def read_npz(path: Path, labels_key: str = "labels") -> tuple[dict[str, np.ndarr
     return arrays, labels
 
 
+@dataclass
+class NpzDataConfig(SplitDataConfig):
+    """``data=npz``: see the module docstring (``labels`` empty or null: the file has none)."""
+
+    path: str | None = None
+    labels: str | None = "labels"
+    num_classes: int | None = None
+
+
 def load(cfg: Mapping[str, Any], seed: int) -> DataSplits:
     """Data-source entry: read ``data.path`` and split it with the run's seed."""
-    path = cfg.get("path")
+    config = data_config(NpzDataConfig, cfg, "npz")
+    path = config.path
     if not path:
         raise DataError("data.path is not set; give an .npz file: data=npz data.path=FILE.npz")
-    val, test = check_fractions(cfg)
-    arrays, labels = read_npz(Path(path), str(cfg.get("labels", "labels") or ""))
-    num_classes = cfg.get("num_classes")
+    arrays, labels = read_npz(Path(path), str(config.labels or ""))
+    num_classes = config.num_classes
     return split_arrays(
         arrays,
         labels,
         seed,
         name=f"npz:{Path(path).name}",
-        val_fraction=val,
-        test_fraction=test,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
         num_classes=None if num_classes is None else int(num_classes),
         meta={"path": str(path)},
     )
@@ -77,4 +87,4 @@ def load(cfg: Mapping[str, Any], seed: int) -> DataSplits:
 @hookimpl
 def slimkit_register_data(registry: Any) -> None:
     """Register the ``npz`` data source."""
-    registry.add_data("npz", load)
+    registry.add_data("npz", load, config=NpzDataConfig)

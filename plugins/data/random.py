@@ -1,6 +1,6 @@
 """The ``random`` data source: random inputs shaped and typed like the model's inputs, no labels.
 
-For measuring speed and fidelity when no data is at hand. Config (``data=random``)::
+For measuring speed and fidelity when no data is at hand. Config (``data=random``, :class:`RandomDataConfig`)::
 
     path: ${oc.select:model.path,null}   # the ONNX model whose inputs are imitated
     samples: 256                         # split into train/val/test like any data
@@ -18,14 +18,15 @@ labels, runs report fidelity to the original model and no accuracy.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slimkit.core import DataError, DataSplits, hookimpl
+from slimkit.core import ConfigError, DataError, DataSplits, hookimpl
 
-from .arrays import check_fractions, split_arrays
+from .arrays import SplitDataConfig, data_config, split_arrays
 
 
 def input_specs(path: Path) -> list[tuple[str, np.dtype, list[int | str | None]]]:
@@ -109,21 +110,38 @@ def generate(
     return out
 
 
+@dataclass
+class RandomDataConfig(SplitDataConfig):
+    """``data=random``: see the module docstring."""
+
+    path: str | None = None
+    samples: int = 256
+    dims: dict[str, int] = field(default_factory=dict)
+    int_range: list[int] = field(default_factory=lambda: [0, 100])
+    ranges: dict[str, list[int]] = field(default_factory=dict)
+    shapes: dict[str, list[int]] = field(default_factory=dict)
+    distribution: str = "normal"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int | np.integer) or self.samples < 3:
+            raise ConfigError(f"samples={self.samples} must be >= 3 (train, val and test); use e.g. 256")
+        if self.distribution not in ("normal", "uniform"):
+            raise ConfigError(f"distribution={self.distribution!r} is not one of ['normal', 'uniform']; use 'normal'")
+        low_high = list(self.int_range or [0, 100])
+        if len(low_high) != 2 or int(low_high[1]) <= int(low_high[0]):
+            raise ConfigError(f"int_range={low_high} must be [low, high) with high > low; use e.g. [0, 30522]")
+        self.int_range = [int(low_high[0]), int(low_high[1])]
+
+
 def load(cfg: Mapping[str, Any], seed: int) -> DataSplits:
     """Data-source entry: random inputs for the model at ``data.path`` (or of ``data.shapes``)."""
-    samples = int(cfg.get("samples", 256))
-    if samples < 3:
-        raise DataError(f"data.samples={samples} must be >= 3 (train, val and test); use e.g. 256")
-    val, test = check_fractions(cfg)
-    distribution = str(cfg.get("distribution", "normal"))
-    if distribution not in ("normal", "uniform"):
-        raise DataError(f"data.distribution={distribution!r} is not one of ['normal', 'uniform']; use 'normal'")
-    int_range = list(cfg.get("int_range") or [0, 100])
-    if len(int_range) != 2 or int(int_range[1]) <= int(int_range[0]):
-        raise DataError(f"data.int_range={int_range} must be [low, high) with high > low; use e.g. [0, 30522]")
-    shapes = {str(k): [int(d) for d in v] for k, v in dict(cfg.get("shapes") or {}).items()}
-    named = dict(cfg.get("dims") or {})
-    path = cfg.get("path")
+    config = data_config(RandomDataConfig, cfg, "random")
+    samples = int(config.samples)
+    int_range = config.int_range
+    shapes = {str(k): [int(d) for d in v] for k, v in dict(config.shapes or {}).items()}
+    named = dict(config.dims or {})
+    path = config.path
     if path and str(path).endswith(".onnx"):
         specs = []
         for name, dtype, dims in input_specs(Path(path)):
@@ -146,15 +164,21 @@ def load(cfg: Mapping[str, Any], seed: int) -> DataSplits:
         samples,
         seed,
         int_range=(int(int_range[0]), int(int_range[1])),
-        ranges={k: list(v) for k, v in dict(cfg.get("ranges") or {}).items()},
-        distribution=distribution,
+        ranges={k: list(v) for k, v in dict(config.ranges or {}).items()},
+        distribution=config.distribution,
     )
     return split_arrays(
-        arrays, None, seed, name="random", val_fraction=val, test_fraction=test, meta={"samples": samples}
+        arrays,
+        None,
+        seed,
+        name="random",
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        meta={"samples": samples},
     )
 
 
 @hookimpl
 def slimkit_register_data(registry: Any) -> None:
     """Register the ``random`` data source."""
-    registry.add_data("random", load)
+    registry.add_data("random", load, config=RandomDataConfig)

@@ -1,6 +1,6 @@
 """The ``hf`` adapter: a local Hugging Face Transformers directory as a slimkit (PyTorch) model.
 
-Model config (``model=hf``)::
+Model config (``model=hf``, :class:`HfModelConfig`)::
 
     path: DIR                  # a save_pretrained() directory: config.json + weights (+ tokenizer)
     task: auto                 # auto | sequence-classification | feature-extraction
@@ -18,15 +18,31 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slimkit.core import ModelError, hookimpl
+from slimkit.core import ConfigError, ModelConfig, ModelError, hookimpl
 from slimkit.plugins.torch.adapter import TorchAdapter, _first_line, _strip_metadata
 
 TASKS = ("auto", "sequence-classification", "feature-extraction")
+
+
+@dataclass
+class HfModelConfig(ModelConfig):
+    """``model=hf``: a local Hugging Face Transformers directory (see the module docstring)."""
+
+    adapter: str = "hf"
+    path: str | None = None
+    task: str = "auto"
+    dynamic_sequence: bool = True
+    input_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task={self.task!r} is not one of {list(TASKS)}; use e.g. auto")
 
 
 def import_transformers() -> Any:
@@ -44,10 +60,12 @@ class HfAdapter(TorchAdapter):
     name = "hf"
     suffixes = (".pt",)
     description = "Hugging Face Transformers directory (local files only), run and exported as PyTorch"
+    Config = HfModelConfig
 
     def load(self, cfg: Mapping[str, Any]) -> Any:
         """Load ``model.path`` with AutoModel / AutoModelForSequenceClassification, no network."""
-        path = cfg.get("path")
+        options: HfModelConfig = self.model_config(cfg)
+        path = options.path
         if not path:
             raise ModelError("model.path is not set; give a Hugging Face model directory: model=hf model.path=DIR")
         p = Path(path)
@@ -56,9 +74,7 @@ class HfAdapter(TorchAdapter):
                 f"model.path={path} is not a Hugging Face model directory (no config.json); "
                 "give a directory written by save_pretrained()"
             )
-        task = cfg.get("task", "auto")
-        if task not in TASKS:
-            raise ModelError(f"model.task={task!r} is not one of {list(TASKS)}; use e.g. auto")
+        task = options.task
         tf = import_transformers()
         try:
             config = tf.AutoConfig.from_pretrained(p, local_files_only=True)
@@ -72,7 +88,7 @@ class HfAdapter(TorchAdapter):
             raise ModelError(
                 f"model.path={path} cannot be loaded by transformers ({_first_line(exc)}); check the directory"
             ) from exc
-        model.slimkit_export = {"dynamic_sequence": bool(cfg.get("dynamic_sequence", True))}
+        model.slimkit_export = {"dynamic_sequence": bool(options.dynamic_sequence)}
         return model.eval()
 
     def predict(self, model: Any, inputs: Mapping[str, np.ndarray]) -> np.ndarray:

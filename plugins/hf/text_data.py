@@ -1,6 +1,6 @@
 """The ``text`` data source: a text file tokenized with a Hugging Face tokenizer.
 
-Config (``data=text``)::
+Config (``data=text``, :class:`TextDataConfig`)::
 
     path: FILE.txt           # one sample per line (empty lines skipped)
     tokenizer: DIR           # a tokenizer directory; default: the model's (model.path)
@@ -16,12 +16,14 @@ int64. There are no labels: runs on this data measure fidelity to the original m
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slimkit.core import DataError, DataSplits, Split, hookimpl
+from slimkit.core import ConfigError, DataError, DataSplits, Split, hookimpl
+from slimkit.plugins.data.arrays import SplitDataConfig, data_config
 
 
 def tokenize_file(path: Path, tokenizer_dir: Path, max_length: int, limit: int | None = None) -> dict[str, np.ndarray]:
@@ -54,21 +56,33 @@ def tokenize_file(path: Path, tokenizer_dir: Path, max_length: int, limit: int |
     return {k: np.ascontiguousarray(enc[k].astype(np.int64)) for k in keys}
 
 
+@dataclass
+class TextDataConfig(SplitDataConfig):
+    """``data=text``: see the module docstring."""
+
+    path: str | None = None
+    tokenizer: str | None = None
+    max_length: int = 128
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2:
+            raise ConfigError(f"max_length={self.max_length} must be >= 2; use e.g. 128")
+
+
 def load(cfg: Mapping[str, Any], seed: int) -> DataSplits:
     """Data-source entry: tokenize ``data.path`` and split it train/val/test with ``seed``."""
-    path = cfg.get("path")
+    config = data_config(TextDataConfig, cfg, "text")
+    path = config.path
     if not path:
         raise DataError("data.path is not set; give a text file: data=text data.path=FILE.txt")
-    tokenizer = cfg.get("tokenizer")
+    tokenizer = config.tokenizer
     if not tokenizer:
         raise DataError("data.tokenizer is not set; give the tokenizer directory (model=hf sets it to model.path)")
-    max_length = int(cfg.get("max_length", 128))
-    if max_length < 2:
-        raise DataError(f"data.max_length={max_length} must be >= 2; use e.g. 128")
-    val_f, test_f = float(cfg.get("val_fraction", 0.1)), float(cfg.get("test_fraction", 0.2))
-    if not (0 < val_f < 0.5 and 0 < test_f < 0.5):
-        raise DataError(f"data.val_fraction={val_f} / data.test_fraction={test_f} must be in (0, 0.5); use 0.1, 0.2")
-    arrays = tokenize_file(Path(path), Path(tokenizer), max_length, cfg.get("limit"))
+    max_length = config.max_length
+    val_f, test_f = config.val_fraction, config.test_fraction
+    arrays = tokenize_file(Path(path), Path(tokenizer), max_length, config.limit)
     n = len(next(iter(arrays.values())))
     perm = np.random.default_rng(seed).permutation(n)
     n_test, n_val = max(1, int(n * test_f)), max(1, int(n * val_f))
@@ -80,4 +94,4 @@ def load(cfg: Mapping[str, Any], seed: int) -> DataSplits:
 @hookimpl
 def slimkit_register_data(registry: Any) -> None:
     """Register the ``text`` data source."""
-    registry.add_data("text", load)
+    registry.add_data("text", load, config=TextDataConfig)

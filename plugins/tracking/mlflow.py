@@ -1,6 +1,6 @@
 """The ``mlflow`` tracker: every run becomes an MLflow run, every stage a nested child run.
 
-Config (the ``tracking`` group; every key optional):
+Config (the ``tracking`` group, :class:`MlflowConfig`; every key optional):
 
 ``uri``
     The tracking URI. Empty or ``null``: ``sqlite:///mlflow.db`` in the current directory
@@ -51,10 +51,11 @@ import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from slimkit.core import ConfigError, SlimkitError, Tracker, TrackingError, hookimpl
+from slimkit.core import ConfigError, SlimkitError, Tracker, TrackerConfig, TrackingError, hookimpl
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -186,7 +187,7 @@ def _flag(value: Any, name: str) -> bool:
         return value.strip().lower() in ("true", "1", "yes")
     if isinstance(value, bool | int) or value is None:
         return bool(value)
-    raise ConfigError(f"{name}={value!r} is not a boolean; use {name}=true or {name}=false")
+    raise ConfigError(f"{name}={value!r} is not a boolean; use tracking.{name}=true or tracking.{name}=false")
 
 
 def _is_file_store(uri: str) -> bool:
@@ -221,39 +222,52 @@ def _error_message(error: BaseException) -> str:
 # -- the tracker ------------------------------------------------------------------------------------
 
 
+@dataclass
+class MlflowConfig(TrackerConfig):
+    """``tracking=mlflow``: the keys of the module docstring, with their defaults."""
+
+    uri: str | None = None
+    experiment: str = DEFAULT_EXPERIMENT
+    run_name: str | None = None
+    log_model: bool = True
+    tags: dict[str, str] = field(default_factory=dict)
+    artifact_location: str | None = None
+
+    def __post_init__(self) -> None:
+        self.log_model = _flag(self.log_model, "log_model")
+        if not isinstance(self.tags, Mapping):
+            raise ConfigError(f"tags must be a mapping, not {self.tags!r}; use e.g. tracking.tags={{team: ml}}")
+        self.tags = {str(k): str(v) for k, v in self.tags.items()}
+
+
 class MlflowTracker(Tracker):
     """Records a slimkit run in MLflow: a parent run for the run, a child run per stage.
 
-    ``cfg`` keys: ``uri``, ``experiment``, ``run_name``, ``log_model``, ``tags`` (see the module
-    docstring). Registered into the plugin manager for one run; its lifecycle hooks are methods.
+    Config: :class:`MlflowConfig` (``uri``, ``experiment``, ``run_name``, ``log_model``, ``tags``,
+    ``artifact_location``; see the module docstring). Registered into the plugin manager for one
+    run; its lifecycle hooks are methods.
     """
 
     name = "mlflow"
     description = "MLflow tracking: params, metrics, artifacts and the ONNX model (tracking.uri=...)"
+    Config = MlflowConfig
 
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__(cfg)
-        uri = self.cfg.get("uri") or ""
-        if not uri:
-            uri = f"sqlite:///{(Path.cwd() / 'mlflow.db').as_posix()}"
+        config: MlflowConfig = self.config
         #: The tracking URI this tracker writes to.
-        self.uri: str = str(uri)
+        self.uri: str = str(config.uri or f"sqlite:///{(Path.cwd() / 'mlflow.db').as_posix()}")
         #: The experiment's name.
-        self.experiment: str = str(self.cfg.get("experiment") or DEFAULT_EXPERIMENT)
+        self.experiment: str = str(config.experiment or DEFAULT_EXPERIMENT)
         #: The parent run's name, or None to let MLflow pick one.
-        self.run_name: str | None = str(self.cfg["run_name"]) if self.cfg.get("run_name") else None
+        self.run_name: str | None = str(config.run_name) if config.run_name else None
         #: Whether to log the compressed ONNX model with ``mlflow.onnx.log_model``.
-        self.log_model: bool = _flag(self.cfg.get("log_model", True), "tracking.log_model")
-        tags = self.cfg.get("tags") or {}
-        if not isinstance(tags, Mapping):
-            raise ConfigError(f"tracking.tags must be a mapping, not {tags!r}; use e.g. tracking.tags={{team: ml}}")
+        self.log_model: bool = config.log_model
         #: Extra tags of the parent run.
-        self.tags: dict[str, str] = {str(k): str(v) for k, v in tags.items()}
+        self.tags: dict[str, str] = dict(config.tags)
         #: Artifact location of a newly created experiment (None: beside a SQLite file, or the
         #: server's choice).
-        self.artifact_location: str | None = (
-            str(self.cfg["artifact_location"]) if self.cfg.get("artifact_location") else None
-        )
+        self.artifact_location: str | None = str(config.artifact_location) if config.artifact_location else None
         #: The experiment's id, once the run started.
         self.experiment_id: str | None = None
         self._client_obj: MlflowClient | None = None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import types
 from pathlib import Path
 from typing import Any
@@ -290,13 +289,25 @@ def test_optional_logging_errors_only_warn_outside_pytest(
 # -- check() ----------------------------------------------------------------------------------------
 
 
-def test_check_unreachable_server_fails_fast() -> None:
+def test_check_unreachable_server_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.request
+
+    from slimkit.plugins.tracking import mlflow as tracking_mlflow
+
+    timeouts: list[float] = []
+    urlopen = urllib.request.urlopen
+
+    def recording_urlopen(url, *args, timeout=None, **kwargs):
+        timeouts.append(timeout)
+        return urlopen(url, *args, timeout=timeout, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", recording_urlopen)
     tracker = MlflowTracker({"uri": "http://127.0.0.1:9"})
-    start = time.perf_counter()
     expected = r"cannot reach MLflow tracking server at http://127\.0\.0\.1:9"
     with pytest.raises(TrackingError, match=expected) as exc:
         tracker.check()
-    assert time.perf_counter() - start < 5
+    # fails fast: one health request, bounded by the check's own short timeout (not MLflow's retries)
+    assert timeouts == [tracking_mlflow.CHECK_TIMEOUT_S] and tracking_mlflow.CHECK_TIMEOUT_S <= 5
     assert "\n" not in str(exc.value)
     assert "tracking.uri=" in str(exc.value)
 

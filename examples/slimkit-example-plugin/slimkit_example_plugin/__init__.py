@@ -1,4 +1,7 @@
-"""An example slimkit plugin: ``random_prune`` zeroes a random fraction of every layer's weights."""
+"""An example slimkit plugin: ``random_prune`` zeroes a random fraction of every layer's weights.
+
+Its target, ``example_cpu``, is in :mod:`slimkit_example_plugin.target` (an entry point of its own).
+"""
 
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ class RandomPrune(Technique):
     def apply(self, model: Any, adapter: Any, ctx: StageContext) -> Any:
         import torch
 
+        model = adapter.copy(model)  # a technique returns a new model and leaves its input as it was
         gen = torch.Generator().manual_seed(ctx.seed)
         zeros = total = 0
         with torch.no_grad():
