@@ -28,6 +28,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,15 +94,57 @@ def torch_pruning_alone(data: Any, steps: int, step_epochs: int, final_epochs: i
     return model.eval()
 
 
+#: The rows of :func:`channel_section` besides the baseline: slimkit's two recipes and Torch-Pruning's.
+KD_NAME = "slimkit: prune + distill"
+PLAIN_NAME = "slimkit: prune + plain fine-tuning"
+TP_NAME = "Torch-Pruning MagnitudePruner + plain fine-tuning"
+
+
+@dataclass
+class ChannelRuns:
+    """What :func:`channel_runs` trained: the seed-0 model of each recipe (and the baseline), per-seed test
+    accuracies and wall times by recipe, and the pipeline stages slimkit's recipes ran with."""
+
+    models: dict[str, Any]
+    accs: dict[str, list[float]]
+    seconds: dict[str, list[float]]
+    stages: dict[str, Any]
+
+
 def channel_section(args: Any, tmp: Path) -> tuple[str, dict[str, Any]]:
-    import slimkit
     from slimkit.plugins.data.digits import load_digits_splits
     from slimkit.plugins.torch.adapter import TorchAdapter
-    from slimkit.plugins.torch.zoo import digits_resnet
 
     adapter = TorchAdapter()
     data = load_digits_splits(size=32)
-    steps, step_epochs, final_epochs, lr = 2, args.step_epochs, args.final_epochs, 0.01
+    steps, lr = 2, 0.01
+    runs = channel_runs(args, tmp, adapter, data, steps, lr)
+    log("export and measure")
+    ex1 = data.test.example(1)
+    paths = {n: export(adapter, m, tmp / f"c{i}.onnx", ex1) for i, (n, m) in enumerate(runs.models.items())}
+    lat = ort_latencies(paths, {1: ex1, 64: data.test.example(64)}, rounds=args.rounds, repeats=args.repeats)
+    rows, results, base_acc = channel_rows(adapter, runs, lat, data)
+    goals = channel_goals(results, base_acc)
+    body = [
+        *channel_intro(args, steps, lr, runs.stages[KD_NAME]),
+        "",
+        "| model | test acc. % | change pt | MACs | params | ORT b1 | ORT b64 | time |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        *[f"- Goal: {g} — **{'met' if ok else 'missed'}** ({detail})." for g, ok, detail in goals],
+        reading(runs.accs, len(data.test)),
+    ]
+    return "\n".join(body), {"results": results, "base_acc": base_acc, "goals": goals}
+
+
+def channel_runs(args: Any, tmp: Path, adapter: Any, data: Any, steps: int, lr: float) -> ChannelRuns:
+    """Each recipe of :func:`channel_section` at every seed: slimkit's ``structured`` pipeline with
+    distillation and with plain fine-tuning, then Torch-Pruning alone; test accuracy and wall time of each."""
+    import slimkit
+    from slimkit.plugins.torch.zoo import digits_resnet
+
+    step_epochs, final_epochs = args.step_epochs, args.final_epochs
     common = [
         "cache=false",
         "target.threads=1",
@@ -114,17 +157,18 @@ def channel_section(args: Any, tmp: Path) -> tuple[str, dict[str, Any]]:
         f"pipeline.stages.distill.epochs={final_epochs}",
     ]
     variants = {
-        "slimkit: prune + distill": [],
-        "slimkit: prune + plain fine-tuning": [
-            "pipeline.stages.prune.finetune=plain",
-            "technique@pipeline.stages.distill=finetune",
-        ],
+        KD_NAME: [],
+        PLAIN_NAME: ["pipeline.stages.prune.finetune=plain", "technique@pipeline.stages.distill=finetune"],
     }
-    tp_name = "Torch-Pruning MagnitudePruner + plain fine-tuning"
-    models: dict[str, Any] = {"baseline": digits_resnet()}
-    accs: dict[str, list[float]] = {n: [] for n in [*variants, tp_name]}
-    seconds: dict[str, list[float]] = {n: [] for n in accs}
-    stages: dict[str, Any] = {}
+    accs: dict[str, list[float]] = {n: [] for n in [*variants, TP_NAME]}
+    runs = ChannelRuns({"baseline": digits_resnet()}, accs, {n: [] for n in accs}, {})
+
+    def record(name: str, t0: float, model: Any) -> None:
+        runs.seconds[name].append(time.perf_counter() - t0)
+        runs.accs[name].append(adapter.evaluate(model, data.test)["accuracy"])
+        log(f"  test accuracy {runs.accs[name][-1] * 100:.2f} %, {runs.seconds[name][-1]:.0f} s")
+        runs.models.setdefault(name, model)
+
     for seed in range(args.seeds):
         for name, extra in variants.items():
             log(f"{name}, seed {seed}")
@@ -136,46 +180,47 @@ def channel_section(args: Any, tmp: Path) -> tuple[str, dict[str, Any]]:
                 run_dir=tmp / f"seed{seed}-{list(variants).index(name)}",
                 overrides=[*common, f"seed={seed}", *extra],
             )
-            seconds[name].append(time.perf_counter() - t0)
-            accs[name].append(adapter.evaluate(res.model, data.test)["accuracy"])
-            log(f"  test accuracy {accs[name][-1] * 100:.2f} %, {seconds[name][-1]:.0f} s")
-            models.setdefault(name, res.model)
-            stages.setdefault(name, res.report.config["pipeline"]["stages"])
-        log(f"{tp_name}, seed {seed}")
+            record(name, t0, res.model)
+            runs.stages.setdefault(name, res.report.config["pipeline"]["stages"])
+        log(f"{TP_NAME}, seed {seed}")
         t0 = time.perf_counter()
-        model = torch_pruning_alone(data, steps, step_epochs, final_epochs, lr, seed=seed)
-        seconds[tp_name].append(time.perf_counter() - t0)
-        accs[tp_name].append(adapter.evaluate(model, data.test)["accuracy"])
-        log(f"  test accuracy {accs[tp_name][-1] * 100:.2f} %, {seconds[tp_name][-1]:.0f} s")
-        models.setdefault(tp_name, model)
+        record(TP_NAME, t0, torch_pruning_alone(data, steps, step_epochs, final_epochs, lr, seed=seed))
+    return runs
 
-    log("export and measure")
+
+def channel_rows(
+    adapter: Any, runs: ChannelRuns, lat: Any, data: Any
+) -> tuple[list[str], dict[str, dict[str, float]], float]:
+    """The table rows of :func:`channel_section` (accuracy, MACs, params, latency, time per model), each
+    model's results (mean accuracy, speed-ups, MACs ratio) and the baseline's test accuracy."""
     ex1 = data.test.example(1)
-    paths = {n: export(adapter, m, tmp / f"c{i}.onnx", ex1) for i, (n, m) in enumerate(models.items())}
-    lat = ort_latencies(paths, {1: ex1, 64: data.test.example(64)}, rounds=args.rounds, repeats=args.repeats)
     rows, results = [], {}
-    base = models["baseline"]
+    base = runs.models["baseline"]
     base_acc = adapter.evaluate(base, data.test)["accuracy"]
     base_macs, base_params = adapter.macs(base, ex1), adapter.count_params(base).total
-    for name, model in models.items():
-        acc_list = accs.get(name, [base_acc])
+    for name, model in runs.models.items():
+        acc_list = runs.accs.get(name, [base_acc])
         acc = float(np.mean(acc_list))
         spread = f" ({min(acc_list) * 100:.2f}–{max(acc_list) * 100:.2f})" if len(acc_list) > 1 else ""
         macs, params = adapter.macs(model, ex1), adapter.count_params(model).total
         r1 = lat.ratio("baseline", name, 1)
         r64 = lat.ratio("baseline", name, 64)
         results[name] = {"accuracy": acc, "b1": r1, "b64": r64, "macs": base_macs / macs}
-        secs = f"{np.mean(seconds[name]):.0f} s" if seconds.get(name) else "-"
+        secs = f"{np.mean(runs.seconds[name]):.0f} s" if runs.seconds.get(name) else "-"
         rows.append(
             f"| {name} | {acc * 100:.2f}{spread} | {(acc - base_acc) * 100:+.2f} "
             f"| {macs / 1e6:.1f} M ({base_macs / macs:.2f}x) "
             f"| {params / 1e3:.0f} k ({base_params / params:.2f}x) | {lat[(name, 1)]:.3f} ms ({r1:.2f}x) "
             f"| {lat[(name, 64)]:.1f} ms ({r64:.2f}x) | {secs} |"
         )
-    kd, plain = results["slimkit: prune + distill"], results["slimkit: prune + plain fine-tuning"]
-    tp_res = results["Torch-Pruning MagnitudePruner + plain fine-tuning"]
+    return rows, results, base_acc
+
+
+def channel_goals(results: dict[str, dict[str, float]], base_acc: float) -> list[tuple[str, bool, str]]:
+    """``(goal, met, detail)`` for the three goals of :func:`channel_section`."""
+    kd, plain, tp_res = results[KD_NAME], results[PLAIN_NAME], results[TP_NAME]
     drop = (base_acc - kd["accuracy"]) * 100
-    goals = [
+    return [
         (
             "≥ 2x faster (ORT) at ≤ 1 point accuracy drop",
             min(kd["b1"], kd["b64"]) >= 2.0 and drop <= 1.0,
@@ -192,14 +237,20 @@ def channel_section(args: Any, tmp: Path) -> tuple[str, dict[str, Any]]:
             f"{kd['accuracy'] * 100:.2f} % vs {tp_res['accuracy'] * 100:.2f} %",
         ),
     ]
+
+
+def channel_intro(args: Any, steps: int, lr: float, stages: dict[str, Any]) -> list[str]:
+    """The heading and the paragraph that describe the recipes of :func:`channel_section` (from the
+    pipeline ``stages`` slimkit's distillation recipe ran with)."""
+    step_epochs, final_epochs = args.step_epochs, args.final_epochs
     epochs = steps * step_epochs + final_epochs
-    pr, ds = stages["slimkit: prune + distill"]["prune"], stages["slimkit: prune + distill"]["distill"]
+    pr, ds = stages["prune"], stages["distill"]
     hints = (
         "at the end of every spatial stage (`hints=stages`)"
         if ds.get("hints") == "stages"
         else (", ".join(f"`{s}`" for s, _ in ds["hint_layers"]) or "none")
     )
-    body = [
+    return [
         "### digits_resnet (ResNet-20, 1x32x32) at 50 % channels",
         "",
         f"Every pruned model gets {epochs} epochs of training in total ({steps} pruning steps with {step_epochs} "
@@ -215,15 +266,7 @@ def channel_section(args: Any, tmp: Path) -> tuple[str, dict[str, Any]]:
         "plain training. Latency (seed-0 models; every seed gives the same architecture): ONNX Runtime CPU, 1 "
         "thread, p50, models interleaved; ratio = median over rounds of baseline / model. Time = mean wall time "
         "of one compression on this shared machine (slimkit's includes its own baseline and result measurement).",
-        "",
-        "| model | test acc. % | change pt | MACs | params | ORT b1 | ORT b64 | time |",
-        "|---|---|---|---|---|---|---|---|",
-        *rows,
-        "",
-        *[f"- Goal: {g} — **{'met' if ok else 'missed'}** ({detail})." for g, ok, detail in goals],
-        reading(accs, len(data.test)),
     ]
-    return "\n".join(body), {"results": results, "base_acc": base_acc, "goals": goals}
 
 
 def reading(accs: dict[str, list[float]], n_test: int) -> str:
@@ -399,22 +442,70 @@ def bert_section(args: Any, tmp: Path) -> str:
 # -- 4. prune + distill + int8 --------------------------------------------------------------------
 
 
+#: What :func:`combined_section` says when the ``quantize`` technique is not registered.
+COMBINED_PENDING = "\n".join(
+    [
+        "### prune + distill + int8",
+        "",
+        "Pending: the `quantize` technique is not registered in this installation yet, so the combined "
+        "`channel_prune → distill → quantize` row (goal: ≥ 6x faster and ≥ 10x smaller than fp32 at "
+        "≤ 1 point drop) could not be measured.",
+    ]
+)
+
+#: static int8 forced on the ``compact`` pipeline's quantize stage.
+STATIC_INT8 = ["pipeline.stages.quantize.mode=static", "pipeline.stages.quantize.keep_float_if_slower=false"]
+
+
 def combined_section(args: Any, tmp: Path) -> str:
     """The default pipeline (prune + distill + int8) and the ``compact`` one (blocks and 75 % of the
     channels removed, long distillation, int8 only where it is faster), timed in one session."""
-    import slimkit
     from slimkit.core.plugins import get_registry
 
     if "quantize" not in get_registry().techniques:
-        return "\n".join(
-            [
-                "### prune + distill + int8",
-                "",
-                "Pending: the `quantize` technique is not registered in this installation yet, so the combined "
-                "`channel_prune → distill → quantize` row (goal: ≥ 6x faster and ≥ 10x smaller than fp32 at "
-                "≤ 1 point drop) could not be measured.",
-            ]
-        )
+        return COMBINED_PENDING
+    runs = combined_runs(args, tmp)
+    kd = compact_kd_runs(args, tmp)
+    cmp = combined_models(runs, tmp)
+    examples = {1: runs.data.test.example(1), 64: runs.data.test.example(64)}
+    cmp.lat = ort_latencies(cmp.paths, examples, rounds=args.rounds, repeats=args.repeats)
+    return combined_text(args, runs, kd, cmp)
+
+
+@dataclass
+class CombinedRuns:
+    """The pipeline runs of :func:`combined_section`: the default pipeline, ``compact`` (quantize auto),
+    ``compact`` with static int8 forced and with the int8-slow convs (``slow``) kept float; the compact
+    fp32 model (exported ONNX file, test accuracy), and the adapter and data that measured it."""
+
+    default: Any
+    compact: Any
+    forced: Any
+    mixed: Any
+    slow: list[str]
+    compact_fp32: tuple[Path, float]
+    adapter: Any
+    data: Any
+
+    @property
+    def chose(self) -> str:
+        """The mode ``quantize auto`` chose in the compact pipeline."""
+        return self.compact.report.stages[-1].info.get("mode", "?")
+
+    @property
+    def out_name(self) -> str:
+        return f"compact: pipeline output (auto: {self.chose})"
+
+    @property
+    def mixed_name(self) -> str:
+        return f"compact: int8, the {len(self.slow)} int8-slow convs float"
+
+
+def combined_runs(args: Any, tmp: Path) -> CombinedRuns:
+    """Run the default pipeline once, and the compact one three times on one stage cache (the same fp32
+    model): quantize auto's choice, static int8 forced, static int8 with the int8-slow convs float."""
+    import slimkit
+
     timing = [
         "target.threads=1",
         "target.runtimes=[onnxruntime]",
@@ -447,11 +538,10 @@ def combined_section(args: Any, tmp: Path) -> str:
             "digits_resnet", pipeline="compact", tracking="none", run_dir=tmp / name, overrides=[*compact_ov, *extra]
         )
 
-    static = ["pipeline.stages.quantize.mode=static", "pipeline.stages.quantize.keep_float_if_slower=false"]
     log("combined: the compact pipeline (layer_prune -> channel_prune -> distill -> quantize auto)")
     compact = compact_run("compact")
     log("combined: the compact pipeline with static int8 forced")
-    forced = compact_run("compact_int8", *static)
+    forced = compact_run("compact_int8", *STATIC_INT8)
     # static int8 with the convolutions outside ORT's fast int8 kernel float: the candidate auto adds
     log("combined: the compact pipeline, static int8 with the int8-slow convs float")
     from slimkit.plugins.data.digits import load_digits_splits
@@ -459,18 +549,25 @@ def combined_section(args: Any, tmp: Path) -> str:
 
     adapter = TorchAdapter()
     data = load_digits_splits(size=32)
-    ex1 = data.test.example(1)
-
-    def fp32_of(result: Any, stage: int, name: str) -> tuple[Path, float]:
-        """The fp32 torch model of stage ``stage`` (before quantize): exported, and its test accuracy."""
-        model = adapter.load_file(Path(result.run_dir) / result.report.stages[stage].model_path)
-        return export(adapter, model, tmp / name, ex1), adapter.evaluate(model, data.test)["accuracy"]
-
-    compact_fp32 = fp32_of(compact, 2, "fp32_compact.onnx")
+    compact_fp32 = fp32_of(adapter, data, compact, 2, tmp / "fp32_compact.onnx")
     slow = slow_conv_weights(compact_fp32[0])
-    mixed = compact_run("compact_mixed", *static, f"pipeline.stages.quantize.exclude=[{','.join(slow)}]")
-    # where distillation matters: the compact model (~50x fewer MACs), distilled vs plain fine-tuning for
-    # the same epochs (all three trainings of the pipeline swapped), fp32 (no quantize stage), seeds 0..n-1
+    mixed = compact_run("compact_mixed", *STATIC_INT8, f"pipeline.stages.quantize.exclude=[{','.join(slow)}]")
+    return CombinedRuns(res, compact, forced, mixed, slow, compact_fp32, adapter, data)
+
+
+def fp32_of(adapter: Any, data: Any, result: Any, stage: int, path: Path) -> tuple[Path, float]:
+    """The fp32 torch model of stage ``stage`` of ``result`` (before quantize): exported to ``path``, and
+    its test accuracy."""
+    model = adapter.load_file(Path(result.run_dir) / result.report.stages[stage].model_path)
+    return export(adapter, model, path, data.test.example(1)), adapter.evaluate(model, data.test)["accuracy"]
+
+
+def compact_kd_runs(args: Any, tmp: Path) -> dict[str, list[float]]:
+    """Test accuracy (%) per seed of the compact model (fp32, no quantize stage), distilled and with plain
+    fine-tuning for the same epochs (all three trainings of the pipeline swapped): where distillation
+    matters, on a model with ~50x fewer MACs."""
+    import slimkit
+
     kd: dict[str, list[float]] = {"distillation": [], "plain fine-tuning": []}
     plain = [
         "technique@pipeline.stages.distill=finetune",
@@ -497,59 +594,87 @@ def combined_section(args: Any, tmp: Path) -> str:
                 ],
             )
             values.append(one.report.compressed.accuracy * 100)
-    quant = res.report.config["pipeline"]["stages"]["quantize"]
-    r = res.report
-    paths: dict[str, Path] = {"fp32 original": Path(res.run_dir) / r.artifacts["baseline_onnx"]}
-    accs: dict[str, float] = {"fp32 original": r.baseline.accuracy}
-    # the fp32 model before quantization (the distill stage's output), timed beside the others
-    paths["default: fp32 pruned + distilled"], accs["default: fp32 pruned + distilled"] = fp32_of(
-        res, 1, "fp32_pruned.onnx"
-    )
-    paths["default: int8 pruned + distilled"] = Path(res.run_dir) / r.artifacts["onnx"]
-    accs["default: int8 pruned + distilled"] = r.compressed.accuracy
-    paths["compact: fp32 pruned + distilled"], accs["compact: fp32 pruned + distilled"] = compact_fp32
-    cq = compact.report.stages[-1]
-    chose = cq.info.get("mode", "?")
-    out_name = f"compact: pipeline output (auto: {chose})"
-    paths[out_name] = Path(compact.run_dir) / compact.report.artifacts["onnx"]
-    accs[out_name] = compact.report.compressed.accuracy
-    paths["compact: int8 (static forced)"] = Path(forced.run_dir) / forced.report.artifacts["onnx"]
-    accs["compact: int8 (static forced)"] = forced.report.compressed.accuracy
-    mixed_name = f"compact: int8, the {len(slow)} int8-slow convs float"
-    paths[mixed_name] = Path(mixed.run_dir) / mixed.report.artifacts["onnx"]
-    accs[mixed_name] = mixed.report.compressed.accuracy
-    lat = ort_latencies(paths, {1: ex1, 64: data.test.example(64)}, rounds=args.rounds, repeats=args.repeats)
-    base_size = paths["fp32 original"].stat().st_size
+    return kd
 
-    def ratios(name: str) -> tuple[float, float, float]:
+
+@dataclass
+class Compared:
+    """The ONNX files and test accuracies of the models :func:`combined_section` compares, by row name,
+    and their latencies (``ort_latencies``; set once they are timed)."""
+
+    paths: dict[str, Path]
+    accs: dict[str, float]
+    lat: Any = None
+
+    def ratios(self, name: str) -> tuple[float, float, float]:
         """(speed-up at the slower batch size, times smaller, accuracy drop in points) against fp32."""
-        speed = min(lat.ratio("fp32 original", name, b) for b in (1, 64))
-        return speed, base_size / paths[name].stat().st_size, (accs["fp32 original"] - accs[name]) * 100
+        speed = min(self.lat.ratio("fp32 original", name, b) for b in (1, 64))
+        base_size = self.paths["fp32 original"].stat().st_size
+        return speed, base_size / self.paths[name].stat().st_size, (self.accs["fp32 original"] - self.accs[name]) * 100
 
-    rows = []
-    for name, path in paths.items():
-        size = path.stat().st_size
-        rows.append(
-            f"| {name} | {accs[name] * 100:.2f} | {(accs[name] - accs['fp32 original']) * 100:+.2f} "
-            f"| {size / 1024:.0f} KiB ({base_size / size:.2f}x) "
-            f"| {lat[(name, 1)]:.3f} ms ({lat.ratio('fp32 original', name, 1):.2f}x) "
-            f"| {lat[(name, 64)]:.1f} ms ({lat.ratio('fp32 original', name, 64):.2f}x) |"
-        )
-
-    def verdict(name: str) -> str:
-        speed, smaller, drop = ratios(name)
+    def verdict(self, name: str) -> str:
+        """Whether ``name`` meets the goal (≥ 6x faster, ≥ 10x smaller, ≤ 1 point drop), with its numbers."""
+        speed, smaller, drop = self.ratios(name)
         ok = speed >= 6 and smaller >= 10 and drop <= 1
         return (
             f"**{'met' if ok else 'missed'}** ({speed:.2f}x at the slower batch size, {smaller:.2f}x smaller, "
             f"drop {drop:.2f} pt)"
         )
 
-    def adds(f: str, q: str) -> str:
+    def adds(self, f: str, q: str) -> str:
+        """What model ``q`` gains over model ``f``: speed-ups, times smaller, accuracy change."""
+        lat, paths, accs = self.lat, self.paths, self.accs
         return (
             f"{lat.ratio(f, q, 1):.2f}x at batch 1, {lat.ratio(f, q, 64):.2f}x at batch 64, "
             f"{paths[f].stat().st_size / paths[q].stat().st_size:.2f}x smaller, {(accs[q] - accs[f]) * 100:+.2f} pt"
         )
 
+    def rows(self) -> list[str]:
+        """One table row per model: accuracy and its change, ONNX size, latency at batch 1 and 64."""
+        lat, accs = self.lat, self.accs
+        base_size = self.paths["fp32 original"].stat().st_size
+        rows = []
+        for name, path in self.paths.items():
+            size = path.stat().st_size
+            rows.append(
+                f"| {name} | {accs[name] * 100:.2f} | {(accs[name] - accs['fp32 original']) * 100:+.2f} "
+                f"| {size / 1024:.0f} KiB ({base_size / size:.2f}x) "
+                f"| {lat[(name, 1)]:.3f} ms ({lat.ratio('fp32 original', name, 1):.2f}x) "
+                f"| {lat[(name, 64)]:.1f} ms ({lat.ratio('fp32 original', name, 64):.2f}x) |"
+            )
+        return rows
+
+
+def combined_models(runs: CombinedRuns, tmp: Path) -> Compared:
+    """The models :func:`combined_section` times, in table order: the fp32 original, the default
+    pipeline's fp32 model before quantization and its int8 output, the compact fp32 model, the compact
+    pipeline's output, static int8 forced, and int8 with the int8-slow convs float."""
+    res, compact, forced, mixed = runs.default, runs.compact, runs.forced, runs.mixed
+    r = res.report
+    paths: dict[str, Path] = {"fp32 original": Path(res.run_dir) / r.artifacts["baseline_onnx"]}
+    accs: dict[str, float] = {"fp32 original": r.baseline.accuracy}
+    # the fp32 model before quantization (the distill stage's output), timed beside the others
+    paths["default: fp32 pruned + distilled"], accs["default: fp32 pruned + distilled"] = fp32_of(
+        runs.adapter, runs.data, res, 1, tmp / "fp32_pruned.onnx"
+    )
+    paths["default: int8 pruned + distilled"] = Path(res.run_dir) / r.artifacts["onnx"]
+    accs["default: int8 pruned + distilled"] = r.compressed.accuracy
+    paths["compact: fp32 pruned + distilled"], accs["compact: fp32 pruned + distilled"] = runs.compact_fp32
+    paths[runs.out_name] = Path(compact.run_dir) / compact.report.artifacts["onnx"]
+    accs[runs.out_name] = compact.report.compressed.accuracy
+    paths["compact: int8 (static forced)"] = Path(forced.run_dir) / forced.report.artifacts["onnx"]
+    accs["compact: int8 (static forced)"] = forced.report.compressed.accuracy
+    paths[runs.mixed_name] = Path(mixed.run_dir) / mixed.report.artifacts["onnx"]
+    accs[runs.mixed_name] = mixed.report.compressed.accuracy
+    return Compared(paths, accs)
+
+
+def combined_text(args: Any, runs: CombinedRuns, kd: dict[str, list[float]], cmp: Compared) -> str:
+    """The section of :func:`combined_section`: what ran, the table, the goal verdicts and what
+    distillation and int8 add."""
+    quant = runs.default.report.config["pipeline"]["stages"]["quantize"]
+    cq = runs.compact.report.stages[-1]
+    chose, mixed_name = runs.chose, runs.mixed_name
     chose_text = (
         f"kept the float model: its best int8 candidate ran {cq.metrics.get('quantized_slowdown', float('nan')):.2f}x "
         "slower than float in its own timing"
@@ -567,29 +692,29 @@ def combined_section(args: Any, tmp: Path) -> str:
             "rounded to multiples of 4) → `distill` (30 epochs) → `quantize` (`mode=auto`, `modes=[static, dynamic]`, "
             f"`keep_float_if_slower=true`; here it {chose_text}), the same compact model with static int8 "
             "forced, and static int8 with the convolutions outside ONNX Runtime's fast int8 kernel kept float "
-            f"(`exclude`: the {len(slow)} of `int8_conv_slow_path`; the candidate `auto` adds). The fp32 "
+            f"(`exclude`: the {len(runs.slow)} of `int8_conv_slow_path`; the candidate `auto` adds). The fp32 "
             "models before quantization (the distill stages' outputs) are exported and timed beside the "
             "original and the int8 models (ORT, 1 thread, p50, interleaved); seed 0, one run each.",
             "",
             "| model | test acc. % | change pt | ONNX size | ORT b1 | ORT b64 |",
             "|---|---|---|---|---|---|",
-            *rows,
+            *cmp.rows(),
             "",
             "- Goal: prune + distill + int8 ≥ 6x faster and ≥ 10x smaller than fp32 at ≤ 1 point drop — default "
-            f"pipeline {verdict('default: int8 pruned + distilled')}; compact with int8 "
-            f"{verdict('compact: int8 (static forced)')}; compact with int8 where ORT's int8 kernel applies "
-            f"{verdict(mixed_name)}.",
-            f"- Without int8, compact's fp32 model: {verdict('compact: fp32 pruned + distilled')}; the compact "
-            f"pipeline's own output (quantize auto chose {chose}): {verdict(out_name)}.",
+            f"pipeline {cmp.verdict('default: int8 pruned + distilled')}; compact with int8 "
+            f"{cmp.verdict('compact: int8 (static forced)')}; compact with int8 where ORT's int8 kernel applies "
+            f"{cmp.verdict(mixed_name)}.",
+            f"- Without int8, compact's fp32 model: {cmp.verdict('compact: fp32 pruned + distilled')}; the compact "
+            f"pipeline's own output (quantize auto chose {chose}): {cmp.verdict(runs.out_name)}.",
             "- Distillation vs plain fine-tuning on the compact model (fp32, the pipeline's three trainings "
             f"swapped, the same epochs, seeds 0–{args.compact_seeds - 1}): "
             + "; ".join(f"{kind} {np.mean(v):.2f} % ({' / '.join(f'{a:.2f}' for a in v)})" for kind, v in kd.items())
             + f" — distillation {np.mean(kd['distillation']) - np.mean(kd['plain fine-tuning']):+.2f} pt on the mean "
-            f"(one test image = {100 / len(data.test.labels):.2f} pt).",
+            f"(one test image = {100 / len(runs.data.test.labels):.2f} pt).",
             "- What int8 adds on top of pruning: default "
-            f"{adds('default: fp32 pruned + distilled', 'default: int8 pruned + distilled')}; compact "
-            f"{adds('compact: fp32 pruned + distilled', 'compact: int8 (static forced)')} (static forced), "
-            f"{adds('compact: fp32 pruned + distilled', mixed_name)} (int8-slow convs float).",
+            f"{cmp.adds('default: fp32 pruned + distilled', 'default: int8 pruned + distilled')}; compact "
+            f"{cmp.adds('compact: fp32 pruned + distilled', 'compact: int8 (static forced)')} (static forced), "
+            f"{cmp.adds('compact: fp32 pruned + distilled', mixed_name)} (int8-slow convs float).",
         ]
     )
 
@@ -616,58 +741,71 @@ def int8_section(args: Any, tmp: Path) -> str:
     Runtime's fast int8 kernel float (``auto``'s extra candidate) gets back. Latency does not depend on
     the weights' values, so the smaller members are untrained (random init, seed 0); int8 is calibrated
     on digits."""
-    import slimkit
-
-    paths: dict[str, Path] = {}
-    sizes: dict[str, int] = {}
-    slow_count: dict[str, int] = {}
-    for width, blocks in FAMILY:
-        tag = f"w{width} b{blocks}"
-        log(f"int8 scaling: {tag}")
-        overrides = [
-            "cache=false",
-            f"+model.kwargs.width={width}",
-            f"+model.kwargs.blocks={blocks}",
-            f"model.kwargs.pretrained={str((width, blocks) == (16, 3)).lower()}",
-            "pipeline.stages.quantize.mode=static",  # the default pipeline's quantize stage
-            "pipeline.stages.quantize.per_channel=true",
-            "pipeline.stages.quantize.max_accuracy_drop=100",
-            "target.threads=1",
-            "target.runtimes=[onnxruntime]",
-            "target.batch_sizes=[1]",
-            "target.repeats=5",
-        ]
-        res = slimkit.compress(
-            "digits_resnet",
-            pipeline="quantize",
-            tracking="none",
-            run_dir=tmp / tag.replace(" ", "_"),
-            overrides=overrides,
-        )
-        run_dir = Path(res.run_dir)
-        paths[f"fp32 {tag}"] = run_dir / res.report.artifacts["baseline_onnx"]
-        paths[f"int8 {tag}"] = run_dir / res.report.artifacts["onnx"]
-        slow = slow_conv_weights(paths[f"fp32 {tag}"])
-        slow_count[tag] = len(slow)
-        if slow:
-            res = slimkit.compress(
-                "digits_resnet",
-                pipeline="quantize",
-                tracking="none",
-                run_dir=tmp / f"{tag.replace(' ', '_')}_slow_float",
-                overrides=[*overrides, f"pipeline.stages.quantize.exclude=[{','.join(slow)}]"],
-            )
-            paths[f"mixed {tag}"] = Path(res.run_dir) / res.report.artifacts["onnx"]
-    for name, path in paths.items():
-        sizes[name] = path.stat().st_size
     from slimkit.plugins.data.digits import load_digits_splits
 
+    paths: dict[str, Path] = {}
+    slow_count: dict[str, int] = {}
+    for width, blocks in FAMILY:
+        slow_count[f"w{width} b{blocks}"] = int8_member_runs(tmp, width, blocks, paths)
+    sizes = {name: path.stat().st_size for name, path in paths.items()}
     data = load_digits_splits(size=32)
     lat = ort_latencies(
         paths, {1: data.test.example(1), 64: data.test.example(64)}, rounds=args.rounds, repeats=args.repeats
     )
-    ref = "fp32 w16 b3"
-    rows = []
+    return int8_text(int8_rows(lat, paths, sizes, slow_count), *int8_findings(lat, paths))
+
+
+def int8_member_runs(tmp: Path, width: int, blocks: int, paths: dict[str, Path]) -> int:
+    """Quantize one member of the family (static int8; and again with its int8-slow convs float when it has
+    some); its fp32, int8 and mixed ONNX files go to ``paths`` as ``fp32/int8/mixed w{width} b{blocks}``.
+    Returns how many int8-slow convs it has."""
+    import slimkit
+
+    tag = f"w{width} b{blocks}"
+    log(f"int8 scaling: {tag}")
+    overrides = [
+        "cache=false",
+        f"+model.kwargs.width={width}",
+        f"+model.kwargs.blocks={blocks}",
+        f"model.kwargs.pretrained={str((width, blocks) == (16, 3)).lower()}",
+        "pipeline.stages.quantize.mode=static",  # the default pipeline's quantize stage
+        "pipeline.stages.quantize.per_channel=true",
+        "pipeline.stages.quantize.max_accuracy_drop=100",
+        "target.threads=1",
+        "target.runtimes=[onnxruntime]",
+        "target.batch_sizes=[1]",
+        "target.repeats=5",
+    ]
+    res = slimkit.compress(
+        "digits_resnet",
+        pipeline="quantize",
+        tracking="none",
+        run_dir=tmp / tag.replace(" ", "_"),
+        overrides=overrides,
+    )
+    run_dir = Path(res.run_dir)
+    paths[f"fp32 {tag}"] = run_dir / res.report.artifacts["baseline_onnx"]
+    paths[f"int8 {tag}"] = run_dir / res.report.artifacts["onnx"]
+    slow = slow_conv_weights(paths[f"fp32 {tag}"])
+    if slow:
+        res = slimkit.compress(
+            "digits_resnet",
+            pipeline="quantize",
+            tracking="none",
+            run_dir=tmp / f"{tag.replace(' ', '_')}_slow_float",
+            overrides=[*overrides, f"pipeline.stages.quantize.exclude=[{','.join(slow)}]"],
+        )
+        paths[f"mixed {tag}"] = Path(res.run_dir) / res.report.artifacts["onnx"]
+    return len(slow)
+
+
+#: The reference of :func:`int8_section`'s speed-ups and sizes: the bundled fp32 model.
+INT8_REF = "fp32 w16 b3"
+
+
+def int8_findings(lat: Any, paths: dict[str, Path]) -> tuple[list[str], list[str], dict[str, list[str]]]:
+    """The members where int8 beats fp32 of the same model at both batch sizes, those where it loses at
+    both, and per kind (fp32, int8, mixed) the members at least 6x faster than :data:`INT8_REF`."""
     wins, loses = [], []
     fast: dict[str, list[str]] = {"fp32": [], "int8": [], "mixed": []}
     for width, blocks in FAMILY:
@@ -678,8 +816,16 @@ def int8_section(args: Any, tmp: Path) -> str:
         elif max(ratio) < 1:
             loses.append(tag)
         for kind in fast:
-            if f"{kind} {tag}" in paths and min(lat.ratio(ref, f"{kind} {tag}", b) for b in (1, 64)) >= 6:
+            if f"{kind} {tag}" in paths and min(lat.ratio(INT8_REF, f"{kind} {tag}", b) for b in (1, 64)) >= 6:
                 fast[kind].append(tag)
+    return wins, loses, fast
+
+
+def int8_rows(lat: Any, paths: dict[str, Path], sizes: dict[str, int], slow_count: dict[str, int]) -> list[str]:
+    """One table row per member of the family: fp32, int8 and mixed speed-ups and sizes against
+    :data:`INT8_REF`, int8 and mixed against fp32 of the same model, and its int8-slow convs."""
+    ref = INT8_REF
+    rows = []
     for width, blocks in FAMILY:
         tag = f"w{width} b{blocks}"
         f, q, m = f"fp32 {tag}", f"int8 {tag}", f"mixed {tag}"
@@ -696,6 +842,11 @@ def int8_section(args: Any, tmp: Path) -> str:
             f"| {width}/{2 * width}/{4 * width} | {blocks} | {cells[0]} | {cells[1]} | "
             f"{lat.ratio(f, q, 1):.2f}x / {lat.ratio(f, q, 64):.2f}x | {slow_count[tag]} | {cells[2]} | {mixed_vs} |"
         )
+    return rows
+
+
+def int8_text(rows: list[str], wins: list[str], loses: list[str], fast: dict[str, list[str]]) -> str:
+    """The section of :func:`int8_section`: what was measured, the table and the findings."""
     return "\n".join(
         [
             "## Pruned digits_resnet: fp32 vs int8 across the family",

@@ -87,40 +87,11 @@ def run_isolated(
             "gpu": bool(gpu),
         }
         (tmpdir / "request.json").write_text(json.dumps(request))
-        stderr_path = tmpdir / "stderr.txt"
-        with open(stderr_path, "w") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "slimkit.plugins.onnx.worker", str(tmpdir / "request.json")],
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                stdin=subprocess.DEVNULL,
-                text=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-            timed_out = threading.Event()
-
-            def kill() -> None:
-                timed_out.set()
-                proc.kill()
-
-            timer = threading.Timer(limit, kill)
-            timer.start()
-            try:
-                assert proc.stdout is not None
-                for line in proc.stdout:
-                    if line.startswith(PROGRESS_PREFIX) and progress is not None:
-                        msg = json.loads(line[len(PROGRESS_PREFIX) :])
-                        progress(msg["task"], msg["done"], msg["total"])
-                code = proc.wait()
-            finally:
-                timer.cancel()
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        code, timed_out = _run_worker(tmpdir, limit, progress)
         result_path = tmpdir / "result.json"
         if not result_path.exists():
-            why = _first_line(stderr_path.read_text(errors="replace")) or f"exit code {code}"
-            if timed_out.is_set():
+            why = _first_line((tmpdir / "stderr.txt").read_text(errors="replace")) or f"exit code {code}"
+            if timed_out:
                 why = f"no result after {limit:.0f} s"
             raise TargetError(
                 f"the isolated {runtime} benchmark of {str(onnx_path)!r} at batch {batch} died ({why}); "
@@ -137,6 +108,43 @@ def run_isolated(
     lat.gpu_mem_mb = result.get("gpu_mem_mb")
     lat.isolated = True
     return lat
+
+
+def _run_worker(tmpdir: Path, limit: float, progress: Progress | None) -> tuple[int, bool]:
+    """Start the worker on ``tmpdir/request.json``, relay its progress lines, kill it after ``limit`` s.
+
+    Its stderr goes to ``tmpdir/stderr.txt``. Returns the exit code and whether it was killed.
+    """
+    with open(tmpdir / "stderr.txt", "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "slimkit.plugins.onnx.worker", str(tmpdir / "request.json")],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(limit, kill)
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if line.startswith(PROGRESS_PREFIX) and progress is not None:
+                    msg = json.loads(line[len(PROGRESS_PREFIX) :])
+                    progress(msg["task"], msg["done"], msg["total"])
+            code = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return code, timed_out.is_set()
 
 
 # -- the worker side ----------------------------------------------------------------------------------

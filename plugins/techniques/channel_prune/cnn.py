@@ -203,8 +203,6 @@ def prune_step(
     notes: dict[str, list[str]],
 ) -> None:
     """One pruning step: trace, score, plan (ratio of ``original``), prune in place."""
-    import torch
-
     args, kwargs = to_tensors(ctx.data.train.example(1))
     graph = build_graph(model, args, kwargs)
     names = {m: n for n, m in model.named_modules()}
@@ -213,14 +211,34 @@ def prune_step(
     notes["kept_output_layers"] = sorted(names[m] for m in outputs)
     if cfg.importance == "taylor":
         accumulate_gradients(model, ctx, cfg.calibration_batches, cfg.batch_size)
+    groups, scores = _score_groups(graph, names, ignored + list(outputs), cfg, notes)
+    model.zero_grad(set_to_none=True)
+    if not groups:
+        raise TechniqueError(
+            "the model has no prunable channel groups (after ignored_layers and the output layers); "
+            "check ignored_layers"
+        )
+    units0 = {name: original[name] // ch_groups for name, (_, ch_groups, _) in groups.items()}
+    # grouped layers are planned in units of one channel per group: round_to / groups units
+    unit_round = {n: (cfg.round_to // g if cfg.round_to % g == 0 else 1) for n, (_, g, _) in groups.items()}
+    keep = plan_keep(scores, units0, ratio, cfg.scope, unit_round, cfg.max_layer_ratio, "output channels")
+    _prune_groups(graph, groups, scores, keep)
+
+
+def _score_groups(
+    graph: Any, names: dict[Any, str], ignored: list[Any], cfg: ChannelPruneConfig, notes: dict[str, list[str]]
+) -> tuple[dict[str, tuple[Any, int, Any]], dict[str, Any]]:
+    """The coupled groups of ``graph`` rooted at a Conv/Linear outside ``ignored``, by root name, as ``(root,
+    channel groups, pruning handler)``, and their per-unit importance (one unit: a channel of each group).
+    Groups with attention/recurrent layers are skipped, ``bn_scale`` falls back to ``l1`` (both noted)."""
+    import torch
+
     estimator = importance_estimator(cfg.importance)
     fallback = importance_estimator("l1") if cfg.importance == "bn_scale" else None
-
     groups: dict[str, tuple[Any, int, Any]] = {}
     scores: dict[str, Any] = {}
-    units0: dict[str, int] = {}
     roots = [torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear]
-    for group in graph.get_all_groups(ignored_layers=ignored + list(outputs), root_module_types=roots):
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=roots):
         root = group[0].dep.target.module
         name = names[root]
         if any(type(dep.target.module).__name__ in _SKIP_TYPES for dep, _ in group):
@@ -243,16 +261,16 @@ def prune_step(
             imp = imp.view(ch_groups, -1).mean(0)
         groups[name] = (root, ch_groups, group[0].dep.handler)
         scores[name] = imp
-        units0[name] = original[name] // ch_groups
-    model.zero_grad(set_to_none=True)
-    if not groups:
-        raise TechniqueError(
-            "the model has no prunable channel groups (after ignored_layers and the output layers); "
-            "check ignored_layers"
-        )
-    # grouped layers are planned in units of one channel per group: round_to / groups units
-    unit_round = {n: (cfg.round_to // g if cfg.round_to % g == 0 else 1) for n, (_, g, _) in groups.items()}
-    keep = plan_keep(scores, units0, ratio, cfg.scope, unit_round, cfg.max_layer_ratio, "output channels")
+    return groups, scores
+
+
+def _prune_groups(
+    graph: Any, groups: dict[str, tuple[Any, int, Any]], scores: dict[str, Any], keep: dict[str, int]
+) -> None:
+    """Remove the least important units of each group down to ``keep[name]`` (every channel group alike); a
+    ``TechniqueError`` when that would empty a coupled layer."""
+    import torch
+
     for name, (root, ch_groups, handler) in groups.items():
         units = scores[name].numel()
         n_remove = units - keep[name]

@@ -126,18 +126,7 @@ def prune_transformer(model: Any, adapter: Any, ctx: StageContext, cfg: ChannelP
     """Head and FFN-neuron pruning of a BERT-class encoder, in steps with fine-tuning after each."""
     import torch
 
-    if cfg.importance == "bn_scale":
-        raise TechniqueError(
-            "importance=bn_scale needs BatchNorm layers and transformers have none; use l1, l2 or taylor"
-        )
-    layers = encoder_layers(model)
-    if not layers:
-        raise TechniqueError(
-            f"{type(model).__name__} has no BERT-style encoder layers (attention.self.query/key/value, "
-            "intermediate.dense, output.dense); channel_prune handles BERT, RoBERTa, ELECTRA and similar encoders"
-        )
-    candidates = [n for name, _ in layers for n in (name, f"{name}.attention", f"{name}.intermediate")]
-    named_modules_or_error(model, cfg.ignored_layers, "ignored_layers", candidates)
+    layers = _prunable_encoder_layers(model, cfg)
     ignored = set(cfg.ignored_layers)
     head_layers = [(n, m) for n, m in layers if not ({n, f"{n}.attention"} & ignored)]
     ffn_layers = [(n, m) for n, m in layers if not ({n, f"{n}.intermediate", f"{n}.output"} & ignored)]
@@ -160,21 +149,68 @@ def prune_transformer(model: Any, adapter: Any, ctx: StageContext, cfg: ChannelP
             h_imp, heads0, head_ratio * frac, cfg.scope, 1, cfg.max_layer_ratio, "attention heads", "head_ratio"
         )
         f_keep = plan_keep(f_imp, ffn0, cfg.ratio * frac, cfg.scope, cfg.round_to, cfg.max_layer_ratio, "FFN neurons")
-        for n, keep in h_keep.items():
-            if keep < h_imp[n].numel():
-                kept = sorted(torch.argsort(h_imp[n], descending=True, stable=True)[:keep].tolist())
-                keep_heads(mods[n], kept)
-                head_ids[n] = [head_ids[n][i] for i in kept]
-        for n, keep in f_keep.items():
-            if keep < f_imp[n].numel():
-                kept_idx = torch.sort(torch.argsort(f_imp[n], descending=True, stable=True)[:keep]).values
-                keep_neurons(mods[n], kept_idx)
+        _slice_layers(mods, h_imp, h_keep, f_imp, f_keep, head_ids)
         return {"head_ratio": head_ratio * frac, "ffn_ratio": cfg.ratio * frac}
 
     prune_in_steps(
         model, adapter, ctx, cfg, step, "head/FFN pruning changed the model's output shape; report this as a bug"
     )
     _record_config(model, layers, head_ids, heads0)
+    _report(layers, heads0, ffn0, head_ids, head_ratio, cfg, ctx)
+    return model
+
+
+def _prunable_encoder_layers(model: Any, cfg: ChannelPruneConfig) -> list[tuple[str, Any]]:
+    """The encoder layers of ``model``; a ``TechniqueError`` for ``bn_scale`` importance or a model without
+    BERT-style layers, a ``ConfigError`` for ``ignored_layers`` that name none of their parts."""
+    if cfg.importance == "bn_scale":
+        raise TechniqueError(
+            "importance=bn_scale needs BatchNorm layers and transformers have none; use l1, l2 or taylor"
+        )
+    layers = encoder_layers(model)
+    if not layers:
+        raise TechniqueError(
+            f"{type(model).__name__} has no BERT-style encoder layers (attention.self.query/key/value, "
+            "intermediate.dense, output.dense); channel_prune handles BERT, RoBERTa, ELECTRA and similar encoders"
+        )
+    candidates = [n for name, _ in layers for n in (name, f"{name}.attention", f"{name}.intermediate")]
+    named_modules_or_error(model, cfg.ignored_layers, "ignored_layers", candidates)
+    return layers
+
+
+def _slice_layers(
+    mods: dict[str, Any],
+    h_imp: dict[str, Any],
+    h_keep: dict[str, int],
+    f_imp: dict[str, Any],
+    f_keep: dict[str, int],
+    head_ids: dict[str, list[int]],
+) -> None:
+    """Keep the ``h_keep[n]`` most important heads and ``f_keep[n]`` most important FFN neurons of each layer
+    (in their original order); ``head_ids`` follows which original heads remain."""
+    import torch
+
+    for n, keep in h_keep.items():
+        if keep < h_imp[n].numel():
+            kept = sorted(torch.argsort(h_imp[n], descending=True, stable=True)[:keep].tolist())
+            keep_heads(mods[n], kept)
+            head_ids[n] = [head_ids[n][i] for i in kept]
+    for n, keep in f_keep.items():
+        if keep < f_imp[n].numel():
+            kept_idx = torch.sort(torch.argsort(f_imp[n], descending=True, stable=True)[:keep]).values
+            keep_neurons(mods[n], kept_idx)
+
+
+def _report(
+    layers: list[tuple[str, Any]],
+    heads0: dict[str, int],
+    ffn0: dict[str, int],
+    head_ids: dict[str, list[int]],
+    head_ratio: float,
+    cfg: ChannelPruneConfig,
+    ctx: StageContext,
+) -> None:
+    """The stage's metrics (heads and FFN neurons kept), per-layer info, pruned heads and the two plots."""
     per_layer: dict[str, dict[str, int]] = {}
     for n, m in layers:
         per_layer[n] = {
@@ -199,7 +235,6 @@ def prune_transformer(model: Any, adapter: Any, ctx: StageContext, cfg: ChannelP
         f"attention heads, head_ratio {head_ratio:.0%}, {cfg.importance} importance",
         unit="attention heads",
     )
-    return model
 
 
 def _record_config(model: Any, layers: list[tuple[str, Any]], head_ids: dict[str, list[int]], heads0: dict) -> None:

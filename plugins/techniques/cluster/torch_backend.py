@@ -324,11 +324,26 @@ def cluster(model: nn.Module, cfg: Any, adapter: Any, ctx: StageContext) -> nn.M
     1 epoch of distillation at lr 1e-4 with the numba k-means when absent. Writes the packed artifact
     ``clustered.npz`` and its sizes.
     """
-    from torch.nn.utils import parametrize
+    from slimkit.plugins.torch.train import accuracy
 
-    from slimkit.plugins.torch.train import FitConfig, accuracy, fit
-    from slimkit.plugins.torch.training import default_teacher, distill_fit
+    layers = _layers(model, cfg)
+    backend = str(getattr(cfg, "kmeans", "numba"))
+    base = ctx.baseline
+    fallback = None if base is not None and hasattr(base, "named_modules") else adapter.copy(model)
+    t0 = time.perf_counter()
+    info = _attach_codebooks(layers, cfg, backend, ctx)
+    ctx.metrics["kmeans_seconds"] = time.perf_counter() - t0
+    ctx.metrics["val_accuracy_init"] = accuracy(model, ctx.data.val)
+    _finetune(model, cfg, len(layers), fallback, ctx)
+    _write_artifact(model, layers, ctx)
+    ctx.info["layers"] = info
+    ctx.info["kmeans_backend"] = backend
+    return model
 
+
+def _layers(model: nn.Module, cfg: Any) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of the modules of ``cfg.layer_types`` with a weight parameter, less
+    ``cfg.ignored_layers``; a ``TechniqueError`` for uncovered types, unknown names or no layer."""
     unknown = [t for t in cfg.layer_types if t not in TORCH_TYPES]
     if unknown:
         raise TechniqueError(f"layer_types has {unknown}, which torch cluster does not cover; use {list(TORCH_TYPES)}")
@@ -348,10 +363,15 @@ def cluster(model: nn.Module, cfg: Any, adapter: Any, ctx: StageContext) -> nn.M
             f"the model has no {'/'.join(cfg.layer_types)} weights to cluster (after ignored_layers); "
             "check layer_types and ignored_layers"
         )
-    backend = str(getattr(cfg, "kmeans", "numba"))
-    base = ctx.baseline
-    fallback = None if base is not None and hasattr(base, "named_modules") else adapter.copy(model)
-    t0 = time.perf_counter()
+    return layers
+
+
+def _attach_codebooks(
+    layers: list[tuple[str, nn.Module]], cfg: Any, backend: str, ctx: StageContext
+) -> dict[str, dict[str, Any]]:
+    """k-means each layer's weight and parametrise it as ``codebook[indices]``; per-layer info by name."""
+    from torch.nn.utils import parametrize
+
     info: dict[str, Any] = {}
     for i, (n, m) in enumerate(layers):
         ctx.progress("k-means", i, len(layers))
@@ -363,36 +383,51 @@ def cluster(model: nn.Module, cfg: Any, adapter: Any, ctx: StageContext) -> nn.M
         parametrize.register_parametrization(m, "weight", Codebook(idx, book, fixed_zero), unsafe=True)
         info[n] = {"shape": list(w.shape), "clusters": int(book.size), "zero_fixed": fixed_zero}
     ctx.progress("k-means", len(layers), len(layers))
-    ctx.metrics["kmeans_seconds"] = time.perf_counter() - t0
-    ctx.metrics["val_accuracy_init"] = accuracy(model, ctx.data.val)
+    return info
+
+
+def _finetune(model: nn.Module, cfg: Any, n_layers: int, fallback: Any, ctx: StageContext) -> None:
+    """Train the codebooks (``finetune``: ``plain`` or ``distill`` from the baseline, else ``fallback``) for
+    ``epochs``; nothing for ``none`` or 0 epochs. Records the final ``val_accuracy``."""
+    from slimkit.plugins.torch.train import FitConfig, fit
+    from slimkit.plugins.torch.training import default_teacher, distill_fit
+
     mode = str(getattr(cfg, "finetune", "distill"))
     epochs = int(getattr(cfg, "epochs", 1))
-    if epochs > 0 and mode != "none":
-        fit_cfg = FitConfig(
-            epochs=epochs,
-            lr=float(getattr(cfg, "lr", 1e-4)),
-            batch_size=int(getattr(cfg, "batch_size", 64)),
-            optimizer="adam",
-            weight_decay=0.0,
+    if epochs <= 0 or mode == "none":
+        return
+    fit_cfg = FitConfig(
+        epochs=epochs,
+        lr=float(getattr(cfg, "lr", 1e-4)),
+        batch_size=int(getattr(cfg, "batch_size", 64)),
+        optimizer="adam",
+        weight_decay=0.0,
+    )
+    task = f"{mode} {n_layers} clustered layers"
+    if mode == "plain":
+        hist = fit(model, ctx.data, fit_cfg, ctx.seed, progress=ctx.progress, task=task)
+    else:
+        teacher, _ = default_teacher(ctx, fallback)
+        hist = distill_fit(
+            model,
+            teacher,
+            ctx.data,
+            fit_cfg,
+            ctx.seed,
+            alpha=float(getattr(cfg, "alpha", 0.9)),
+            temperature=float(getattr(cfg, "temperature", 4.0)),
+            progress=ctx.progress,
+            task=task,
         )
-        task = f"{mode} {len(layers)} clustered layers"
-        if mode == "plain":
-            hist = fit(model, ctx.data, fit_cfg, ctx.seed, progress=ctx.progress, task=task)
-        else:
-            teacher, _ = default_teacher(ctx, fallback)
-            hist = distill_fit(
-                model,
-                teacher,
-                ctx.data,
-                fit_cfg,
-                ctx.seed,
-                alpha=float(getattr(cfg, "alpha", 0.9)),
-                temperature=float(getattr(cfg, "temperature", 4.0)),
-                progress=ctx.progress,
-                task=task,
-            )
-        if hist.val_accuracy:
-            ctx.metrics["val_accuracy"] = hist.val_accuracy[-1]
+    if hist.val_accuracy:
+        ctx.metrics["val_accuracy"] = hist.val_accuracy[-1]
+
+
+def _write_artifact(model: nn.Module, layers: list[tuple[str, nn.Module]], ctx: StageContext) -> None:
+    """Write the clustered weights back as plain tensors, then the packed ``clustered.npz`` artifact and
+    its sizes (fp32 bytes, packed bytes and compressed sizes, packed ratio)."""
+    from torch.nn.utils import parametrize
+
     # Removing a parametrisation reuses the codebook parameter object for the weight: drop its
     # (codebook-shaped) gradient first, or export and later training see a mis-shaped .grad.
     model.zero_grad(set_to_none=True)
@@ -411,6 +446,3 @@ def cluster(model: nn.Module, cfg: Any, adapter: Any, ctx: StageContext) -> nn.M
     for key, value in sizes.items():
         ctx.metrics[f"packed_{key}"] = float(value)
     ctx.metrics["packed_ratio"] = fp32 / sizes["bytes"]
-    ctx.info["layers"] = info
-    ctx.info["kmeans_backend"] = backend
-    return model

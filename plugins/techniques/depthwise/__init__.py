@@ -31,7 +31,7 @@ from slimkit.core import (
     check_range,
     hookimpl,
 )
-from slimkit.plugins.torch.training import check_kd, check_training, recover
+from slimkit.plugins.torch.training import check_kd, check_training, recover, set_submodule
 
 
 @dataclass
@@ -134,12 +134,6 @@ def separable_from(conv: Any, multiplier: int = 1, init: str = "svd") -> Any:
     return nn.Sequential(dw, pw)
 
 
-def _set_module(model: Any, name: str, new: Any) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 class Depthwise(Technique):
     """Depthwise-separable swap of k x k convolutions, SVD-initialised and distilled."""
 
@@ -153,45 +147,14 @@ class Depthwise(Technique):
 
         cfg: DepthwiseConfig = self.config  # type: ignore[assignment]
         modules = dict(model.named_modules())
-        missing = [n for n in cfg.ignored_layers if n not in modules]
-        if missing:
-            convs = [n for n, m in modules.items() if eligible(m)]
-            raise ConfigError(
-                f"ignored_layers {missing} are not modules of the model; convs that can be named: "
-                f"{', '.join(convs[:12])}{' ...' if len(convs) > 12 else ''}"
-            )
+        _check_ignored(modules, cfg)
         # The teacher is the model before compression; a copy of this stage's input only without one.
         base = ctx.baseline
         teacher = adapter.copy(model) if base is None or not hasattr(base, "named_modules") else None
-        chosen: list[tuple[str, Any, float]] = []
-        kept: dict[str, str] = {}
-        for name, module in modules.items():
-            if not eligible(module) or name in cfg.ignored_layers:
-                continue
-            red = mac_reduction(module, cfg.depth_multiplier)
-            if module.in_channels < cfg.min_in_channels:
-                kept[name] = f"{module.in_channels} input channels < min_in_channels {cfg.min_in_channels}"
-            elif red < cfg.min_mac_reduction:
-                kept[name] = f"MAC reduction {red:.2f}x < min_mac_reduction {cfg.min_mac_reduction}"
-            else:
-                chosen.append((name, module, red))
-        if not chosen:
-            why = "; ".join(f"{k}: {v}" for k, v in list(kept.items())[:3]) or "it has no k x k Conv2d with groups=1"
-            raise TechniqueError(
-                f"no convolution can be made depthwise-separable ({why}); use a model with standard k x k convs, "
-                "or lower min_mac_reduction / min_in_channels"
-            )
+        chosen, kept = _choose(modules, cfg)
         example = ctx.example if ctx.example is not None else ctx.data.test.example(1)
         macs_before = adapter.macs(model, example)
-        layers: dict[str, Any] = {}
-        for name, module, red in chosen:
-            _set_module(model, name, separable_from(module, cfg.depth_multiplier, cfg.init))
-            layers[name] = {
-                "in": module.in_channels,
-                "out": module.out_channels,
-                "kernel": list(module.kernel_size),
-                "mac_reduction": round(red, 2),
-            }
+        layers = _swap(model, chosen, cfg)
         model.eval()
         if cfg.recalibrate_bn:
             from slimkit.plugins.torch.batchnorm import recalibrate_batchnorm
@@ -220,6 +183,55 @@ class Depthwise(Technique):
         ctx.info["kept"] = kept
         model.eval()
         return model
+
+
+def _check_ignored(modules: dict[str, Any], cfg: DepthwiseConfig) -> None:
+    """A ``ConfigError`` listing the eligible convs when ``ignored_layers`` names an unknown module."""
+    missing = [n for n in cfg.ignored_layers if n not in modules]
+    if missing:
+        convs = [n for n, m in modules.items() if eligible(m)]
+        raise ConfigError(
+            f"ignored_layers {missing} are not modules of the model; convs that can be named: "
+            f"{', '.join(convs[:12])}{' ...' if len(convs) > 12 else ''}"
+        )
+
+
+def _choose(modules: dict[str, Any], cfg: DepthwiseConfig) -> tuple[list[tuple[str, Any, float]], dict[str, str]]:
+    """``(name, conv, MAC reduction)`` of the eligible convs worth swapping, and why each other eligible conv
+    is kept; a ``TechniqueError`` when none is worth it."""
+    chosen: list[tuple[str, Any, float]] = []
+    kept: dict[str, str] = {}
+    for name, module in modules.items():
+        if not eligible(module) or name in cfg.ignored_layers:
+            continue
+        red = mac_reduction(module, cfg.depth_multiplier)
+        if module.in_channels < cfg.min_in_channels:
+            kept[name] = f"{module.in_channels} input channels < min_in_channels {cfg.min_in_channels}"
+        elif red < cfg.min_mac_reduction:
+            kept[name] = f"MAC reduction {red:.2f}x < min_mac_reduction {cfg.min_mac_reduction}"
+        else:
+            chosen.append((name, module, red))
+    if not chosen:
+        why = "; ".join(f"{k}: {v}" for k, v in list(kept.items())[:3]) or "it has no k x k Conv2d with groups=1"
+        raise TechniqueError(
+            f"no convolution can be made depthwise-separable ({why}); use a model with standard k x k convs, "
+            "or lower min_mac_reduction / min_in_channels"
+        )
+    return chosen, kept
+
+
+def _swap(model: Any, chosen: list[tuple[str, Any, float]], cfg: DepthwiseConfig) -> dict[str, Any]:
+    """Replace each chosen conv of ``model`` by its SVD-initialised separable pair; per-layer info by name."""
+    layers: dict[str, Any] = {}
+    for name, module, red in chosen:
+        set_submodule(model, name, separable_from(module, cfg.depth_multiplier, cfg.init))
+        layers[name] = {
+            "in": module.in_channels,
+            "out": module.out_channels,
+            "kernel": list(module.kernel_size),
+            "mac_reduction": round(red, 2),
+        }
+    return layers
 
 
 @hookimpl

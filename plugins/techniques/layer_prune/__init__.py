@@ -192,39 +192,8 @@ class LayerPrune(Technique):
 
         cfg: LayerPruneConfig = self.config  # type: ignore[assignment]
         example = ctx.data.train.example(2)
-        blocks = removable_blocks(model, example)
-        all_names = [n for n, _ in model.named_modules() if n]
-        named_modules_or_error(
-            model, cfg.ignored_layers + cfg.blocks, "ignored_layers/blocks", list(blocks) or all_names
-        )
-        if cfg.blocks:
-            wrong = [b for b in cfg.blocks if b not in blocks]
-            if wrong:
-                raise TechniqueError(
-                    f"blocks {wrong} cannot be removed (their output shape differs from their input, or they are "
-                    f"not held in a Sequential/ModuleList); removable blocks: {', '.join(blocks) or 'none'}"
-                )
-            blocks = {n: m for n, m in blocks.items() if n in cfg.blocks}
-        blocks = {n: m for n, m in blocks.items() if n not in cfg.ignored_layers}
-        if not blocks:
-            raise TechniqueError(
-                f"{type(model).__name__} has no removable blocks (modules in a Sequential/ModuleList whose output "
-                "has the shape of their input); layer_prune needs residual blocks or transformer layers"
-            )
-        if cfg.ratio is not None:
-            n_remove = int(round(cfg.ratio * len(blocks)))
-            if n_remove < 1:
-                raise TechniqueError(
-                    f"ratio={cfg.ratio} of {len(blocks)} removable blocks removes none; "
-                    "use n_layers=1 or a larger ratio"
-                )
-        else:
-            n_remove = cfg.n_layers if cfg.n_layers is not None else 1
-        if n_remove > len(blocks):
-            raise TechniqueError(
-                f"n_layers={n_remove} but only {len(blocks)} blocks are removable ({', '.join(blocks)}); "
-                f"use n_layers <= {len(blocks)}"
-            )
+        blocks = _candidate_blocks(model, example, cfg)
+        n_remove = _count_to_remove(blocks, cfg)
         original_name = {id(m): n for n, m in blocks.items()}
         ex1 = ctx.data.train.example(1)
         with torch.no_grad():
@@ -239,22 +208,11 @@ class LayerPrune(Technique):
             current = {n: m for n, m in removable_blocks(model, example).items() if id(m) in original_name}
             dist = angular_distances(model, current, batches)
             name = min(dist, key=lambda n: (dist[n], n))
-            block = current[name]
+            block_name = original_name[id(current[name])]
             remove_block(model, name)
-            try:
-                with torch.no_grad():
-                    shape = tuple(run(model.eval(), ex1).shape)
-            except Exception as exc:
-                raise TechniqueError(
-                    f"removing block {original_name[id(block)]} breaks the model's forward ({first_line(exc)}); "
-                    "add it to ignored_layers"
-                ) from exc
-            if shape != out_shape:
-                raise TechniqueError(
-                    f"removing block {original_name[id(block)]} changed the output shape; add it to ignored_layers"
-                )
+            _check_forward(model, ex1, out_shape, block_name)
             entry: dict[str, Any] = {
-                "block": original_name[id(block)],
+                "block": block_name,
                 "angular_distance": dist[name],
                 "macs_ratio": macs0 / max(adapter.macs(model, ex1), 1),
             }
@@ -285,6 +243,64 @@ class LayerPrune(Technique):
         ctx.info["removed"] = removed
         ctx.info["candidates"] = list(blocks)
         return model
+
+
+def _candidate_blocks(model: Any, example: Any, cfg: LayerPruneConfig) -> dict[str, Any]:
+    """The removable blocks of ``model`` that ``cfg.blocks`` (when set) names and ``cfg.ignored_layers`` does not;
+    a ``ConfigError`` for unknown names, a ``TechniqueError`` for unremovable ones or when none is left."""
+    blocks = removable_blocks(model, example)
+    all_names = [n for n, _ in model.named_modules() if n]
+    named_modules_or_error(model, cfg.ignored_layers + cfg.blocks, "ignored_layers/blocks", list(blocks) or all_names)
+    if cfg.blocks:
+        wrong = [b for b in cfg.blocks if b not in blocks]
+        if wrong:
+            raise TechniqueError(
+                f"blocks {wrong} cannot be removed (their output shape differs from their input, or they are "
+                f"not held in a Sequential/ModuleList); removable blocks: {', '.join(blocks) or 'none'}"
+            )
+        blocks = {n: m for n, m in blocks.items() if n in cfg.blocks}
+    blocks = {n: m for n, m in blocks.items() if n not in cfg.ignored_layers}
+    if not blocks:
+        raise TechniqueError(
+            f"{type(model).__name__} has no removable blocks (modules in a Sequential/ModuleList whose output "
+            "has the shape of their input); layer_prune needs residual blocks or transformer layers"
+        )
+    return blocks
+
+
+def _count_to_remove(blocks: dict[str, Any], cfg: LayerPruneConfig) -> int:
+    """How many of ``blocks`` to remove: ``ratio`` of them, ``n_layers``, or 1; a ``TechniqueError`` when that
+    is none or more than there are."""
+    if cfg.ratio is not None:
+        n_remove = int(round(cfg.ratio * len(blocks)))
+        if n_remove < 1:
+            raise TechniqueError(
+                f"ratio={cfg.ratio} of {len(blocks)} removable blocks removes none; use n_layers=1 or a larger ratio"
+            )
+    else:
+        n_remove = cfg.n_layers if cfg.n_layers is not None else 1
+    if n_remove > len(blocks):
+        raise TechniqueError(
+            f"n_layers={n_remove} but only {len(blocks)} blocks are removable ({', '.join(blocks)}); "
+            f"use n_layers <= {len(blocks)}"
+        )
+    return n_remove
+
+
+def _check_forward(model: Any, example: Any, out_shape: tuple[int, ...], block_name: str) -> None:
+    """A ``TechniqueError`` when, after removing ``block_name``, the model fails on ``example`` or its output
+    shape is no longer ``out_shape``."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            shape = tuple(run(model.eval(), example).shape)
+    except Exception as exc:
+        raise TechniqueError(
+            f"removing block {block_name} breaks the model's forward ({first_line(exc)}); add it to ignored_layers"
+        ) from exc
+    if shape != out_shape:
+        raise TechniqueError(f"removing block {block_name} changed the output shape; add it to ignored_layers")
 
 
 @hookimpl

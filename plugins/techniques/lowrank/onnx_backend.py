@@ -15,6 +15,7 @@ cheaper, and only ``r`` of them.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -108,32 +109,10 @@ def _orientation(uses: list[tuple[Any, int]]) -> tuple[bool | None, str]:
 
 def factorize(model: onnx.ModelProto, cfg: LowRankConfig, adapter: Any, ctx: StageContext) -> onnx.ModelProto:
     """Factorize the chosen weights of ``model`` (a copy the caller owns) in place and return it."""
-    from onnx import helper
-
-    weights = [
-        w for w in g.select_weights(model, cfg.layer_types, cfg.ignored_layers, "factorize") if len(w.shape) == 2
-    ]
-    if not weights:
-        raise TechniqueError("the ONNX model has no 2-D Gemm/MatMul weights to factorize; check layer_types")
-    if cfg.rank is not None:
-        for w in weights:
-            if cfg.rank > min(w.shape):
-                raise TechniqueError(
-                    f"rank={cfg.rank} is larger than weight {w.name!r} ({w.shape[0]} x {w.shape[1]}, at most rank "
-                    f"{min(w.shape)}); use rank <= {min(w.shape)}, rank_ratio, or add it to ignored_layers"
-                )
+    weights = _weights(model, cfg)
     inits = g.initializers(model)
     uses = _uses(model)
-    names = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
-    names |= {i.name for i in model.graph.input}
-
-    def fresh(base: str) -> str:
-        name, k = base, 1
-        while name in names:
-            name, k = f"{base}_{k}", k + 1
-        names.add(name)
-        return name
-
+    fresh = _namer(model)
     report: dict[str, dict[str, Any]] = {}
     before_node: dict[str, Any] = {}  # output of a rewritten node -> the MatMul that now feeds it
     before = after = 0
@@ -150,56 +129,131 @@ def factorize(model: onnx.ModelProto, cfg: LowRankConfig, adapter: Any, ctx: Sta
             entry.update(factorized=False, reason=reason)
             after += m * n
             continue
-        total = float(np.sum(eff.astype(np.float64) ** 2))
-        gm = None
-        if cfg.rank is None and cfg.rank_ratio is None:
-            gm = gram(eff)
-            s2 = np.maximum(np.linalg.eigvalsh(gm)[::-1], 0.0)  # values only: the rank first
-            r = choose_rank(s2, total, m, n, cfg)
-        else:
-            r = choose_rank(np.zeros(0), total, m, n, cfg)
-        entry["rank"] = r
-        if r * (m + n) >= m * n:  # decided before any eigenvector is computed
-            entry.update(factorized=False, reason=f"rank {r} is not cheaper: {r} x ({m} + {n}) >= {m} x {n}")
+        factors = _factors(eff, cfg, entry)
+        if factors is None:
             after += m * n
             continue
-        a, b, top = truncate(eff, gram(eff) if gm is None else gm, r)
-        kept = min(1.0, float(top.sum()) / total) if total > 0 else 1.0
-        rel = math.sqrt(max(0.0, 1.0 - kept))
-        entry.update(energy=kept, rel_error=rel)
-        first, second = a.astype(arr.dtype), b.astype(arr.dtype)
-        u_name, v_name = fresh(f"{w.name}.lowrank_u"), fresh(f"{w.name}.lowrank_v")
-        model.graph.initializer.append(_tensor(first, u_name))
-        model.graph.initializer.append(_tensor(second, v_name))
-        for node, _ in uses[w.name]:
-            mid = fresh(f"{node.output[0]}.lowrank")
-            pre = helper.make_node(
-                "MatMul", [node.input[0], u_name], [mid], name=fresh(f"{node.name or w.name}_lowrank")
-            )
-            before_node[node.output[0]] = pre
-            node.input[0] = mid
-            node.input[1] = v_name
-            for a in node.attribute:
-                if a.name == "transB":
-                    a.i = 0
-        _drop_initializer(model, w.name)
-        entry.update(factorized=True, params=r * (m + n))
-        after += r * (m + n)
-        errors.append(rel)
-    if before_node:
-        nodes = []
-        for node in model.graph.node:
-            if node.output and node.output[0] in before_node:
-                nodes.append(before_node[node.output[0]])
-            nodes.append(node)
-        rebuilt = [type(n)() for n in nodes]
-        for new, old in zip(rebuilt, nodes, strict=True):
-            new.CopyFrom(old)
-        del model.graph.node[:]
-        model.graph.node.extend(rebuilt)
+        a, b = factors
+        _rewrite(model, w.name, uses[w.name], (a.astype(arr.dtype), b.astype(arr.dtype)), fresh, before_node)
+        after += entry["params"]
+        errors.append(entry["rel_error"])
+    _insert_before(model, before_node)
+    _record(model, report, after / max(before, 1), errors, adapter, ctx)
+    return model
+
+
+def _weights(model: onnx.ModelProto, cfg: LowRankConfig) -> list[Any]:
+    """The 2-D weights ``cfg`` selects; a ``TechniqueError`` when there are none or ``cfg.rank`` is too large."""
+    weights = [
+        w for w in g.select_weights(model, cfg.layer_types, cfg.ignored_layers, "factorize") if len(w.shape) == 2
+    ]
+    if not weights:
+        raise TechniqueError("the ONNX model has no 2-D Gemm/MatMul weights to factorize; check layer_types")
+    if cfg.rank is not None:
+        for w in weights:
+            if cfg.rank > min(w.shape):
+                raise TechniqueError(
+                    f"rank={cfg.rank} is larger than weight {w.name!r} ({w.shape[0]} x {w.shape[1]}, at most rank "
+                    f"{min(w.shape)}); use rank <= {min(w.shape)}, rank_ratio, or add it to ignored_layers"
+                )
+    return weights
+
+
+def _namer(model: onnx.ModelProto) -> Callable[[str], str]:
+    """A function that returns a name not yet used by an initializer, node output or graph input of ``model``
+    (``base``, else ``base_1``, ``base_2``, ...) and reserves it."""
+    names = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
+    names |= {i.name for i in model.graph.input}
+
+    def fresh(base: str) -> str:
+        name, k = base, 1
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.add(name)
+        return name
+
+    return fresh
+
+
+def _factors(eff: np.ndarray, cfg: LowRankConfig, entry: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The rank-``r`` factors ``(A, B)`` (float64) of the effective weight ``eff``, or None when rank ``r`` is
+    not cheaper than ``eff`` itself; records rank, reason or energy, error and params in ``entry``."""
+    m, n = eff.shape
+    total = float(np.sum(eff.astype(np.float64) ** 2))
+    gm = None
+    if cfg.rank is None and cfg.rank_ratio is None:
+        gm = gram(eff)
+        s2 = np.maximum(np.linalg.eigvalsh(gm)[::-1], 0.0)  # values only: the rank first
+        r = choose_rank(s2, total, m, n, cfg)
+    else:
+        r = choose_rank(np.zeros(0), total, m, n, cfg)
+    entry["rank"] = r
+    if r * (m + n) >= m * n:  # decided before any eigenvector is computed
+        entry.update(factorized=False, reason=f"rank {r} is not cheaper: {r} x ({m} + {n}) >= {m} x {n}")
+        return None
+    a, b, top = truncate(eff, gram(eff) if gm is None else gm, r)
+    kept = min(1.0, float(top.sum()) / total) if total > 0 else 1.0
+    entry.update(energy=kept, rel_error=math.sqrt(max(0.0, 1.0 - kept)))
+    entry.update(factorized=True, params=r * (m + n))
+    return a, b
+
+
+def _rewrite(
+    model: onnx.ModelProto,
+    name: str,
+    uses: list[tuple[Any, int]],
+    factors: tuple[np.ndarray, np.ndarray],
+    fresh: Callable[[str], str],
+    before_node: dict[str, Any],
+) -> None:
+    """Replace weight ``name`` by the initializers of ``factors``: each MatMul/Gemm in ``uses`` takes the second
+    factor and is fed by a new MatMul with the first (recorded in ``before_node`` under the node's output)."""
+    from onnx import helper
+
+    u_name, v_name = fresh(f"{name}.lowrank_u"), fresh(f"{name}.lowrank_v")
+    model.graph.initializer.append(_tensor(factors[0], u_name))
+    model.graph.initializer.append(_tensor(factors[1], v_name))
+    for node, _ in uses:
+        mid = fresh(f"{node.output[0]}.lowrank")
+        pre = helper.make_node("MatMul", [node.input[0], u_name], [mid], name=fresh(f"{node.name or name}_lowrank"))
+        before_node[node.output[0]] = pre
+        node.input[0] = mid
+        node.input[1] = v_name
+        for a in node.attribute:
+            if a.name == "transB":
+                a.i = 0
+    _drop_initializer(model, name)
+
+
+def _insert_before(model: onnx.ModelProto, before_node: dict[str, Any]) -> None:
+    """Put each new MatMul of ``before_node`` just before the node whose output it is keyed by (keeping the
+    graph topologically sorted)."""
+    if not before_node:
+        return
+    nodes = []
+    for node in model.graph.node:
+        if node.output and node.output[0] in before_node:
+            nodes.append(before_node[node.output[0]])
+        nodes.append(node)
+    rebuilt = [type(n)() for n in nodes]
+    for new, old in zip(rebuilt, nodes, strict=True):
+        new.CopyFrom(old)
+    del model.graph.node[:]
+    model.graph.node.extend(rebuilt)
+
+
+def _record(
+    model: onnx.ModelProto,
+    report: dict[str, dict[str, Any]],
+    params_ratio: float,
+    errors: list[float],
+    adapter: Any,
+    ctx: StageContext,
+) -> None:
+    """The stage's metrics (layers factorized, weight params ratio, errors, val accuracy) and info."""
     done = [k for k, v in report.items() if v["factorized"]]
     ctx.metrics["layers_factorized"] = float(len(done))
-    ctx.metrics["weight_params_ratio"] = after / max(before, 1)
+    ctx.metrics["weight_params_ratio"] = params_ratio
     if errors:
         ctx.metrics["mean_rel_error"] = float(np.mean(errors))
         ctx.metrics["max_rel_error"] = float(np.max(errors))
@@ -210,7 +264,6 @@ def factorize(model: onnx.ModelProto, cfg: LowRankConfig, adapter: Any, ctx: Sta
     if ctx.data.val.labels is not None:
         ctx.metrics["val_accuracy"] = adapter.evaluate(model, ctx.data.val)["accuracy"]
     ctx.info["layers"] = report
-    return model
 
 
 def _tensor(array: np.ndarray, name: str) -> Any:

@@ -97,12 +97,6 @@ def _eligible(module: nn.Module, types: list[str]) -> bool:
     return not (isinstance(module, nn.Conv2d) and module.groups != 1)
 
 
-def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def factorize(model: nn.Module, cfg: Any, adapter: Any, ctx: StageContext) -> nn.Module:
     """Factorise the chosen layers of ``model`` (a copy the caller owns) in place, fine-tune, return it.
 
@@ -110,9 +104,36 @@ def factorize(model: nn.Module, cfg: Any, adapter: Any, ctx: StageContext) -> nn
     (``finetune``, ``epochs``, ``lr``, ``batch_size``, ``alpha``, ``temperature``) default to
     ``distill`` for 2 epochs when absent.
     """
+    from slimkit.plugins.torch.batchnorm import recalibrate_batchnorm
     from slimkit.plugins.torch.train import accuracy
-    from slimkit.plugins.torch.training import recover
 
+    layers = _layers(model, cfg)
+    # The teacher is the model before compression; a copy of this stage's input only without one.
+    base = ctx.baseline
+    fallback = None if base is not None and hasattr(base, "named_modules") else adapter.copy(model)
+    example = ctx.example if ctx.example is not None else ctx.data.test.example(1)
+    macs_before = adapter.macs(model, example)
+    params_before = sum(p.numel() for p in model.parameters())
+    info, kept = _factorise_layers(model, layers, cfg)
+    model.eval()
+    # The truncated layers' outputs have other statistics than the originals: re-estimate BatchNorm
+    # running statistics before measuring and training (cheap: one pass, no gradients).
+    recalibrate_batchnorm(model, ctx.data.train)
+    model.eval()
+    ctx.metrics["factorized_layers"] = float(len(info))
+    ctx.metrics["mac_ratio"] = macs_before / max(adapter.macs(model, example), 1)
+    ctx.metrics["param_ratio"] = params_before / max(sum(p.numel() for p in model.parameters()), 1)
+    ctx.metrics["val_accuracy_init"] = accuracy(model, ctx.data.val)
+    ctx.metrics.update(_finetune(model, cfg, len(info), fallback, ctx))
+    ctx.info["layers"] = info
+    ctx.info["kept"] = kept
+    model.eval()
+    return model
+
+
+def _layers(model: nn.Module, cfg: Any) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of the eligible layers of ``cfg.layer_types``, less ``cfg.ignored_layers``; a
+    ``TechniqueError`` for uncovered types, unknown names, no layer, or a ``rank`` above a layer's."""
     unknown = [t for t in cfg.layer_types if t not in TORCH_TYPES]
     if unknown:
         raise TechniqueError(
@@ -136,12 +157,16 @@ def factorize(model: nn.Module, cfg: Any, adapter: Any, ctx: StageContext) -> nn
                     f"rank={cfg.rank} is larger than layer {n!r} ({rows} x {cols}, at most rank {min(rows, cols)}); "
                     f"use rank <= {min(rows, cols)}, rank_ratio, or add it to ignored_layers"
                 )
-    # The teacher is the model before compression; a copy of this stage's input only without one.
-    base = ctx.baseline
-    fallback = None if base is not None and hasattr(base, "named_modules") else adapter.copy(model)
-    example = ctx.example if ctx.example is not None else ctx.data.test.example(1)
-    macs_before = adapter.macs(model, example)
-    params_before = sum(p.numel() for p in model.parameters())
+    return layers
+
+
+def _factorise_layers(
+    model: nn.Module, layers: list[tuple[str, nn.Module]], cfg: Any
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Swap each layer that gets cheaper at its rank for its two factors. Returns the info of those and the
+    reason each other layer was kept; a ``TechniqueError`` when none gets cheaper."""
+    from slimkit.plugins.torch.training import set_submodule
+
     info: dict[str, Any] = {}
     kept: dict[str, str] = {}
     for n, m in layers:
@@ -154,7 +179,7 @@ def factorize(model: nn.Module, cfg: Any, adapter: Any, ctx: StageContext) -> nn
             continue
         total = float((s.astype(np.float64) ** 2).sum())
         err = math.sqrt(max(total - float((s[:r].astype(np.float64) ** 2).sum()), 0.0) / total) if total > 0 else 0.0
-        _set_module(model, n, factorised(m, r))
+        set_submodule(model, n, factorised(m, r))
         info[n] = {
             "shape": list(m.weight.shape),
             "rank": r,
@@ -167,19 +192,15 @@ def factorize(model: nn.Module, cfg: Any, adapter: Any, ctx: StageContext) -> nn
             + "; ".join(f"{k}: {v}" for k, v in list(kept.items())[:3])
             + "); lower energy or rank_ratio"
         )
-    model.eval()
-    # The truncated layers' outputs have other statistics than the originals: re-estimate BatchNorm
-    # running statistics before measuring and training (cheap: one pass, no gradients).
-    from slimkit.plugins.torch.batchnorm import recalibrate_batchnorm
+    return info, kept
 
-    recalibrate_batchnorm(model, ctx.data.train)
-    model.eval()
-    ctx.metrics["factorized_layers"] = float(len(info))
-    ctx.metrics["mac_ratio"] = macs_before / max(adapter.macs(model, example), 1)
-    ctx.metrics["param_ratio"] = params_before / max(sum(p.numel() for p in model.parameters()), 1)
-    ctx.metrics["val_accuracy_init"] = accuracy(model, ctx.data.val)
+
+def _finetune(model: nn.Module, cfg: Any, n_layers: int, fallback: Any, ctx: StageContext) -> dict[str, Any]:
+    """Fine-tune the factorised model as ``cfg.finetune`` says (default: distill for 2 epochs); its metrics."""
+    from slimkit.plugins.torch.training import recover
+
     mode = getattr(cfg, "finetune", "distill")
-    result = recover(
+    return recover(
         model,
         ctx,
         mode=mode,
@@ -190,10 +211,5 @@ def factorize(model: nn.Module, cfg: Any, adapter: Any, ctx: StageContext) -> nn
         temperature=float(getattr(cfg, "temperature", 4.0)),
         seed=ctx.seed,
         fallback_teacher=fallback,
-        task=f"{mode} {len(info)} factorised layers",
+        task=f"{mode} {n_layers} factorised layers",
     )
-    ctx.metrics.update(result)
-    ctx.info["layers"] = info
-    ctx.info["kept"] = kept
-    model.eval()
-    return model

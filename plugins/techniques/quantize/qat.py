@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from slimkit.core import StageContext, TechniqueError
+from slimkit.plugins.torch.training import set_submodule
 
 if TYPE_CHECKING:
     from torch import nn
@@ -46,12 +47,6 @@ class QatResult:
     input_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     folded: list[str] = field(default_factory=list)
     history: dict[str, list[float]] = field(default_factory=dict)
-
-
-def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
 
 
 def fold_batchnorm(model: nn.Module) -> tuple[list[str], str | None]:
@@ -87,7 +82,7 @@ def fold_batchnorm(model: nn.Module) -> tuple[list[str], str | None]:
             bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
             new_bias = beta + (bias - bn.running_mean) * factor
             conv.bias = nn.Parameter(new_bias.detach().clone())
-        _set_module(model, node.target, nn.Identity())
+        set_submodule(model, node.target, nn.Identity())
         folded.append(prev.target)
     return folded, None
 
@@ -173,7 +168,7 @@ def train_qat(model: Any, adapter: Any, ctx: StageContext, cfg: QuantizeConfig, 
     wrappers: dict[str, nn.Module] = {}
     for name in targets:
         w = make_wrapper(model.get_submodule(name), cfg.weight_bits, cfg.per_channel, cfg.ema_decay)
-        _set_module(model, name, w)
+        set_submodule(model, name, w)
         wrappers[name] = w
     # Initialise the activation ranges on the calibration samples before training moves them.
     calib = ctx.data.train.take(cfg.calibration_samples)
@@ -206,7 +201,7 @@ def train_qat(model: Any, adapter: Any, ctx: StageContext, cfg: QuantizeConfig, 
             result.weight_scales[f"{name}.weight"] = _weight_scale(mod.weight, cfg.weight_bits, cfg.per_channel).numpy()
             if bool(w.seen):
                 result.input_ranges[name] = (float(w.lo), float(w.hi))
-            _set_module(model, name, mod)
+            set_submodule(model, name, mod)
     model.eval()
     if ctx.data.val.labels is not None:
         ctx.metrics["qat_val_accuracy_float_grid"] = accuracy(model, ctx.data.val)

@@ -21,6 +21,8 @@ layer is near break-even; ``mode=always`` converts every candidate without timin
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,12 +142,6 @@ def _time_layer(dense: Any, sparse: Any, shape: tuple[int, ...], batch: int, rep
     return t["dense"], t["sparse"]
 
 
-def _set_module(model: Any, name: str, new: Any) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
-
-
 def break_even_sweep(
     rows: int, cols: int, batch_sizes: list[int], repeats: int, kind: str = "Linear", shape: tuple[int, ...] = ()
 ) -> dict[str, Any]:
@@ -231,18 +227,9 @@ class Sparse(Technique):
         return chosen, skipped
 
     def apply(self, model: Any, adapter: Any, ctx: StageContext) -> Any:
-        import torch
-
         cfg: SparseConfig = self.config  # type: ignore[assignment]
         candidates, skipped = self._candidates(model, cfg)
-        ready: list[tuple[str, Any, float]] = []
-        for n, m in candidates:
-            w = m.weight.detach()
-            sparsity = float((w == 0).sum()) / max(w.numel(), 1)
-            if sparsity < cfg.min_sparsity:
-                skipped[n] = f"sparsity {sparsity:.3f} < min_sparsity {cfg.min_sparsity}"
-            else:
-                ready.append((n, m, sparsity))
+        ready = _sparse_enough(candidates, cfg, skipped)
         if not candidates:
             detail = "; ".join(f"{k}: {v}" for k, v in list(skipped.items())[:3]) or "no Linear/Conv2d layers"
             raise TechniqueError(
@@ -259,80 +246,152 @@ class Sparse(Technique):
         assert ctx.example is not None or ctx.data is not None
         example = ctx.example if ctx.example is not None else ctx.data.test.example(1)
         shapes = _input_shapes(model, [n for n, _, _ in ready], example)
-        previous = torch.get_num_threads()
-        if cfg.threads > 0:
-            torch.set_num_threads(cfg.threads)
-        layers_info: dict[str, Any] = {}
-        dense_bytes = csr_bytes = 0
-        n_sparse = 0
-        totals = {b: [0.0, 0.0] for b in cfg.batch_sizes}  # dense ms, chosen ms over converted layers
-        try:
-            for i, (n, m, sparsity) in enumerate(ready):
-                ctx.progress("time layers", i, len(ready))
-                sparse = _sparse_module(m, cfg.values)
-                entry: dict[str, Any] = {
-                    "type": type(m).__name__,
-                    "shape": list(m.weight.shape),
-                    "sparsity": round(sparsity, 4),
-                }
-                if cfg.mode == "always":
-                    policy = [(b, True) for b in cfg.batch_sizes]
-                else:
-                    policy = []
-                    for b in cfg.batch_sizes:
-                        shape = shapes.get(n)
-                        if shape is None:  # not reached by the example: keep dense
-                            policy.append((b, False))
-                            continue
-                        td, ts = _time_layer(m, sparse, shape, b, cfg.repeats)
-                        win = td / ts >= cfg.min_speedup
-                        policy.append((b, win))
-                        entry[f"dense_ms_b{b}"] = round(td, 4)
-                        entry[f"sparse_ms_b{b}"] = round(ts, 4)
-                        totals[b][0] += td
-                        totals[b][1] += ts if win else td
-                entry["policy"] = {str(b): ("sparse" if s else "dense") for b, s in policy}
-                layers_info[n] = entry
-                if not any(s for _, s in policy):
-                    skipped[n] = "dense measured faster at every batch size"
-                    continue
-                sparse.set_policy(policy)
-                _set_module(model, n, sparse)
-                n_sparse += 1
-                dense_bytes += m.weight.numel() * 4
-                csr = sparse._csr_cache
-                csr_bytes += csr.nbytes
-            ctx.progress("time layers", len(ready), len(ready))
-            sweep = None
-            if cfg.break_even and cfg.mode == "measure":
-                n0, m0, _ = max(ready, key=lambda t: t[1].weight.numel())
-                rows, cols = int(m0.weight.shape[0]), int(m0.weight.shape[1])
-                ctx.progress("break-even sweep", 0, None)
-                sweep = break_even_sweep(
-                    rows, cols, cfg.batch_sizes, max(3, cfg.repeats // 4), type(m0).__name__, shapes.get(n0, ())
-                )
-                sweep["layer"] = n0
-                sweep["shape"] = [rows, cols]
-        finally:
-            if torch.get_num_threads() != previous:
-                torch.set_num_threads(previous)
-        ctx.metrics["sparse_layers"] = float(n_sparse)
-        ctx.metrics["dense_layers"] = float(len(layers_info) - n_sparse)
-        if dense_bytes:
-            ctx.metrics["weight_bytes_ratio"] = csr_bytes / dense_bytes
-        for b, (td, tc) in totals.items():
-            if tc > 0:
-                ctx.metrics[f"layer_speedup_b{b}"] = td / tc
-        if sweep is not None:
-            for b, s in sweep["break_even"].items():
-                if s is not None:
-                    ctx.metrics[f"break_even_sparsity_b{b}"] = float(s)
-            ctx.info["break_even"] = sweep
-        ctx.info["layers"] = layers_info
-        ctx.info["skipped"] = skipped
-        ctx.info["kernels"] = _kernel_info()
+        with _torch_threads(cfg.threads):
+            done = _convert(model, ready, shapes, cfg, skipped, ctx)
+            sweep = _sweep(ready, shapes, cfg, ctx) if cfg.break_even and cfg.mode == "measure" else None
+        _record(done, sweep, skipped, ctx)
         model.eval()
         return model
+
+
+def _sparse_enough(
+    candidates: list[tuple[str, Any]], cfg: SparseConfig, skipped: dict[str, str]
+) -> list[tuple[str, Any, float]]:
+    """``(name, module, sparsity)`` of the candidates at least ``min_sparsity`` sparse; the others go to
+    ``skipped`` with the reason."""
+    ready: list[tuple[str, Any, float]] = []
+    for n, m in candidates:
+        w = m.weight.detach()
+        sparsity = float((w == 0).sum()) / max(w.numel(), 1)
+        if sparsity < cfg.min_sparsity:
+            skipped[n] = f"sparsity {sparsity:.3f} < min_sparsity {cfg.min_sparsity}"
+        else:
+            ready.append((n, m, sparsity))
+    return ready
+
+
+@contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """Run the block on ``threads`` torch threads (0: the current setting), restoring the setting after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
+
+
+@dataclass
+class _Conversion:
+    """What :func:`_convert` did: per-layer info, layers made sparse, weight bytes dense and CSR, and per
+    batch size the summed dense ms and chosen ms over the timed layers."""
+
+    layers: dict[str, Any] = field(default_factory=dict)
+    n_sparse: int = 0
+    dense_bytes: int = 0
+    csr_bytes: int = 0
+    totals: dict[int, list[float]] = field(default_factory=dict)
+
+
+def _convert(
+    model: Any,
+    ready: list[tuple[str, Any, float]],
+    shapes: dict[str, tuple[int, ...]],
+    cfg: SparseConfig,
+    skipped: dict[str, str],
+    ctx: StageContext,
+) -> _Conversion:
+    """Swap each ``ready`` layer for its sparse module where its policy runs sparse at some batch size."""
+    from slimkit.plugins.torch.training import set_submodule
+
+    done = _Conversion(totals={b: [0.0, 0.0] for b in cfg.batch_sizes})
+    for i, (n, m, sparsity) in enumerate(ready):
+        ctx.progress("time layers", i, len(ready))
+        sparse = _sparse_module(m, cfg.values)
+        entry: dict[str, Any] = {
+            "type": type(m).__name__,
+            "shape": list(m.weight.shape),
+            "sparsity": round(sparsity, 4),
+        }
+        if cfg.mode == "always":
+            policy = [(b, True) for b in cfg.batch_sizes]
+        else:
+            policy = _measured_policy(m, sparse, shapes.get(n), cfg, entry, done.totals)
+        entry["policy"] = {str(b): ("sparse" if s else "dense") for b, s in policy}
+        done.layers[n] = entry
+        if not any(s for _, s in policy):
+            skipped[n] = "dense measured faster at every batch size"
+            continue
+        sparse.set_policy(policy)
+        set_submodule(model, n, sparse)
+        done.n_sparse += 1
+        done.dense_bytes += m.weight.numel() * 4
+        done.csr_bytes += sparse._csr_cache.nbytes
+    ctx.progress("time layers", len(ready), len(ready))
+    return done
+
+
+def _measured_policy(
+    dense: Any,
+    sparse: Any,
+    shape: tuple[int, ...] | None,
+    cfg: SparseConfig,
+    entry: dict[str, Any],
+    totals: dict[int, list[float]],
+) -> list[tuple[int, bool]]:
+    """``(batch, run sparse)`` per batch size from timing ``dense`` and ``sparse`` on inputs of ``shape``
+    (dense everywhere when the example did not reach the layer); timings go to ``entry`` and ``totals``."""
+    policy = []
+    for b in cfg.batch_sizes:
+        if shape is None:  # not reached by the example: keep dense
+            policy.append((b, False))
+            continue
+        td, ts = _time_layer(dense, sparse, shape, b, cfg.repeats)
+        win = td / ts >= cfg.min_speedup
+        policy.append((b, win))
+        entry[f"dense_ms_b{b}"] = round(td, 4)
+        entry[f"sparse_ms_b{b}"] = round(ts, 4)
+        totals[b][0] += td
+        totals[b][1] += ts if win else td
+    return policy
+
+
+def _sweep(
+    ready: list[tuple[str, Any, float]], shapes: dict[str, tuple[int, ...]], cfg: SparseConfig, ctx: StageContext
+) -> dict[str, Any]:
+    """The :func:`break_even_sweep` of the largest ready layer's shape, with its name and shape."""
+    n0, m0, _ = max(ready, key=lambda t: t[1].weight.numel())
+    rows, cols = int(m0.weight.shape[0]), int(m0.weight.shape[1])
+    ctx.progress("break-even sweep", 0, None)
+    sweep = break_even_sweep(
+        rows, cols, cfg.batch_sizes, max(3, cfg.repeats // 4), type(m0).__name__, shapes.get(n0, ())
+    )
+    sweep["layer"] = n0
+    sweep["shape"] = [rows, cols]
+    return sweep
+
+
+def _record(done: _Conversion, sweep: dict[str, Any] | None, skipped: dict[str, str], ctx: StageContext) -> None:
+    """The stage's metrics (layers, bytes ratio, layer speedups, break-even sparsities) and info."""
+    ctx.metrics["sparse_layers"] = float(done.n_sparse)
+    ctx.metrics["dense_layers"] = float(len(done.layers) - done.n_sparse)
+    if done.dense_bytes:
+        ctx.metrics["weight_bytes_ratio"] = done.csr_bytes / done.dense_bytes
+    for b, (td, tc) in done.totals.items():
+        if tc > 0:
+            ctx.metrics[f"layer_speedup_b{b}"] = td / tc
+    if sweep is not None:
+        for b, s in sweep["break_even"].items():
+            if s is not None:
+                ctx.metrics[f"break_even_sparsity_b{b}"] = float(s)
+        ctx.info["break_even"] = sweep
+    ctx.info["layers"] = done.layers
+    ctx.info["skipped"] = skipped
+    ctx.info["kernels"] = _kernel_info()
 
 
 def _kernel_info() -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Helpers of the ONNX plugin tests: graphs built with onnx.helper, random data, stage contexts.
 
-Imported by the tests as ``onnx_testlib`` (conftest.py puts this folder on ``sys.path``).
+Imported by the tests as ``onnx_testlib``: ``tests/plugins/conftest.py`` puts this folder on ``sys.path``, so
+the ONNX-side tests of the techniques (``tests/plugins/techniques/<name>/``) import it too.
 """
 
 from __future__ import annotations
@@ -65,6 +66,18 @@ def mlp_graph(
 def save(model: onnx.ModelProto, path: Path) -> Path:
     onnx.save(model, str(path))
     return path
+
+
+def load_saved(adapter: Any, model: onnx.ModelProto, path: Path) -> onnx.ModelProto:
+    """``model`` saved to ``path`` and loaded back by ``adapter`` (an ``OnnxAdapter``), as a run loads a file."""
+    return adapter.load({"path": str(save(model, path))})
+
+
+def weight_arrays(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The weight initializers of ``model`` (those a technique may change) as arrays, by name."""
+    from slimkit.plugins.onnx import graph as g
+
+    return {w.name: g.to_array(g.initializers(model)[w.name]) for w in g.weight_initializers(model)}
 
 
 def random_splits(n: int = 40, seed: int = 0, shape: tuple[int, ...] = (64,), classes: int = 10) -> DataSplits:
