@@ -175,11 +175,14 @@ def ort_defaults(src: Path, work: Path, data: Any, samples: int) -> list[Variant
 def slimkit_quantize(model: Any, adapter: Any, data: Any, work: Path, **cfg: Any) -> tuple[Path, dict, dict]:
     """Run the ``quantize`` technique as a pipeline stage would; return its ONNX file, info and metrics."""
     from slimkit.core import StageContext
+    from slimkit.plugins.targets.cpu import CpuTarget
     from slimkit.plugins.techniques.quantize import Quantize, QuantizeConfig, ort
 
     stage = work / f"stage_{cfg.get('mode', 'auto')}_{cfg.get('weight_bits', 8)}_{int(time.time() * 1000)}"
     stage.mkdir(parents=True)
-    ctx = StageContext(stage="quantize", seed=0, data=data, work_dir=stage, example=data.test.example(1))
+    # the run's target, as in a pipeline: auto times its candidates there (1 thread, like the table)
+    target = CpuTarget({"threads": 1})
+    ctx = StageContext(stage="quantize", seed=0, data=data, work_dir=stage, example=data.test.example(1), target=target)
     last = [""]
 
     def progress(task: str, done: float, total: float | None) -> None:
