@@ -5,14 +5,19 @@
   :func:`check_kd`);
 - knowledge distillation, the loss per batch (Hinton et al. 2015; FitNets hints, Romero et al. 2015)::
 
-      alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, labels)
+      alpha * sum over the model's outputs of its term + (1 - alpha) * CE(class scores, labels)
       + beta * sum over hint pairs of MSE(proj(student_feature), teacher_feature) / mean(teacher_feature^2)
 
-  and its training loop :func:`distill_fit`. Hint projections are learned 1x1 convolutions (feature
-  maps) or linear maps (vectors, token features), started at the ridge least-squares map from the
-  student's feature to the teacher's (:func:`fit_projections`), and dropped after training;
-  :func:`stage_hints` picks hint pairs at the end of each spatial stage of a CNN. Without labels the CE
-  term is left out: pure distillation on unlabeled data;
+  where an output's term is ``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` for class scores
+  and MSE (or smooth L1) for regressions: every output of a multi-output model (tuple, list, dict,
+  ``ModelOutput``) is distilled, each with the term :func:`output_losses` picks (configured per output,
+  or by its rule: class scores are a softmax output, an output named ``logits`` or a model's only
+  output), and the labels' CE goes to the class-score output they fit. The training loop is
+  :func:`distill_fit`. Hint projections are learned 1x1 convolutions (feature maps) or linear maps
+  (vectors, token features), started at the ridge least-squares map from the student's feature to the
+  teacher's (:func:`fit_projections`), and dropped after training; :func:`stage_hints` picks hint pairs
+  at the end of each spatial stage of a CNN. Without labels the CE term is left out: pure distillation
+  on unlabeled data;
 - :func:`recover`: the fine-tuning step after a pruning step or a layer swap (``finetune: distill``
   from the model before compression, ``plain`` cross-entropy, or ``none``) of ``channel_prune``,
   ``layer_prune``, ``depthwise`` and ``lowrank``; the ``distill`` technique trains with the same loss.
@@ -61,6 +66,37 @@ def run(model: Any, inputs: Mapping[str, np.ndarray]) -> Any:
 
     args, kwargs = to_tensors(inputs)
     return logits_of(model(*args, **kwargs))
+
+
+def named_outputs(output: Any, prefix: str = "") -> dict[str, Any]:
+    """Every tensor a model returns, by name, in order: a lone tensor is ``"0"``; tuple and list items are
+    named by position (``"0"``, ``"1"``, nested ``"1.0"``), dict and Hugging Face ``ModelOutput`` items by
+    key, leaving out ``loss`` and per-layer tuples (``hidden_states``, ``attentions``): diagnostics, not
+    outputs."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return {prefix or "0": output}
+    if isinstance(output, Mapping):
+        items = [(str(k), v) for k, v in output.items() if not _diagnostic(str(k), v)]
+    elif isinstance(output, tuple | list):
+        items = [(str(i), v) for i, v in enumerate(output)]
+    else:
+        return {}
+    named: dict[str, Any] = {}
+    for key, value in items:
+        named.update(named_outputs(value, f"{prefix}.{key}" if prefix else key))
+    return named
+
+
+def _diagnostic(key: str, value: Any) -> bool:
+    return key == "loss" or (isinstance(value, tuple | list) and key.endswith(("hidden_states", "attentions")))
+
+
+def run_outputs(model: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """All the model's outputs on named numpy inputs, by name (:func:`named_outputs`)."""
+    args, kwargs = to_tensors(inputs)
+    return named_outputs(model(*args, **kwargs))
 
 
 def calibration_batches(
@@ -130,24 +166,143 @@ def kd_loss(student: Any, teacher: Any, labels: Any, alpha: float, temperature: 
     return alpha * kl + (1.0 - alpha) * F.cross_entropy(s, labels)
 
 
+#: Distillation terms of one output: KL of softened class scores, or a regression loss.
+LOSS_KINDS = ("kl", "mse", "smooth_l1")
+
+
+@dataclass
+class OutputLoss:
+    """The distillation term of the model's output number ``index`` (called ``name``): ``kind`` is
+    ``kl``, ``mse`` or ``smooth_l1``; ``probabilities``: the output is already a softmax, so KL (and CE)
+    compare its logarithms."""
+
+    name: str
+    index: int
+    kind: str
+    probabilities: bool = False
+
+
+def check_losses(losses: Mapping[Any, str]) -> None:
+    """Config check of ``losses`` (output name or position -> loss): a one-line ConfigError."""
+    for key, kind in losses.items():
+        if kind not in LOSS_KINDS:
+            raise ConfigError(
+                f"losses[{key}]={kind!r} is not a distillation loss; use {', '.join(LOSS_KINDS)} "
+                "(e.g. losses={0: mse, 2: kl})"
+            )
+
+
+def is_probability(t: Any) -> bool:
+    """A floating ``[N, ..., C]`` tensor (C >= 2) whose last axis is non-negative and sums to 1: a softmax."""
+    if not t.is_floating_point() or t.dim() < 2 or t.shape[-1] < 2:
+        return False
+    t = t.detach().float()
+    return bool((t >= 0).all() and ((t.sum(-1) - 1).abs() <= 1e-3).all())
+
+
+def output_losses(teacher_out: Mapping[str, Any], configured: Mapping[Any, str] | None = None) -> list[OutputLoss]:
+    """The distillation term of each of the teacher's outputs (:func:`named_outputs`).
+
+    ``configured`` maps an output's name or position to ``kl``, ``mse`` or ``smooth_l1``; the others follow
+    the rule: ``kl`` for class scores, i.e. an output of shape ``[N, ..., C]`` (C >= 2) that is a probability
+    distribution (a softmax head), is named ``logits``, or is the model's only output; ``mse`` for every other
+    output (regressions: boxes, landmarks, embeddings). A key naming no output, or ``kl`` on an output without
+    a class axis, is a one-line ConfigError."""
+    chosen = {str(k): v for k, v in (configured or {}).items()}
+    names = list(teacher_out)
+    unknown = sorted(set(chosen) - set(names) - {str(i) for i in range(len(names))})
+    if unknown:
+        listing = ", ".join(n if n == str(i) else f"{i} ({n})" for i, n in enumerate(names))
+        raise ConfigError(f"losses names {unknown}, which are not outputs of the model; its outputs: {listing}")
+    plan = []
+    for i, (name, t) in enumerate(teacher_out.items()):
+        probs = is_probability(t)
+        classes = t.dim() >= 2 and t.shape[-1] >= 2
+        scores = classes and (probs or name.rsplit(".", 1)[-1] == "logits" or len(names) == 1)
+        kind = chosen.get(name, chosen.get(str(i), "kl" if scores else "mse"))
+        if kind == "kl" and not classes:
+            raise ConfigError(
+                f"losses: output {name} has shape {list(t.shape)}, without a class axis for kl; use mse or smooth_l1"
+            )
+        plan.append(OutputLoss(name, i, kind, probs))
+    return plan
+
+
+def output_loss(loss: OutputLoss, student: Any, teacher: Any, temperature: float) -> Any:
+    """One output's term: ``T^2 * KL`` of the softened class scores (of the logarithms of a probability
+    output), or MSE / smooth L1 for a regression."""
+    from torch.nn import functional as F
+
+    s, t = student.float(), teacher.float()
+    if loss.kind == "kl":
+        if loss.probabilities:
+            s, t = s.clamp_min(1e-8).log(), t.clamp_min(1e-8).log()
+        return kd_loss(s, t, None, 1.0, temperature)
+    if loss.kind == "mse":
+        return F.mse_loss(s, t)
+    return F.smooth_l1_loss(s, t)
+
+
+def label_output(plan: list[OutputLoss], teacher_out: Mapping[str, Any], labels: Any) -> OutputLoss | None:
+    """The output the labels are for: the first ``kl`` output of shape ``[N, C]`` with more classes than the
+    largest label; None without labels or such an output (then training is pure distillation)."""
+    if labels is None or len(labels) == 0:
+        return None
+    top = int(labels.max())
+    values = list(teacher_out.values())
+    for loss in plan:
+        t = values[loss.index]
+        if loss.kind == "kl" and t.dim() == 2 and t.shape[-1] > top:
+            return loss
+    return None
+
+
+def distillation_loss(
+    student_out: Mapping[str, Any],
+    teacher_out: Mapping[str, Any],
+    plan: list[OutputLoss],
+    labels: Any,
+    alpha: float,
+    temperature: float,
+    target: OutputLoss | None = None,
+) -> Any:
+    """``alpha * (sum of the outputs' terms) + (1 - alpha) * CE(target output, labels)``; the sum alone
+    without labels or a ``target`` (:func:`label_output`). For one class-score output it is :func:`kd_loss`."""
+    from torch.nn import functional as F
+
+    s_values, t_values = list(student_out.values()), list(teacher_out.values())
+    kd = sum(output_loss(p, s_values[p.index], t_values[p.index], temperature) for p in plan)
+    if target is None or labels is None or labels.numel() == 0 or alpha >= 1.0:
+        return kd
+    s = s_values[target.index].float()
+    ce = F.nll_loss(s.clamp_min(1e-8).log(), labels) if target.probabilities else F.cross_entropy(s, labels)
+    return alpha * kd + (1.0 - alpha) * ce
+
+
 def check_outputs_match(student: Any, teacher: Any, split: Split) -> None:
-    """Run both on two samples; a teacher whose output shape differs gives a one-line error."""
+    """Run both on two samples; a teacher whose outputs differ in number or shape gives a one-line error."""
     import torch
 
     example = split.example(2)
     with torch.no_grad():
         try:
-            t = run(teacher, example)
+            t = run_outputs(teacher, example)
         except Exception as exc:
             raise TechniqueError(
                 f"the teacher does not run on the data ({first_line(exc)}); give a teacher for these inputs"
             ) from exc
-        s = run(student, example)
-    if tuple(t.shape) != tuple(s.shape):
-        raise TechniqueError(
-            f"the teacher outputs shape {list(t.shape)} but the student outputs {list(s.shape)}; give a teacher "
-            "with the same outputs (teacher.factory/teacher.kwargs, e.g. the same number of classes)"
-        )
+        s = run_outputs(student, example)
+    t_shapes, s_shapes = [list(v.shape) for v in t.values()], [list(v.shape) for v in s.values()]
+    if t_shapes == s_shapes:
+        return
+    if len(t_shapes) == len(s_shapes) == 1:
+        what = f"the teacher outputs shape {t_shapes[0]} but the student outputs {s_shapes[0]}"
+    else:
+        what = f"the teacher's outputs have shapes {t_shapes} but the student's {s_shapes}"
+    raise TechniqueError(
+        f"{what}; give a teacher with the same outputs (teacher.factory/teacher.kwargs, e.g. the same number "
+        "of classes)"
+    )
 
 
 @dataclass
@@ -308,7 +463,8 @@ def resolve_hints(student: Any, teacher: Any, split: Split, mode: str, pairs: li
 
 
 def _trainable(student: Any, projections: list[Any]) -> Any:
-    """The student plus its hint projections as one module, so that ``fit`` trains both."""
+    """The student plus its hint projections as one module, so that ``fit`` trains both; it keeps the
+    student's latest outputs (``outputs``, :func:`named_outputs`), as ``fit`` hands the loss only the logits."""
     from torch import nn
 
     class StudentWithProjections(nn.Module):
@@ -316,21 +472,25 @@ def _trainable(student: Any, projections: list[Any]) -> Any:
             super().__init__()
             self.student = student
             self.projections = nn.ModuleList(projections)
+            self.outputs: dict[str, Any] = {}
 
         def forward(self, *args: Any, **kwargs: Any) -> Any:
-            return self.student(*args, **kwargs)
+            out = self.student(*args, **kwargs)
+            self.outputs = named_outputs(out)
+            return out
 
     return StudentWithProjections()
 
 
 class TeacherOutputs:
-    """The teacher's logits per training sample, computed once: without augmentation a sample's input,
-    and so its (eval-mode) teacher output, is the same every epoch. Keys hash the sample's bytes."""
+    """The teacher's outputs (:func:`named_outputs`) per training sample, computed once: without
+    augmentation a sample's input, and so its (eval-mode) teacher output, is the same every epoch. Keys
+    hash the sample's bytes; outputs without a batch axis are not cached."""
 
     def __init__(self, teacher: Any, cache: bool = True) -> None:
         self.teacher = teacher
         self.cache = cache
-        self.store: dict[bytes, Any] = {}
+        self.store: dict[bytes, dict[str, Any]] = {}
         self.hits = self.misses = 0
 
     @staticmethod
@@ -346,21 +506,21 @@ class TeacherOutputs:
             keys.append(h.digest())
         return keys
 
-    def __call__(self, inputs: list[Any]) -> Any:
+    def __call__(self, inputs: list[Any]) -> dict[str, Any]:
         import torch
-
-        from slimkit.plugins.torch.train import logits_of
 
         keys = self._keys(inputs) if self.cache else []
         if keys and all(k in self.store for k in keys):
             self.hits += len(keys)
-            return torch.stack([self.store[k] for k in keys])
+            rows = [self.store[k] for k in keys]
+            return {name: torch.stack([r[name] for r in rows]) for name in rows[0]}
         with torch.no_grad():
-            out = logits_of(self.teacher(*inputs)).detach()
-        self.misses += len(out)
-        if self.cache:
-            for k, o in zip(keys, out, strict=True):
-                self.store[k] = o
+            out = {name: t.detach() for name, t in named_outputs(self.teacher(*inputs)).items()}
+        n = len(inputs[0])
+        self.misses += n
+        if keys and all(t.dim() > 0 and len(t) == n for t in out.values()):
+            for i, k in enumerate(keys):
+                self.store[k] = {name: t[i] for name, t in out.items()}
         return out
 
 
@@ -375,15 +535,17 @@ def distill_fit(
     temperature: float,
     hint_layers: list[list[str]] | None = None,
     beta: float = 1.0,
+    losses: Mapping[Any, str] | None = None,
     progress: Any = None,
     task: str = "distill",
 ) -> Any:
     """Train ``student`` in place against ``teacher`` with the distillation loss; return fit's history.
 
+    Every output is distilled with its term (:func:`output_losses`; ``losses`` sets them by output name or
+    position), the labels' cross-entropy goes to the class-score output they fit (:func:`label_output`).
     The teacher is only run (eval mode, no gradients); its training flag is restored afterwards.
     """
     import torch
-    from torch.nn import functional as F
 
     from slimkit.plugins.torch.train import fit
 
@@ -393,40 +555,25 @@ def distill_fit(
     was_training = teacher.training
     teacher.eval()
     try:
+        with torch.no_grad():
+            t_example = run_outputs(teacher, data.train.example(2))
+        plan = output_losses(t_example, losses)
+        target = label_output(plan, t_example, data.train.labels)
         if hint_layers:
-            s_names = [n for n, _ in student.named_modules() if n]
-            t_names = [n for n, _ in teacher.named_modules() if n]
-            named_modules_or_error(student, [p[0] for p in hint_layers], "hint_layers (student)", s_names)
-            named_modules_or_error(teacher, [p[1] for p in hint_layers], "hint_layers (teacher)", t_names)
-            s_feats = _Features(student, [p[0] for p in hint_layers])
-            t_feats = _Features(teacher, [p[1] for p in hint_layers])
-            example = data.train.example(2)
-            with torch.no_grad():
-                was = student.training
-                student.eval()
-                run(student, example)
-                student.train(was)
-                run(teacher, example)
-            torch.manual_seed(seed)
-            for s_name, t_name in hint_layers:
-                s_shape = tuple(s_feats.values[s_name].shape)
-                t_shape = tuple(t_feats.values[t_name].shape)
-                hints.append(Hint(s_name, t_name, _projection(s_shape, t_shape, [s_name, t_name])))
-            fit_projections(hints, student, teacher, s_feats, t_feats, data.train, seed)
-        trainable = _trainable(student, [h.projection for h in hints]) if hints else student
+            s_feats, t_feats = _hook_features(student, teacher, hint_layers)
+            hints = _hints(student, teacher, hint_layers, s_feats, t_feats, data.train, seed)
+        trainable = _trainable(student, [h.projection for h in hints])
 
         # With hints the teacher must run every batch (its features are needed); with augmentation
         # every batch is new.
         teacher_outputs = TeacherOutputs(teacher, cache=not hints and not fit_cfg.augment)
 
         def loss_fn(logits: Any, labels: Any, inputs: list[Any]) -> Any:
-            t_logits = teacher_outputs(inputs)
-            loss = kd_loss(logits, t_logits, labels, alpha, temperature)
+            t_out = teacher_outputs(inputs)
+            loss = distillation_loss(trainable.outputs, t_out, plan, labels, alpha, temperature, target)
             for h in hints:
                 assert s_feats is not None and t_feats is not None
-                t = t_feats.values[h.teacher].detach().float()
-                s = h.projection(s_feats.values[h.student].float())
-                loss = loss + beta * F.mse_loss(s, t) / t.pow(2).mean().clamp_min(1e-8)
+                loss = loss + beta * _hint_loss(h, s_feats, t_feats)
             return loss
 
         return fit(trainable, data, fit_cfg, seed, loss_fn=loss_fn, progress=progress, task=task)
@@ -435,6 +582,53 @@ def distill_fit(
             if feats is not None:
                 feats.remove()
         teacher.train(was_training)
+
+
+def _hook_features(student: Any, teacher: Any, hint_layers: list[list[str]]) -> tuple[_Features, _Features]:
+    """Forward hooks on the hint layers of both models (a one-line ConfigError for unknown names)."""
+    s_names = [n for n, _ in student.named_modules() if n]
+    t_names = [n for n, _ in teacher.named_modules() if n]
+    named_modules_or_error(student, [p[0] for p in hint_layers], "hint_layers (student)", s_names)
+    named_modules_or_error(teacher, [p[1] for p in hint_layers], "hint_layers (teacher)", t_names)
+    return _Features(student, [p[0] for p in hint_layers]), _Features(teacher, [p[1] for p in hint_layers])
+
+
+def _hints(
+    student: Any,
+    teacher: Any,
+    hint_layers: list[list[str]],
+    s_feats: _Features,
+    t_feats: _Features,
+    split: Split,
+    seed: int,
+) -> list[Hint]:
+    """One :class:`Hint` per pair, its projection shaped from both features and fitted (:func:`fit_projections`)."""
+    import torch
+
+    example = split.example(2)
+    with torch.no_grad():
+        was = student.training
+        student.eval()
+        run(student, example)
+        student.train(was)
+        run(teacher, example)
+    torch.manual_seed(seed)
+    hints = []
+    for s_name, t_name in hint_layers:
+        s_shape = tuple(s_feats.values[s_name].shape)
+        t_shape = tuple(t_feats.values[t_name].shape)
+        hints.append(Hint(s_name, t_name, _projection(s_shape, t_shape, [s_name, t_name])))
+    fit_projections(hints, student, teacher, s_feats, t_feats, split, seed)
+    return hints
+
+
+def _hint_loss(h: Hint, s_feats: _Features, t_feats: _Features) -> Any:
+    """MSE between the projected student feature and the teacher's, relative to the teacher's mean square."""
+    from torch.nn import functional as F
+
+    t = t_feats.values[h.teacher].detach().float()
+    s = h.projection(s_feats.values[h.student].float())
+    return F.mse_loss(s, t) / t.pow(2).mean().clamp_min(1e-8)
 
 
 # -- the fine-tuning step of the pruning techniques -----------------------------------------------
@@ -447,6 +641,30 @@ def default_teacher(ctx: StageContext, fallback: Any) -> tuple[Any, str]:
     if base is not None and (adapter is None or adapter.name in TORCH_FRAMEWORKS) and hasattr(base, "named_modules"):
         return base, "baseline"
     return fallback, "stage input"
+
+
+def check_plain(model: Any, split: Split) -> None:
+    """Plain fine-tuning trains cross-entropy on the model's first output: a one-line TechniqueError without
+    labels, or when a multi-output model's first output cannot be class scores for them (not ``[N, C]`` with
+    more classes than the largest label, or already probabilities)."""
+    import torch
+
+    if split.labels is None:
+        raise TechniqueError("finetune=plain needs labels and the training data has none; use finetune=distill")
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = list(run_outputs(model, split.example(2)).items())
+    model.train(was)
+    if len(out) < 2:
+        return
+    name, first = out[0]
+    if first.dim() != 2 or first.shape[-1] <= int(split.labels.max()) or is_probability(first):
+        raise TechniqueError(
+            f"finetune=plain trains cross-entropy on the model's first output ({name}, shape {list(first.shape)}), "
+            f"which cannot be class scores for these labels, and leaves the other {len(out) - 1} outputs untrained; "
+            "use finetune=distill (every output against the model before pruning)"
+        )
 
 
 def recover(
@@ -464,18 +682,18 @@ def recover(
     task: str,
     hints: str = "none",
     beta: float = 1.0,
+    losses: Mapping[Any, str] | None = None,
 ) -> dict[str, float]:
     """Fine-tune ``model`` in place after a pruning step: ``plain`` (cross-entropy) or ``distill``
-    (from :func:`default_teacher`, with feature hints for ``hints=stages``). Returns
-    ``{train_loss, val_accuracy}`` (empty for 0 epochs)."""
+    (from :func:`default_teacher`, every output with its term, :func:`output_losses`; ``losses`` sets
+    them; feature hints for ``hints=stages``). Returns ``{train_loss, val_accuracy}`` (empty for 0 epochs)."""
     from slimkit.plugins.torch.train import FitConfig, fit
 
     if epochs <= 0 or mode == "none":
         return {}
     cfg = FitConfig(epochs=epochs, lr=lr, batch_size=batch_size)
     if mode == "plain":
-        if ctx.data.train.labels is None:
-            raise TechniqueError("finetune=plain needs labels and the training data has none; use finetune=distill")
+        check_plain(model, ctx.data.train)
         hist = fit(model, ctx.data, cfg, seed, progress=ctx.progress, task=task)
     else:
         teacher, _ = default_teacher(ctx, fallback_teacher)
@@ -491,6 +709,7 @@ def recover(
             temperature=temperature,
             hint_layers=pairs,
             beta=beta,
+            losses=losses,
             progress=ctx.progress,
             task=task,
         )

@@ -1,13 +1,17 @@
 """``channel_prune``: structured pruning that makes models smaller and faster in every runtime.
 
-Two algorithms, one config (:class:`ChannelPruneConfig`):
+Two algorithms, one config (:class:`ChannelPruneConfig`), chosen by the model's structure, not by the
+library that built it:
 
-- :mod:`.cnn`: convolutional and MLP models (any ``nn.Module``) lose channels, filters and neurons through
-  Torch-Pruning's ``DependencyGraph``, which keeps residual additions, concatenations, grouped
-  convolutions and BatchNorm consistent; the output layers are kept, data-dependent control flow is
-  refused before tracing;
-- :mod:`.transformer`: Hugging Face BERT-class encoders (BERT, RoBERTa, ELECTRA, ...) lose attention
-  heads (``head_ratio``) and feed-forward neurons (``ratio``).
+- :mod:`.transformer`: models with transformer encoder layers (query/key/value/output projections and an
+  FFN pair laid out as in BERT, RoBERTa, ELECTRA, ViT/DeiT, DistilBERT: :data:`.transformer.LAYOUTS`)
+  lose attention heads (``head_ratio``) and feed-forward neurons (``ratio``);
+- :mod:`.cnn`: every other model (convolutional and MLP models, torchvision's or transformers' ResNet,
+  MobileNetV2, ConvNeXt, ...) loses channels, filters and neurons through Torch-Pruning's
+  ``DependencyGraph``, which keeps residual additions, concatenations, grouped/depthwise convolutions,
+  BatchNorm, LayerNorm and loose parameters (ConvNeXt's layer scale) consistent; the layers that produce
+  the model's outputs are kept, attention and recurrent layers it does not know are left alone,
+  data-dependent control flow is refused before tracing.
 
 Both plan how many units each layer keeps (``uniform`` or ``global``, rounded to ``round_to``; a ratio
 that would empty a layer is an error naming it) and prune in ``steps`` with fine-tuning after each
@@ -28,7 +32,7 @@ from slimkit.core import (
     check_range,
     hookimpl,
 )
-from slimkit.plugins.torch.training import HINT_MODES, TORCH_FRAMEWORKS, check_kd, check_training
+from slimkit.plugins.torch.training import HINT_MODES, TORCH_FRAMEWORKS, check_kd, check_losses, check_training
 
 IMPORTANCE = ("l1", "l2", "taylor", "bn_scale")
 
@@ -54,6 +58,8 @@ class ChannelPruneConfig(TechniqueConfig):
     hints: ``stages`` (default) or ``none``: distillation also matches the feature map at the end of
         every spatial stage to the teacher's through a learned 1x1 projection (see ``distill``),
         weighed by ``beta``.
+    losses: distillation term per output of a multi-output model (name or position -> ``kl``, ``mse``,
+        ``smooth_l1``), as in ``distill``; outputs not named follow its rule.
     """
 
     ratio: float = 0.5
@@ -73,6 +79,7 @@ class ChannelPruneConfig(TechniqueConfig):
     temperature: float = 1.0
     hints: str = "stages"
     beta: float = 1.0
+    losses: dict[Any, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_range("ratio", self.ratio, 0.0, 1.0, example=0.5)
@@ -92,13 +99,14 @@ class ChannelPruneConfig(TechniqueConfig):
         check_kd(self.alpha, self.temperature)
         check_choice("hints", self.hints, HINT_MODES)
         check_range("beta", self.beta, 0.0, 1e6, example=1.0)
+        check_losses(self.losses)
 
 
 class ChannelPrune(Technique):
-    """Structured channel pruning (Torch-Pruning graph) and transformer head/FFN pruning."""
+    """Structured channel pruning (Torch-Pruning graph) and transformer head/FFN pruning, by model structure."""
 
     name = "channel_prune"
-    description = "structured channel/filter pruning (dependency graph), BERT heads and FFN neurons; fine-tuned"
+    description = "structured channel/filter pruning (dependency graph), attention heads and FFN neurons; fine-tuned"
     frameworks = TORCH_FRAMEWORKS
     Config = ChannelPruneConfig
 
@@ -107,7 +115,7 @@ class ChannelPrune(Technique):
         from .transformer import is_transformer, prune_transformer
 
         cfg: ChannelPruneConfig = self.config  # type: ignore[assignment]
-        if is_transformer(model):
+        if is_transformer(model):  # encoder layers it knows, whatever library built the model
             return prune_transformer(model, adapter, ctx, cfg)
         return prune_channels(model, adapter, ctx, cfg)
 

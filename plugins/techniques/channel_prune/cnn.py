@@ -8,8 +8,15 @@ output stay consistent. What slimkit adds around it:
   ``global`` ranking with ``max_layer_ratio``), rounded to multiples of ``round_to`` (faster kernels);
   a ratio that would empty a layer is an error naming the layer (Torch-Pruning's pruner silently
   skips such a group and leaves it unpruned);
-- the layers whose outputs are the model's outputs (the classifier) are always kept, found from the
-  traced graph, so the output shape never changes;
+- the model is traced on its outputs as tensors (every tensor of a tuple, dict or Hugging Face
+  ``ModelOutput``, without ``loss`` and per-layer hidden states: :func:`~slimkit.plugins.torch.training.named_outputs`),
+  and the layers that produce them (the classifier, every head of a multi-output model) are always kept,
+  found from the traced graph, so the output shapes never change;
+- loose parameters (ConvNeXt's layer scale, class tokens) are pruned along with their channels
+  (Torch-Pruning's ``unwrapped_parameters``, recorded in ``info.unwrapped_parameters``);
+- groups that touch a layer whose channels are tied by more than the graph shows (recurrent layers,
+  ``nn.MultiheadAttention``, and any attention module holding a head count) are left unpruned and
+  recorded; a model with nothing else to prune is refused in one line naming that layer;
 - a model whose forward depends on tensor values (``if x.sum() > 0``) is refused before pruning: the
   graph is traced on one input and would silently miss the other branch;
 - iterative ``steps`` with fine-tuning after each (:func:`~.common.prune_in_steps`), and a per-layer
@@ -24,8 +31,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from slimkit.core import StageContext, TechniqueError
-from slimkit.plugins.torch.training import first_line, named_modules_or_error, to_tensors
+from slimkit.core import ModelError, StageContext, TechniqueError
+from slimkit.plugins.torch.training import first_line, named_modules_or_error, named_outputs, to_tensors
 
 from .common import accumulate_gradients, channel_plot, plan_keep, prune_in_steps
 
@@ -112,7 +119,12 @@ def build_graph(model: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
     check_traceable(model, args, kwargs)
     example = kwargs if kwargs else args
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example, verbose=False)
+        return tp.DependencyGraph().build_dependency(
+            model,
+            example_inputs=example,
+            output_transform=lambda out: list(named_outputs(out).values()),
+            verbose=False,
+        )
     except Exception as exc:
         raise TechniqueError(
             f"Torch-Pruning cannot trace the model ({first_line(exc)}); add the layer it names to ignored_layers "
@@ -180,6 +192,27 @@ def _channel_groups(graph: Any, group: Any) -> int:
 _SKIP_TYPES = ("MultiheadAttention", "LSTM", "GRU", "RNN")
 
 
+def opaque_layers(model: Any) -> dict[int, str]:
+    """The layers whose channels are tied by more than the graph shows, so that groups touching them are left
+    unpruned: recurrent layers, ``nn.MultiheadAttention``, and the innermost modules holding a head count
+    (an attention that head pruning does not know). Maps the id of each of their modules and parameters to
+    the layer's name."""
+    from .transformer import HEAD_COUNT
+
+    def heads(m: Any) -> bool:
+        return any(isinstance(getattr(m, a, None), int) for a in HEAD_COUNT)
+
+    found: dict[int, str] = {}
+    for name, m in model.named_modules():
+        inner = any(heads(sub) for sub in m.modules() if sub is not m)
+        if type(m).__name__ in _SKIP_TYPES or (heads(m) and not inner):
+            for sub in m.modules():
+                found.setdefault(id(sub), name)
+            for p in m.parameters():
+                found.setdefault(id(p), name)
+    return found
+
+
 # -- pruning --------------------------------------------------------------------------------------
 
 
@@ -209,15 +242,17 @@ def prune_step(
     ignored = [sub for m in ignored_modules(model, cfg.ignored_layers) for sub in m.modules()]
     outputs = output_layers(graph)
     notes["kept_output_layers"] = sorted(names[m] for m in outputs)
+    params = {id(p): n for n, p in model.named_parameters()}
+    notes["unwrapped_parameters"] = [
+        f"{params[id(u.parameters)]} (dim {u.pruning_dim})" for u in graph.unwrapped_parameters
+    ]
     if cfg.importance == "taylor":
         accumulate_gradients(model, ctx, cfg.calibration_batches, cfg.batch_size)
-    groups, scores = _score_groups(graph, names, ignored + list(outputs), cfg, notes)
+    opaque = opaque_layers(model)
+    groups, scores = _score_groups(graph, names, ignored + list(outputs), opaque, cfg, notes)
     model.zero_grad(set_to_none=True)
     if not groups:
-        raise TechniqueError(
-            "the model has no prunable channel groups (after ignored_layers and the output layers); "
-            "check ignored_layers"
-        )
+        _refuse(notes)
     units0 = {name: original[name] // ch_groups for name, (_, ch_groups, _) in groups.items()}
     # grouped layers are planned in units of one channel per group: round_to / groups units
     unit_round = {n: (cfg.round_to // g if cfg.round_to % g == 0 else 1) for n, (_, g, _) in groups.items()}
@@ -225,12 +260,34 @@ def prune_step(
     _prune_groups(graph, groups, scores, keep)
 
 
+def _refuse(notes: dict[str, list[str]]) -> None:
+    """No group to prune: a one-line error naming the layers that left the groups unpruned, if any."""
+    left = notes.get("left_alone", [])
+    if left:
+        raise ModelError(
+            "channel_prune cannot prune this model: the channel groups it could prune all run through "
+            f"{', '.join(left[:4])}, "
+            "attention or recurrent layers whose channels are tied by heads or state that the dependency graph "
+            "does not show; prune a model with convolutional/MLP layers or encoder layers it knows "
+            "(BERT, ViT, DistilBERT layouts)"
+        )
+    raise TechniqueError(
+        "the model has no prunable channel groups (after ignored_layers and the output layers); check ignored_layers"
+    )
+
+
 def _score_groups(
-    graph: Any, names: dict[Any, str], ignored: list[Any], cfg: ChannelPruneConfig, notes: dict[str, list[str]]
+    graph: Any,
+    names: dict[Any, str],
+    ignored: list[Any],
+    opaque: dict[int, str],
+    cfg: ChannelPruneConfig,
+    notes: dict[str, list[str]],
 ) -> tuple[dict[str, tuple[Any, int, Any]], dict[str, Any]]:
     """The coupled groups of ``graph`` rooted at a Conv/Linear outside ``ignored``, by root name, as ``(root,
     channel groups, pruning handler)``, and their per-unit importance (one unit: a channel of each group).
-    Groups with attention/recurrent layers are skipped, ``bn_scale`` falls back to ``l1`` (both noted)."""
+    Groups that touch an ``opaque`` layer (:func:`opaque_layers`) are skipped, ``bn_scale`` falls back to
+    ``l1`` (both noted)."""
     import torch
 
     estimator = importance_estimator(cfg.importance)
@@ -241,8 +298,11 @@ def _score_groups(
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=roots):
         root = group[0].dep.target.module
         name = names[root]
-        if any(type(dep.target.module).__name__ in _SKIP_TYPES for dep, _ in group):
-            notes.setdefault("skipped_groups", []).append(name)
+        touched = next((opaque[id(dep.target.module)] for dep, _ in group if id(dep.target.module) in opaque), None)
+        if touched is not None:
+            for key, value in (("skipped_groups", name), ("left_alone", touched)):
+                if value not in notes.setdefault(key, []):
+                    notes[key].append(value)
             continue
         try:
             imp = estimator(group)

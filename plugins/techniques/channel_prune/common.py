@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from slimkit.core import StageContext, TechniqueError
-from slimkit.plugins.torch.training import calibration_batches, recover, run
+from slimkit.plugins.torch.training import calibration_batches, recover, run, run_outputs
 
 if TYPE_CHECKING:
     from . import ChannelPruneConfig
@@ -122,13 +122,13 @@ def plan_keep(
 # -- the step loop --------------------------------------------------------------------------------
 
 
-def run_shape(model: Any, example: Any) -> tuple[int, ...]:
-    """The shape of the model's output on ``example`` (eval mode, no gradients)."""
+def run_shape(model: Any, example: Any) -> list[tuple[int, ...]]:
+    """The shapes of the model's outputs on ``example`` (eval mode, no gradients)."""
     import torch
 
     model.eval()
     with torch.no_grad():
-        return tuple(run(model, example).shape)
+        return [tuple(t.shape) for t in run_outputs(model, example).values()]
 
 
 def prune_in_steps(
@@ -142,7 +142,7 @@ def prune_in_steps(
     """Prune ``model`` in place in ``cfg.steps`` steps with fine-tuning after each; return the steps' history.
 
     ``prune_step(step)`` prunes step ``step`` (from 0) to its cumulative ratio and returns the ratios it
-    reached, which go into the step's history entry. After each step the output shape must be the one
+    reached, which go into the step's history entry. After each step the output shapes must be the ones
     before pruning (else ``shape_error``), the pruned model's validation accuracy is measured, and the
     model is fine-tuned by :func:`~slimkit.plugins.torch.training.recover` (``cfg.finetune``: distilled from
     the model before compression, or from a copy of this stage's input when there is none). Records the
@@ -179,6 +179,7 @@ def prune_in_steps(
                 task=f"step {step + 1}/{cfg.steps} {cfg.finetune} fine-tune",
                 hints=cfg.hints,
                 beta=cfg.beta,
+                losses=cfg.losses,
             )
         )
         history.append(entry)

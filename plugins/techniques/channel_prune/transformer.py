@@ -1,48 +1,95 @@
-"""Head and FFN-neuron pruning of Hugging Face BERT-class encoders: the transformer half of ``channel_prune``.
+"""Head and FFN-neuron pruning of transformer encoders: the transformer half of ``channel_prune``.
 
-Encoder layers with ``attention.self.query/key/value``, ``attention.output.dense``, ``intermediate.dense``
-and ``output.dense`` (BERT, RoBERTa, ELECTRA, ...) are pruned by heads (``head_ratio``) and feed-forward
-neurons (``ratio``): whole heads are sliced out of the query/key/value and output projections, neurons
-out of the FFN Linear pair, ranked by the same importance (``l1``, ``l2``, ``taylor``) on calibration
-data, planned per layer or globally (:func:`~.common.plan_keep`), in steps with fine-tuning after each
-(:func:`~.common.prune_in_steps`). ``model.config`` records the pruned heads and, where every layer kept
-the same width, the new ``intermediate_size``.
+An encoder layer is recognised by its parts, all ``nn.Linear`` (:data:`LAYOUTS`): query, key, value and
+attention-output projections and the feed-forward (FFN) pair, as BERT, RoBERTa, ELECTRA, ViT/DeiT and
+DistilBERT lay them out, with the head count on the query's parent module (:data:`HEAD_COUNT`) and
+widths that fit (query/key/value/output all ``heads x head size`` wide, FFN up/down a matching pair).
+Layers are pruned by heads (``head_ratio``) and FFN neurons (``ratio``): whole heads are sliced out of
+the query/key/value and output projections, neurons out of the FFN Linear pair, ranked by the same
+importance (``l1``, ``l2``, ``taylor``) on calibration data, planned per layer or globally
+(:func:`~.common.plan_keep`), in steps with fine-tuning after each (:func:`~.common.prune_in_steps`).
+``model.config`` records the pruned heads and, where every layer kept the same width, the new FFN width.
 """
 
 from __future__ import annotations
 
-import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from slimkit.core import StageContext, TechniqueError
-from slimkit.plugins.torch.training import named_modules_or_error
+from slimkit.plugins.torch.training import named_modules_or_error, set_submodule
 
 from .common import accumulate_gradients, channel_plot, plan_keep, prune_in_steps
 
 if TYPE_CHECKING:
     from . import ChannelPruneConfig
 
+#: Where the parts of an encoder layer are, relative to the layer: query, key, value, attention output,
+#: FFN up and FFN down projections.
+LAYOUTS: tuple[tuple[str, str, str, str, str, str], ...] = (
+    # BERT, RoBERTa, ELECTRA, ... (and ViT/DeiT before transformers 5: attention.attention.*)
+    ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+     "intermediate.dense", "output.dense"),
+    ("attention.attention.query", "attention.attention.key", "attention.attention.value",
+     "attention.output.dense", "intermediate.dense", "output.dense"),
+    # ViT, DeiT (transformers 5)
+    ("attention.q_proj", "attention.k_proj", "attention.v_proj", "attention.o_proj", "mlp.fc1", "mlp.fc2"),
+    # DistilBERT
+    ("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "ffn.lin1", "ffn.lin2"),
+)  # fmt: skip
 
-def is_transformer(model: Any) -> bool:
-    """True for a Hugging Face ``PreTrainedModel`` (without importing transformers otherwise)."""
-    tf = sys.modules.get("transformers")
-    return tf is not None and isinstance(model, tf.PreTrainedModel)
+#: Attributes of the query's parent module that hold the head count.
+HEAD_COUNT = ("num_attention_heads", "num_heads", "n_heads")
+
+
+@dataclass
+class Parts:
+    """The parts of one encoder layer: ``paths`` (query, key, value, output, FFN up, FFN down, relative to
+    the layer), the module holding the head count (``owner.<count_attr>``) and the head size."""
+
+    paths: tuple[str, str, str, str, str, str]
+    owner: Any
+    count_attr: str
+    head_size: int
+
+    def get(self, layer: Any, i: int) -> Any:
+        return layer.get_submodule(self.paths[i])
+
+    @property
+    def heads(self) -> int:
+        return int(getattr(self.owner, self.count_attr))
+
+
+def layer_parts(layer: Any) -> Parts | None:
+    """The :class:`Parts` of ``layer`` under the first layout of :data:`LAYOUTS` that it has, with a head
+    count and widths that fit; None when it is no encoder layer."""
+    from torch import nn
+
+    for paths in LAYOUTS:
+        try:
+            q, k, v, o, up, down = (layer.get_submodule(p) for p in paths)
+        except AttributeError:
+            continue
+        if not all(isinstance(m, nn.Linear) for m in (q, k, v, o, up, down)):
+            continue
+        owner = layer.get_submodule(paths[0].rpartition(".")[0])
+        attr = next((a for a in HEAD_COUNT if isinstance(getattr(owner, a, None), int)), None)
+        width = q.out_features
+        if attr is None or getattr(owner, attr) < 1 or width % getattr(owner, attr):
+            continue
+        if k.out_features == v.out_features == o.in_features == width and up.out_features == down.in_features:
+            return Parts(paths, owner, attr, width // getattr(owner, attr))
+    return None
 
 
 def encoder_layers(model: Any) -> list[tuple[str, Any]]:
-    """BERT-style encoder layers: ``attention.self.{query,key,value}``, ``attention.output.dense``,
-    ``intermediate.dense``, ``output.dense``."""
-    layers = []
-    for name, m in model.named_modules():
-        att, inter, out = (getattr(m, a, None) for a in ("attention", "intermediate", "output"))
-        sa = getattr(att, "self", None)
-        if sa is None or inter is None or out is None:
-            continue
-        if not all(hasattr(sa, a) for a in ("query", "key", "value", "num_attention_heads", "attention_head_size")):
-            continue
-        if hasattr(getattr(att, "output", None), "dense") and hasattr(inter, "dense") and hasattr(out, "dense"):
-            layers.append((name, m))
-    return layers
+    """The encoder layers of ``model`` (modules with the parts of one of :data:`LAYOUTS`), by name."""
+    return [(name, m) for name, m in model.named_modules() if layer_parts(m) is not None]
+
+
+def is_transformer(model: Any) -> bool:
+    """True when ``model`` has encoder layers that head/FFN pruning handles (whatever library built it)."""
+    return bool(encoder_layers(model))
 
 
 def _score(weight: Any, kind: str) -> Any:
@@ -59,10 +106,12 @@ def _score(weight: Any, kind: str) -> Any:
 
 def head_importance(layer: Any, kind: str) -> Any:
     """One score per attention head: its query/key/value rows and output-projection columns."""
-    sa, o = layer.attention.self, layer.attention.output.dense
-    h, d = sa.num_attention_heads, sa.attention_head_size
+    parts = layer_parts(layer)
+    assert parts is not None
+    h, d = parts.heads, parts.head_size
+    o = parts.get(layer, 3)
     imp = _score(o.weight, kind).view(o.weight.shape[0], h, d).sum((0, 2))
-    for lin in (sa.query, sa.key, sa.value):
+    for lin in (parts.get(layer, i) for i in range(3)):
         imp = imp + _score(lin.weight, kind).view(h, -1).sum(1)
         if lin.bias is not None:
             imp = imp + _score(lin.bias, kind).view(h, d).sum(1)
@@ -70,8 +119,10 @@ def head_importance(layer: Any, kind: str) -> Any:
 
 
 def ffn_importance(layer: Any, kind: str) -> Any:
-    """One score per FFN neuron: its ``intermediate.dense`` row and ``output.dense`` column."""
-    up, down = layer.intermediate.dense, layer.output.dense
+    """One score per FFN neuron: its FFN-up row and FFN-down column."""
+    parts = layer_parts(layer)
+    assert parts is not None
+    up, down = parts.get(layer, 4), parts.get(layer, 5)
     imp = _score(up.weight, kind).sum(1) + _score(down.weight, kind).sum(0)
     if up.bias is not None:
         imp = imp + _score(up.bias, kind)
@@ -105,34 +156,63 @@ def keep_heads(layer: Any, kept: list[int]) -> None:
     """Slice the attention of ``layer`` down to the (current-index) heads ``kept``."""
     import torch
 
-    sa = layer.attention.self
-    d = sa.attention_head_size
+    parts = layer_parts(layer)
+    assert parts is not None
+    d = parts.head_size
     rows = torch.cat([torch.arange(h * d, (h + 1) * d) for h in kept])
-    sa.query = slice_linear(sa.query, out_idx=rows)
-    sa.key = slice_linear(sa.key, out_idx=rows)
-    sa.value = slice_linear(sa.value, out_idx=rows)
-    layer.attention.output.dense = slice_linear(layer.attention.output.dense, in_idx=rows)
-    sa.num_attention_heads = len(kept)
-    sa.all_head_size = len(kept) * d
+    for i, path in enumerate(parts.paths[:4]):
+        lin = layer.get_submodule(path)
+        set_submodule(layer, path, slice_linear(lin, out_idx=rows) if i < 3 else slice_linear(lin, in_idx=rows))
+    setattr(parts.owner, parts.count_attr, len(kept))
+    if hasattr(parts.owner, "all_head_size"):
+        parts.owner.all_head_size = len(kept) * d
 
 
 def keep_neurons(layer: Any, kept: Any) -> None:
     """Slice the FFN of ``layer`` down to neurons ``kept``."""
-    layer.intermediate.dense = slice_linear(layer.intermediate.dense, out_idx=kept)
-    layer.output.dense = slice_linear(layer.output.dense, in_idx=kept)
+    parts = layer_parts(layer)
+    assert parts is not None
+    up, down = parts.paths[4], parts.paths[5]
+    set_submodule(layer, up, slice_linear(layer.get_submodule(up), out_idx=kept))
+    set_submodule(layer, down, slice_linear(layer.get_submodule(down), in_idx=kept))
+
+
+def heads_of(layer: Any) -> int:
+    parts = layer_parts(layer)
+    assert parts is not None
+    return parts.heads
+
+
+def ffn_width(layer: Any) -> int:
+    parts = layer_parts(layer)
+    assert parts is not None
+    return int(parts.get(layer, 4).out_features)
+
+
+def part_names(name: str, layer: Any) -> tuple[list[str], list[str]]:
+    """The names that ``ignored_layers`` can give to keep the heads, and the FFN, of layer ``name``: the
+    layer itself, its attention module (and the query's parent), its FFN modules' parents (and the FFN
+    modules), the most useful first."""
+    parts = layer_parts(layer)
+    assert parts is not None
+    q, up, down = parts.paths[0], parts.paths[4], parts.paths[5]
+    heads = [name, f"{name}.{q.split('.')[0]}", f"{name}.{q.rpartition('.')[0]}"]
+    ffn = [name, *(f"{name}.{p}" for p in (up.rpartition(".")[0], down.rpartition(".")[0], up, down))]
+    return list(dict.fromkeys(heads)), list(dict.fromkeys(ffn))
 
 
 def prune_transformer(model: Any, adapter: Any, ctx: StageContext, cfg: ChannelPruneConfig) -> Any:
-    """Head and FFN-neuron pruning of a BERT-class encoder, in steps with fine-tuning after each."""
+    """Head and FFN-neuron pruning of a transformer encoder, in steps with fine-tuning after each."""
     import torch
 
     layers = _prunable_encoder_layers(model, cfg)
     ignored = set(cfg.ignored_layers)
-    head_layers = [(n, m) for n, m in layers if not ({n, f"{n}.attention"} & ignored)]
-    ffn_layers = [(n, m) for n, m in layers if not ({n, f"{n}.intermediate", f"{n}.output"} & ignored)]
+    names = {n: part_names(n, m) for n, m in layers}
+    head_layers = [(n, m) for n, m in layers if not (set(names[n][0]) & ignored)]
+    ffn_layers = [(n, m) for n, m in layers if not (set(names[n][1]) & ignored)]
     head_ratio = cfg.ratio if cfg.head_ratio is None else cfg.head_ratio
-    heads0 = {n: int(m.attention.self.num_attention_heads) for n, m in layers}
-    ffn0 = {n: int(m.intermediate.dense.out_features) for n, m in layers}
+    heads0 = {n: heads_of(m) for n, m in layers}
+    ffn0 = {n: ffn_width(m) for n, m in layers}
     head_ids = {n: list(range(heads0[n])) for n, _ in layers}
     mods = dict(layers)
 
@@ -155,14 +235,14 @@ def prune_transformer(model: Any, adapter: Any, ctx: StageContext, cfg: ChannelP
     prune_in_steps(
         model, adapter, ctx, cfg, step, "head/FFN pruning changed the model's output shape; report this as a bug"
     )
-    _record_config(model, layers, head_ids, heads0)
+    _record_config(model, layers, head_ids, heads0, ffn0)
     _report(layers, heads0, ffn0, head_ids, head_ratio, cfg, ctx)
     return model
 
 
 def _prunable_encoder_layers(model: Any, cfg: ChannelPruneConfig) -> list[tuple[str, Any]]:
     """The encoder layers of ``model``; a ``TechniqueError`` for ``bn_scale`` importance or a model without
-    BERT-style layers, a ``ConfigError`` for ``ignored_layers`` that name none of their parts."""
+    encoder layers, a ``ConfigError`` for ``ignored_layers`` that name no module of the model."""
     if cfg.importance == "bn_scale":
         raise TechniqueError(
             "importance=bn_scale needs BatchNorm layers and transformers have none; use l1, l2 or taylor"
@@ -170,10 +250,13 @@ def _prunable_encoder_layers(model: Any, cfg: ChannelPruneConfig) -> list[tuple[
     layers = encoder_layers(model)
     if not layers:
         raise TechniqueError(
-            f"{type(model).__name__} has no BERT-style encoder layers (attention.self.query/key/value, "
-            "intermediate.dense, output.dense); channel_prune handles BERT, RoBERTa, ELECTRA and similar encoders"
+            f"{type(model).__name__} has no encoder layers with query/key/value/output projections and an FFN "
+            "pair that head pruning knows; channel_prune prunes such models by channels instead"
         )
-    candidates = [n for name, _ in layers for n in (name, f"{name}.attention", f"{name}.intermediate")]
+    candidates: list[str] = []
+    for name, m in layers:
+        heads, ffn = part_names(name, m)
+        candidates += dict.fromkeys(heads[:2] + ffn[1:3])
     named_modules_or_error(model, cfg.ignored_layers, "ignored_layers", candidates)
     return layers
 
@@ -215,9 +298,9 @@ def _report(
     for n, m in layers:
         per_layer[n] = {
             "heads_before": heads0[n],
-            "heads_after": int(m.attention.self.num_attention_heads),
+            "heads_after": heads_of(m),
             "ffn_before": ffn0[n],
-            "ffn_after": int(m.intermediate.dense.out_features),
+            "ffn_after": ffn_width(m),
         }
     ctx.metrics["heads_kept"] = sum(v["heads_after"] for v in per_layer.values()) / max(sum(heads0.values()), 1)
     ctx.metrics["ffn_kept"] = sum(v["ffn_after"] for v in per_layer.values()) / max(sum(ffn0.values()), 1)
@@ -237,9 +320,12 @@ def _report(
     )
 
 
-def _record_config(model: Any, layers: list[tuple[str, Any]], head_ids: dict[str, list[int]], heads0: dict) -> None:
+def _record_config(
+    model: Any, layers: list[tuple[str, Any]], head_ids: dict[str, list[int]], heads0: dict, ffn0: dict
+) -> None:
     """Describe the new shape in ``model.config`` where it can: ``pruned_heads`` (layer index -> original
-    head ids removed) and ``intermediate_size`` when every layer kept the same FFN width."""
+    head ids removed) and, when every layer kept the same FFN width, the config's FFN width
+    (``intermediate_size``, DistilBERT's ``hidden_dim``) where it held the width before pruning."""
     config = getattr(model, "config", None)
     if config is None:
         return
@@ -249,6 +335,9 @@ def _record_config(model: Any, layers: list[tuple[str, Any]], head_ids: dict[str
         if gone:
             pruned[i] = gone
     config.pruned_heads = pruned
-    widths = {int(m.intermediate.dense.out_features) for _, m in layers}
-    if len(widths) == 1 and hasattr(config, "intermediate_size"):
-        config.intermediate_size = widths.pop()
+    widths = {ffn_width(m) for _, m in layers}
+    if len(widths) != 1:
+        return
+    for attr in ("intermediate_size", "hidden_dim"):
+        if getattr(config, attr, None) in set(ffn0.values()):
+            setattr(config, attr, next(iter(widths)))

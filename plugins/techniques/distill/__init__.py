@@ -3,8 +3,17 @@
 The loss per batch is :mod:`slimkit.plugins.torch.training`'s (Hinton et al. 2015; FitNets hints,
 Romero et al. 2015)::
 
-    alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, labels)
+    alpha * sum over the model's outputs of its term + (1 - alpha) * CE(class scores, labels)
     + beta * sum over hint pairs of MSE(proj(student_feature), teacher_feature) / mean(teacher_feature^2)
+
+An output's term is ``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` for class scores and
+MSE (or smooth L1) for regressions. Every output of a multi-output model (tuple, list, dict,
+``ModelOutput``; a face detector's box regression, landmarks and face probability) is distilled:
+``losses`` sets an output's term by name or position (``losses={0: mse, 1: smooth_l1, 2: kl}``), the
+rest follow the rule of :func:`~slimkit.plugins.torch.training.output_losses`: ``kl`` for class scores
+(an output that is a probability distribution, i.e. a softmax head, compared through its logarithm; one
+named ``logits``; the only output of a model), ``mse`` for every other output. The labels' CE goes to
+the first class-score output ``[N, C]`` that fits them.
 
 The teacher is the model before compression (``ctx.baseline``) unless ``teacher`` configures one
 (``{factory, kwargs, weights}`` or ``{path, trust_pickle}``, loaded through the torch adapter). The
@@ -41,13 +50,16 @@ from slimkit.plugins.torch.training import (
     HINT_MODES,
     TORCH_FRAMEWORKS,
     check_kd,
+    check_losses,
     check_outputs_match,
     check_training,
     default_teacher,
     distill_fit,
-    kd_loss,
+    distillation_loss,
+    label_output,
+    output_losses,
     resolve_hints,
-    run,
+    run_outputs,
 )
 
 MODEL_KEYS = ("factory", "kwargs", "weights", "path", "trust_pickle")
@@ -70,6 +82,9 @@ class DistillConfig(TechniqueConfig):
         through a learned projection; ``beta`` weighs that loss.
     hints: ``stages`` (default: add the end of every spatial stage, found from the models, see
         :func:`stage_hints`; nothing for models without feature maps) or ``none`` (only ``hint_layers``).
+    losses: per output (name or position) ``kl``, ``mse`` or ``smooth_l1``, e.g. ``{0: mse, 2: kl}``
+        (``+pipeline.stages.distill.losses={0: mse, 2: kl}`` on the command line: a free-form mapping);
+        outputs not named follow the rule in the module docstring.
     """
 
     epochs: int = 3
@@ -85,9 +100,11 @@ class DistillConfig(TechniqueConfig):
     hint_layers: list[list[str]] = field(default_factory=list)
     hints: str = "stages"
     beta: float = 1.0
+    losses: dict[Any, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_training(self.epochs, self.lr, self.batch_size)
+        check_losses(self.losses)
         check_choice("hints", self.hints, HINT_MODES)
         check_choice("optimizer", self.optimizer, ("sgd", "adam"))
         check_range("weight_decay", self.weight_decay, 0.0, 1.0, example=5e-4)
@@ -110,40 +127,60 @@ class DistillConfig(TechniqueConfig):
 # -- metrics -------------------------------------------------------------------------------------
 
 
-def kd_divergence(student: Any, teacher: Any, split: Split, temperature: float, batch_size: int = 256) -> float:
-    """Mean ``T^2 * KL(teacher_T || student_T)`` over ``split`` (no labels needed)."""
+def kd_divergence(
+    student: Any,
+    teacher: Any,
+    split: Split,
+    temperature: float,
+    batch_size: int = 256,
+    losses: dict[Any, str] | None = None,
+) -> float:
+    """Mean distillation loss over ``split`` without labels: the sum of every output's term
+    (``T^2 * KL(teacher_T || student_T)`` for a classifier)."""
     import torch
 
     total, n = 0.0, 0
+    plan: list[Any] | None = None
     s_was, t_was = student.training, teacher.training
     student.eval()
     teacher.eval()
     with torch.no_grad():
         for inputs, _ in split.batches(batch_size):
-            s, t = run(student, inputs), run(teacher, inputs)
-            total += float(kd_loss(s, t, None, 1.0, temperature)) * len(s)
-            n += len(s)
+            s, t = run_outputs(student, inputs), run_outputs(teacher, inputs)
+            plan = plan if plan is not None else output_losses(t, losses)
+            size = len(next(iter(s.values())))
+            total += float(distillation_loss(s, t, plan, None, 1.0, temperature)) * size
+            n += size
     student.train(s_was)
     teacher.train(t_was)
     return total / max(n, 1)
 
 
-def agreement(student: Any, teacher: Any, split: Split, batch_size: int = 256) -> float:
-    """Fraction of samples where student and teacher predict the same class."""
+def agreement(
+    student: Any, teacher: Any, split: Split, batch_size: int = 256, losses: dict[Any, str] | None = None
+) -> float | None:
+    """Fraction of samples where student and teacher predict the same class, on the first class-score
+    (``kl``) output; None for a model without one."""
     import torch
 
     same, n = 0, 0
+    index: int | None = None
     s_was, t_was = student.training, teacher.training
     student.eval()
     teacher.eval()
     with torch.no_grad():
         for inputs, _ in split.batches(batch_size):
-            s, t = run(student, inputs), run(teacher, inputs)
-            same += int((s.argmax(-1) == t.argmax(-1)).sum())
-            n += int(s.argmax(-1).numel())
+            s, t = list(run_outputs(student, inputs).values()), run_outputs(teacher, inputs)
+            if index is None:
+                index = next((p.index for p in output_losses(t, losses) if p.kind == "kl"), -1)
+            if index < 0:
+                break
+            s_pred, t_pred = s[index].argmax(-1), list(t.values())[index].argmax(-1)
+            same += int((s_pred == t_pred).sum())
+            n += int(s_pred.numel())
     student.train(s_was)
     teacher.train(t_was)
-    return same / max(n, 1)
+    return same / max(n, 1) if index is not None and index >= 0 else None
 
 
 # -- the technique --------------------------------------------------------------------------------
@@ -178,10 +215,11 @@ class Distill(Technique):
             student, student_source = model, "current model"
         check_outputs_match(student, teacher, ctx.data.train)
         labelled = ctx.data.train.labels is not None
+        _describe_loss(teacher, ctx, cfg)  # also a one-line ConfigError for losses naming no output
         hint_layers = resolve_hints(student, teacher, ctx.data.train, cfg.hints, cfg.hint_layers)
         if cfg.hints == "stages" and len(hint_layers) == len(cfg.hint_layers):
             ctx.log("hints=stages found no feature-map stage shared by student and teacher; no stage hints")
-        before = kd_divergence(student, teacher, ctx.data.val, cfg.temperature)
+        before = kd_divergence(student, teacher, ctx.data.val, cfg.temperature, losses=cfg.losses)
         hist = distill_fit(
             student,
             teacher,
@@ -199,14 +237,17 @@ class Distill(Technique):
             temperature=cfg.temperature,
             hint_layers=hint_layers,
             beta=cfg.beta,
+            losses=cfg.losses,
             progress=ctx.progress,
             task="distill",
         )
         student.eval()
-        after = kd_divergence(student, teacher, ctx.data.val, cfg.temperature)
+        after = kd_divergence(student, teacher, ctx.data.val, cfg.temperature, losses=cfg.losses)
         ctx.metrics["kd_divergence_before"] = before
         ctx.metrics["kd_divergence_after"] = after
-        ctx.metrics["teacher_agreement"] = agreement(student, teacher, ctx.data.val)
+        agree = agreement(student, teacher, ctx.data.val, losses=cfg.losses)
+        if agree is not None:
+            ctx.metrics["teacher_agreement"] = agree
         if hist.loss:
             ctx.metrics["train_loss"] = hist.loss[-1]
         if ctx.data.val.labels is not None:
@@ -214,12 +255,28 @@ class Distill(Technique):
             ctx.metrics["teacher_val_accuracy"] = accuracy(teacher, ctx.data.val)
         ctx.info["teacher"] = source
         ctx.info["student"] = student_source
-        ctx.info["loss"] = (
-            "pure distillation (no labels)" if not labelled else f"alpha={cfg.alpha}, T={cfg.temperature}"
-        )
         ctx.info["epoch_loss"] = hist.loss
         ctx.info["hint_layers"] = hint_layers
         return student
+
+
+def _describe_loss(teacher: Any, ctx: StageContext, cfg: DistillConfig) -> None:
+    """``info.output_losses`` (each output's term) and ``info.loss``, as :func:`distill_fit` picks them."""
+    import torch
+
+    was = teacher.training
+    teacher.eval()
+    with torch.no_grad():
+        out = run_outputs(teacher, ctx.data.train.example(2))
+    teacher.train(was)
+    plan = output_losses(out, cfg.losses)
+    ctx.info["output_losses"] = {p.name: p.kind + (" (probabilities)" if p.probabilities else "") for p in plan}
+    if ctx.data.train.labels is None:
+        ctx.info["loss"] = "pure distillation (no labels)"
+    elif label_output(plan, out, ctx.data.train.labels) is None:
+        ctx.info["loss"] = f"pure distillation (no class-score output fits the labels), T={cfg.temperature}"
+    else:
+        ctx.info["loss"] = f"alpha={cfg.alpha}, T={cfg.temperature}"
 
 
 @hookimpl

@@ -1,11 +1,17 @@
 """Fixtures of the ``channel_prune`` tests beyond tests/plugins/techniques/conftest.py: the smaller digits
-split and example-free stage contexts of the structured-technique tests."""
+split and example-free stage contexts of the structured-technique tests. This folder goes on ``sys.path``
+for the model factories of ``channel_prune_models``."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 
 from slimkit.core import DataSplits
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @pytest.fixture(scope="session")

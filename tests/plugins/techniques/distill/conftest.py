@@ -1,11 +1,17 @@
 """Fixtures of the ``distill`` tests beyond tests/plugins/techniques/conftest.py: the smaller digits
-split and example-free stage contexts of the structured-technique tests."""
+split and example-free stage contexts of the structured-technique tests. ``tests/plugins/techniques/
+channel_prune`` goes on ``sys.path`` for the small models of ``channel_prune_models`` (the 3-output CNN)."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 
 from slimkit.core import DataSplits
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "channel_prune"))
 
 
 @pytest.fixture(scope="session")
