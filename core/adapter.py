@@ -97,6 +97,10 @@ class ModelAdapter(ABC):
     def predict(self, model: Any, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """Run the model on a batch of named numpy inputs and return its (first) output."""
 
+    def predict_outputs(self, model: Any, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output of the model on a batch (a multi-output model's, in order). Default: :meth:`predict`'s."""
+        return [self.predict(model, inputs)]
+
     @abstractmethod
     def count_params(self, model: Any) -> ParamCount:
         """Count all and non-zero parameters."""
@@ -154,3 +158,8 @@ class ModelAdapter(ABC):
     def outputs(self, model: Any, split: Split, batch_size: int = 256) -> np.ndarray:
         """All outputs of ``model`` on ``split``, concatenated (for fidelity checks)."""
         return np.concatenate([self.predict(model, b) for b, _ in split.batches(batch_size)])
+
+    def all_outputs(self, model: Any, split: Split, batch_size: int = 256) -> list[np.ndarray]:
+        """Each output of ``model`` on ``split``, batches concatenated (fidelity judged per output)."""
+        parts = [self.predict_outputs(model, b) for b, _ in split.batches(batch_size)]
+        return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))] if parts else []

@@ -97,7 +97,7 @@ class Report:
     config: dict[str, Any] = field(default_factory=dict)
     status: str = "RUNNING"
     error: str | None = None
-    fidelity: dict[str, float] = field(default_factory=dict)
+    fidelity: dict[str, Any] = field(default_factory=dict)
     run_dir: str = ""
     #: Top-level keys a plugin adds to ``report.json`` (``search`` and ``pareto`` for a search run).
     sections: dict[str, Any] = field(default_factory=dict)
@@ -199,7 +199,9 @@ class Report:
             lines.append("")
         if self.fidelity:
             lines += ["## Fidelity to the baseline", ""]
-            lines += [f"- {k}: {v:.6g}" for k, v in self.fidelity.items()]
+            lines += [f"- {k}: {v:.6g}" for k, v in self.fidelity.items() if isinstance(v, int | float)]
+            for i, per in enumerate(self.fidelity.get("per_output") or []):
+                lines.append(f"- output {i}: " + ", ".join(f"{k} {v:.6g}" for k, v in per.items()))
             lines.append("")
         if "provider" in self.target:
             t = self.target

@@ -45,6 +45,9 @@ class Capabilities:
     ``representative_timing``: :meth:`Target.measure` gives the device's own speed, so stages may
     choose between candidates by timing them there; False for an emulator (its timings prove that a
     model runs, not how fast the device runs it).
+    ``isa``: the instruction-set features that decide its int8 kernels (a CPU: ``avx2``,
+    ``avx512``, ``vnni``, ``amx``, ``neon_dot``...); empty when it does not tell. Stages ask it
+    which quantization variants are worth building (u8s8 saturates without ``vnni``).
     """
 
     precisions: tuple[str, ...] = ("fp32",)
@@ -58,6 +61,7 @@ class Capabilities:
     preferred_quant: dict[str, Any] = field(default_factory=dict)
     providers: tuple[str, ...] = ()
     representative_timing: bool = True
+    isa: tuple[str, ...] = ()
 
     def check_quant(
         self,
@@ -159,11 +163,32 @@ class Placement:
         return {**asdict(self), "offload": self.offload}
 
 
-def compare_outputs(reference: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+def compare_outputs(
+    reference: np.ndarray | Sequence[np.ndarray], outputs: np.ndarray | Sequence[np.ndarray]
+) -> dict[str, Any]:
     """How close ``outputs`` are to ``reference`` row by row: max abs diff, mean cosine, top-1 agreement.
 
     Compares the first ``len(outputs)`` rows of ``reference`` (a target may validate on a subset).
+    Lists of arrays are a multi-output model's outputs: each is compared on its own (in
+    ``per_output``) and the totals are the worst of them (lowest cosine and agreement, highest
+    difference), so one dead output fails a check that the others would pass.
     """
+    if isinstance(reference, list | tuple) or isinstance(outputs, list | tuple):
+        refs, outs = list(reference), list(outputs)  # type: ignore[arg-type]
+        if len(refs) != len(outs):
+            raise TargetError(
+                f"the model has {len(outs)} outputs but the reference has {len(refs)}; compare the same model's outputs"
+            )
+        if len(refs) == 1:
+            return compare_outputs(refs[0], outs[0])
+        per = [compare_outputs(r, o) for r, o in zip(refs, outs, strict=True)]
+        return {
+            "max_abs_diff": max(p["max_abs_diff"] for p in per),
+            "mean_cosine": min(p["mean_cosine"] for p in per),
+            "top1_agreement": min(p["top1_agreement"] for p in per),
+            "samples": min(p["samples"] for p in per),
+            "per_output": [{k: v for k, v in p.items() if k != "samples"} for p in per],
+        }
     ref = np.asarray(reference)[: len(outputs)]
     ref = ref.reshape(len(ref), -1).astype(np.float64)
     out = np.asarray(outputs).reshape(len(outputs), -1).astype(np.float64)
@@ -174,7 +199,9 @@ def compare_outputs(reference: np.ndarray, outputs: np.ndarray) -> dict[str, flo
         )
     num = (ref * out).sum(1)
     den = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-    cos = np.where(den > 0, num / np.maximum(den, 1e-300), 1.0)
+    # an all-zero row matches only an all-zero row: a dead output is not "perfectly faithful"
+    both_zero = (np.linalg.norm(ref, axis=1) == 0) & (np.linalg.norm(out, axis=1) == 0)
+    cos = np.where(den > 0, num / np.maximum(den, 1e-300), np.where(both_zero, 1.0, 0.0))
     return {
         "max_abs_diff": float(np.abs(ref - out).max()) if ref.size else 0.0,
         "mean_cosine": float(cos.mean()) if len(cos) else 1.0,
@@ -259,6 +286,10 @@ class Target(ABC):
     @abstractmethod
     def capabilities(self) -> Capabilities:
         """What the target can run."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the device for ``report.json``'s ``target`` (e.g. a CPU's model and ISA). Default: none."""
+        return {}
 
     def prepare(
         self, onnx_path: Path, batch: int | None = None, example: Mapping[str, np.ndarray] | None = None

@@ -29,7 +29,7 @@ from slimkit.core import DataError, ModelAdapter, ModelConfig, ModelError, Param
 
 from . import graph as g
 from .io import read_model, write_model
-from .runtime import feed, session_for, session_from_path
+from .runtime import run_all, session_for, session_from_path
 
 #: Sessions kept per adapter (the baseline and the current model, with room to spare).
 _MAX_SESSIONS = 4
@@ -129,31 +129,18 @@ class OnnxAdapter(ModelAdapter):
         return session
 
     def predict(self, model: Any, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
-        """The first output on ``inputs`` (fed by name; a single input positionally).
+        """The first output on ``inputs`` (fed by name; a single input positionally); see :meth:`predict_outputs`."""
+        return self.predict_outputs(model, inputs)[0]
+
+    def predict_outputs(self, model: Any, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Every output on ``inputs``, in the graph's order (float outputs as float32).
 
         A model with a fixed batch dimension (e.g. after ``fix_shapes``) is run batch by batch of
-        that size, the last one padded, so evaluation works on any number of samples.
+        that size, the last one padded; one without a batch axis (:func:`~slimkit.plugins.onnx.runtime.unbatched`)
+        sample by sample. So evaluation works on any number of samples.
         """
-        session = self.session(model)
-        arrays = feed(session, inputs)
-        n = len(next(iter(arrays.values())))
-        first = [i.shape[0] if i.shape else None for i in session.get_inputs()]
-        fixed = first[0] if first and all(isinstance(b, int) and b > 0 and b == first[0] for b in first) else None
-        output = session.get_outputs()[0].name
-        if fixed is None or fixed == n:
-            out = session.run([output], arrays)[0]
-        else:
-            parts = []
-            for i in range(0, n, fixed):
-                chunk = {k: v[i : i + fixed] for k, v in arrays.items()}
-                m = len(next(iter(chunk.values())))
-                if m < fixed:
-                    idx = np.arange(fixed) % m
-                    chunk = {k: np.ascontiguousarray(v[idx]) for k, v in chunk.items()}
-                parts.append(session.run([output], chunk)[0][:m])
-            out = np.concatenate(parts)
-        out = np.asarray(out)
-        return out.astype(np.float32) if np.issubdtype(out.dtype, np.floating) else out
+        outs = run_all(self.session(model), inputs)
+        return [o.astype(np.float32) if np.issubdtype(o.dtype, np.floating) else o for o in outs]
 
     def check_inputs(self, model: Any, split: Split) -> None:
         """Raise a one-line :class:`DataError` naming the first input the data cannot feed.
@@ -184,6 +171,10 @@ class OnnxAdapter(ModelAdapter):
                     f"save the array as {want}"
                 )
             dims = g.dims_of(info)
+            if arr.ndim == len(dims) + 1 and all(
+                not isinstance(d, int) or d == h for d, h in zip(dims, arr.shape[1:], strict=False)
+            ):  # samples are whole inputs (no batch axis: a scalar, a state): fed one at a time
+                dims = [None, *dims]
             if dims and arr.ndim != len(dims):
                 raise DataError(
                     f"data input {key!r} has shape {list(arr.shape)} (rank {arr.ndim}) but the model's input "

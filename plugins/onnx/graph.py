@@ -372,6 +372,10 @@ def remove_unused_nodes(model: onnx.ModelProto) -> None:
     onnx-ir's ``RemoveUnusedNodesPass`` (through onnxscript's optimizer), which also follows
     subgraphs' references to outer values.
     """
+    import logging
+
     from onnxscript.optimizer import remove_unused_nodes as _remove
 
+    # its INFO line ("Removed N unused nodes") once per call would flood a run's log (Hydra logs INFO)
+    logging.getLogger("onnx_ir.passes.common.unused_removal").setLevel(logging.WARNING)
     _remove(model)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from slimkit.core import DataError, ModelError, Placement, TargetError
+from slimkit.core import DataError, ModelError, Placement, SlimkitError, TargetError
 
 from .graph import PROTO_LIMIT, tensor_bytes
 
@@ -149,32 +149,68 @@ def session_for(model: onnx.ModelProto, threads: int = 0, source: str = "the ONN
         raise load_error(exc, source, model) from exc
 
 
+def _match(session: Any, inputs: Mapping[str, np.ndarray]) -> list[tuple[Any, np.ndarray]]:
+    """(session input, data array) pairs: by name, or positionally for one input each."""
+    infos = session.get_inputs()
+    names = [i.name for i in infos]
+    if all(n in inputs for n in names):
+        return [(i, inputs[i.name]) for i in infos]
+    if len(names) == 1 and len(inputs) == 1:
+        return [(infos[0], next(iter(inputs.values())))]
+    missing = [n for n in names if n not in inputs]
+    raise DataError(
+        f"the ONNX model's inputs {names} do not match the data's {list(inputs)} (missing {missing}); "
+        "name the data arrays after the model's inputs (see `slimkit inspect`)"
+    )
+
+
+def unbatched(session: Any, inputs: Mapping[str, np.ndarray]) -> bool:
+    """Whether the data's samples are whole model inputs, to be fed one at a time.
+
+    slimkit's data has samples on its first axis. Usually that axis *is* the model's batch axis and
+    samples stack; but a model may have no batch axis on some input (a scalar sample rate, a
+    recurrent state whose batch axis is not the first): there a data array has one axis more than
+    the model's input, each sample is a complete input, and stacking two of them would be wrong.
+    """
+    return any(np.ndim(arr) == len(info.shape or []) + 1 for info, arr in _match(session, inputs))
+
+
+def _cast(info: Any, arr: Any) -> np.ndarray:
+    arr = np.asarray(arr)
+    want = _ORT_TYPES.get(info.type)
+    if want is not None and arr.dtype != want:
+        arr = arr.astype(want)
+    return np.ascontiguousarray(arr)
+
+
 def feed(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Map named arrays onto the session's inputs: by name, or positionally for one input each.
 
     Arrays are cast to the input's element type and made contiguous; a missing input is a one-line
-    :class:`DataError`.
+    :class:`DataError`. Data of one sample whose arrays are whole inputs (:func:`unbatched`) loses
+    its sample axis where the model has none; several such samples are :func:`feeds`' job.
     """
-    infos = session.get_inputs()
-    names = [i.name for i in infos]
-    if all(n in inputs for n in names):
-        arrays = [inputs[n] for n in names]
-    elif len(names) == 1 and len(inputs) == 1:
-        arrays = [next(iter(inputs.values()))]
-    else:
-        missing = [n for n in names if n not in inputs]
-        raise DataError(
-            f"the ONNX model's inputs {names} do not match the data's {list(inputs)} (missing {missing}); "
-            "name the data arrays after the model's inputs (see `slimkit inspect`)"
-        )
-    out = {}
-    for info, arr in zip(infos, arrays, strict=True):
-        arr = np.asarray(arr)
-        want = _ORT_TYPES.get(info.type)
-        if want is not None and arr.dtype != want:
-            arr = arr.astype(want)
-        out[info.name] = np.ascontiguousarray(arr)
-    return out
+    pairs = _match(session, inputs)
+    if any(np.ndim(arr) == len(info.shape or []) + 1 for info, arr in pairs):
+        n = len(next(iter(inputs.values())))
+        if n != 1:
+            raise DataError(
+                f"the model takes one sample at a time (an input without a batch axis) but was fed {n}; "
+                "feed samples one by one (slimkit.plugins.onnx.runtime.feeds)"
+            )
+        return {
+            info.name: _cast(info, arr[0] if np.ndim(arr) == len(info.shape or []) + 1 else arr)
+            for info, arr in pairs
+        }
+    return {info.name: _cast(info, arr) for info, arr in pairs}
+
+
+def feeds(session: Any, inputs: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """The feed dicts that run every sample of ``inputs``: one, or one per sample when :func:`unbatched`."""
+    if not unbatched(session, inputs):
+        return [feed(session, inputs)]
+    n = len(next(iter(inputs.values())))
+    return [feed(session, {k: np.asarray(v)[i : i + 1] for k, v in inputs.items()}) for i in range(n)]
 
 
 def physical_cores() -> int:
@@ -276,31 +312,43 @@ def fixed_batch(session: onnxruntime.InferenceSession) -> int | None:
 def run_batched(
     session: onnxruntime.InferenceSession, inputs: Mapping[str, np.ndarray], chunk: int = 256
 ) -> np.ndarray:
-    """The first output of ``session`` on every row of ``inputs``, run ``chunk`` rows at a time.
+    """The first output of ``session`` on every row of ``inputs`` (see :func:`run_all`)."""
+    return run_all(session, inputs, chunk)[0]
+
+
+def run_all(
+    session: onnxruntime.InferenceSession, inputs: Mapping[str, np.ndarray], chunk: int = 256
+) -> list[np.ndarray]:
+    """Every output of ``session`` on every row of ``inputs``, run ``chunk`` rows at a time.
 
     A model with a fixed batch size runs that many rows at a time, the last chunk padded by
-    repeating its last row (the padding's outputs are dropped). Raises :class:`TargetError` when a
-    run fails.
+    repeating its last row (the padding's outputs are dropped); one that takes a sample at a time
+    (:func:`unbatched`) runs sample by sample, its outputs stacked. Raises :class:`TargetError` when
+    a run fails.
     """
     n = len(next(iter(inputs.values())))
-    step = fixed_batch(session) or chunk
-    outs = []
+    single = unbatched(session, inputs)
+    step = 1 if single else (fixed_batch(session) or chunk)
+    outs: list[list[np.ndarray]] = []
     for start in range(0, n, step):
         part = {k: np.asarray(v)[start : start + step] for k, v in inputs.items()}
         rows = len(next(iter(part.values())))
         if rows < step and fixed_batch(session):
             part = {k: np.concatenate([v, np.repeat(v[-1:], step - rows, axis=0)]) for k, v in part.items()}
         try:
-            out = session.run(None, feed(session, part))[0]
-        except TargetError:
+            got = session.run(None, feed(session, part))
+        except SlimkitError:
             raise
         except Exception as exc:
             raise TargetError(
                 f"ONNX Runtime failed to run the model on rows {start}-{start + rows - 1}: {_first_line(exc)}; "
                 "check that the data fits the model's inputs"
             ) from exc
-        outs.append(np.asarray(out)[:rows])
-    return np.concatenate(outs) if outs else np.zeros((0,))
+        outs.append([np.asarray(o) if single else np.asarray(o)[:rows] for o in got])
+    if not outs:
+        return [np.zeros((0,))]
+    join = np.stack if single else np.concatenate
+    return [join([o[k] for o in outs]) for k in range(len(outs[0]))]
 
 
 def binder(session: onnxruntime.InferenceSession) -> Callable[[Mapping[str, np.ndarray]], Callable[[], Any]]:
@@ -310,7 +358,9 @@ def binder(session: onnxruntime.InferenceSession) -> Callable[[Mapping[str, np.n
     """
 
     def bind(inputs: Mapping[str, np.ndarray]) -> Callable[[], Any]:
-        fed = feed(session, inputs)
-        return lambda: session.run(None, fed)
+        fed = feeds(session, inputs)  # a batch of a model without a batch axis: its samples one by one
+        if len(fed) == 1:
+            return lambda: session.run(None, fed[0])
+        return lambda: [session.run(None, f) for f in fed]
 
     return bind

@@ -16,7 +16,7 @@ import numpy as np
 from slimkit.core import Latency, TargetError
 from slimkit.core.timing import Progress, time_runs
 
-from .runtime import _first_line, feed
+from .runtime import _first_line, feeds
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -49,10 +49,11 @@ def measure_session(
 
     Raises :class:`TargetError` naming ``path`` and ``batch`` when a run fails.
     """
-    fed = feed(session, example)
+    fed_all = feeds(session, example)  # a model without a batch axis runs the batch sample by sample
+    fed = fed_all[0]
 
     def run() -> Any:
-        return session.run(None, fed)
+        return [session.run(None, f) for f in fed_all] if len(fed_all) > 1 else session.run(None, fed)
 
     try:
         return time_runs(run, progress=progress, task=task, **timing)

@@ -33,6 +33,7 @@ Importing this module imports neither ONNX Runtime nor torch; they are imported 
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -74,6 +75,54 @@ if TYPE_CHECKING:
     import onnxruntime
 
 RUNTIMES: tuple[str, ...] = ("onnxruntime", "torch")
+
+#: /proc/cpuinfo flags (x86 ``flags``, Arm ``Features``) -> the names slimkit reports. What decides
+#: ONNX Runtime's int8 CPU kernels: without VNNI (AVX-512 VNNI or AVX-VNNI) its u8s8 kernels add
+#: pairs of u8*s8 products in 16 bits, which saturate (its docs: ``reduce_range`` or U8U8 there).
+ISA_FLAGS: dict[str, str] = {
+    "avx2": "avx2",
+    "avx512f": "avx512",
+    "avx512_vnni": "vnni",
+    "avx_vnni": "vnni",
+    "avx512_bf16": "avx512_bf16",
+    "amx_int8": "amx",
+    "asimddp": "neon_dot",
+    "i8mm": "i8mm",
+    "sve": "sve",
+}
+
+
+@functools.cache
+def host_isa() -> tuple[tuple[str, ...], str]:
+    """:func:`cpu_isa` of this machine, read once."""
+    return cpu_isa()
+
+
+def cpu_isa(cpuinfo: str | None = None) -> tuple[tuple[str, ...], str]:
+    """(ISA features that matter for int8 kernels, CPU model name), read from ``/proc/cpuinfo``.
+
+    ``cpuinfo``: the file's text (tests pass their own). Where it cannot be read (not Linux), the
+    features are empty and the model is :func:`platform.processor`'s answer.
+    """
+    import platform
+
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            return (), platform.processor() or platform.machine()
+    flags: set[str] = set()
+    model = ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("flags", "features") and not flags:
+            flags = set(value.split())
+        elif key == "model name" and not model:
+            model = value.strip()
+    found = {name for flag, name in ISA_FLAGS.items() if flag in flags}
+    order = list(dict.fromkeys(ISA_FLAGS.values()))
+    return tuple(n for n in order if n in found), model or platform.processor() or platform.machine()
 
 
 def worker_session(path: str, spec: Mapping[str, Any]) -> onnxruntime.InferenceSession:
@@ -199,7 +248,13 @@ class CpuTarget(Target):
             weight_types=("int8", "uint8", "int4", "uint4"),
             supported_ops=None,
             providers=("CPUExecutionProvider",),
+            isa=host_isa()[0],
         )
+
+    def describe(self) -> dict[str, Any]:
+        """The CPU's model name, its int8-relevant ISA features and its physical cores."""
+        isa, model = host_isa()
+        return {"cpu": model, "isa": list(isa), "physical_cores": physical_cores()}
 
     def infer(self, onnx_path: Path, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The model's first output on every row of ``inputs`` (ONNX Runtime CPU, ``threads``)."""

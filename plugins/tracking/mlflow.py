@@ -168,7 +168,11 @@ def report_metrics(report: Report | None) -> dict[str, float]:
     if report.accuracy_drop is not None:
         out["accuracy_drop"] = float(report.accuracy_drop)
     for name, value in report.fidelity.items():
-        out[f"fidelity_{name}"] = value
+        if name == "per_output":
+            for i, per in enumerate(value):
+                out.update({f"fidelity_output{i}_{k}": v for k, v in per.items()})
+        else:
+            out[f"fidelity_{name}"] = value
     return _numeric(out)
 
 

@@ -76,12 +76,16 @@ class QuantizeConfig(TechniqueConfig):
         of uint8 (U8S8); ``auto`` builds and times both on a target that measures (the CPU).
     per_channel: one weight scale per output channel (static, qat; dynamic is always per tensor).
     reduce_range: 7-bit weights (avoids u8s8 overflow on CPUs without VNNI; costs accuracy).
+    weight_signed: int8 weights (S8, default); false: uint8 weights (U8U8 with uint8 activations), which
+        ONNX Runtime's CPU kernels run without the u8s8 saturation of CPUs without VNNI (static only).
     calibration: ``minmax``, ``percentile``, ``entropy`` (ORT's calibrators) or ``mse`` (slimkit's:
         per tensor, the clipping range minimising the expected quantization error on a histogram).
     percentile: the percentile of ``calibration=percentile``.
     calibration_samples / calibration_batch_size: training samples used to calibrate, batch size.
     exclude: layer-name patterns (shell-style: ``fc``, ``layers.0.*``; node or weight names) kept in float.
     fix_masks: keep nodes reached by huge constants (attention masks) in float.
+    fix_joins: keep float the Concats that join tensors of very different ranges (measured on a few
+        validation samples): one 8-bit scale for a detector's boxes (0-320) and scores (0-1) zeroes the scores.
     residual_sum: ``auto`` (default): when the model has residual Adds that feed a LayerNormalization
         and this target measures, time the float model with them written as ``Sum`` (ORT then does
         not fuse them into its SkipLayerNormalization kernel) and keep the rewrite if it runs at least
@@ -99,10 +103,16 @@ class QuantizeConfig(TechniqueConfig):
         noise); the more accurate (or faithful) wins among them.
     finish_rounds: ``auto`` times the passing candidates within twice ``latency_tolerance`` of the
         fastest again in this many rounds before it chooses (0: off).
-    keep_float_if_slower: ``auto`` returns the float model (as ONNX) when the best quantized one runs
-        slower than float here by more than ``latency_tolerance``: on this CPU, ORT's int8 kernels lose
-        to fp32 on narrow convolutions (see docs/BENCHMARKS.md, the digits_resnet family). Off by
-        default: a quantized model that is slower is still 4x smaller.
+    keep_float_if_slower: ``auto`` returns the float model (as ONNX) when the best quantized one is
+        no faster than float on the target (after its photo-finish timing): ORT's int8 kernels lose to
+        fp32 on narrow convolutions and on small inputs (see docs/BENCHMARKS.md). On by default; false
+        keeps a slower int8 model, which is still about 4x smaller.
+    time_budget: seconds ``auto`` may spend beyond its first candidate (0: no limit); once spent, no
+        further candidate or mixed-precision search is started and the best so far is chosen (noted).
+    check: every mode checks its result like ``auto``: scored on the validation split against
+        ``max_accuracy_drop`` / ``min_fidelity``; a miss is repaired as ``auto`` would (this ISA's
+        variants, then sensitive layers float, untimed) or fails with the best candidate kept
+        (QAT: fails). false: no check.
     measure: ``auto`` times its candidates here and keeps the fastest that passes; false (set by
         :func:`follow_target` for a target that dictates its format, e.g. npu, whose speed this
         machine cannot tell) keeps the first of ``modes`` that passes, untimed.
@@ -118,12 +128,14 @@ class QuantizeConfig(TechniqueConfig):
     activation_signed: bool = False
     per_channel: bool = True
     reduce_range: bool = False
+    weight_signed: bool = True
     calibration: str = "minmax"
     percentile: float = 99.999
     calibration_samples: int = 256
     calibration_batch_size: int = 16
     exclude: list[str] = field(default_factory=list)
     fix_masks: bool = True
+    fix_joins: bool = True
     residual_sum: str = "auto"
     preprocess: bool = True
     block_size: int = 32
@@ -137,7 +149,9 @@ class QuantizeConfig(TechniqueConfig):
     latency_repeats: int = 20
     latency_tolerance: float = 0.1
     finish_rounds: int = 5
-    keep_float_if_slower: bool = False
+    keep_float_if_slower: bool = True
+    time_budget: float = 150.0
+    check: bool = True
     measure: bool = True
     qat_epochs: int = 3
     lr: float = 0.005
@@ -175,6 +189,8 @@ class QuantizeConfig(TechniqueConfig):
         if self.threads < 0:
             raise ConfigError(f"threads={self.threads} must be >= 0; use 0 for all physical cores")
         check_range("latency_tolerance", self.latency_tolerance, 0.0, 1.0, example=0.1)
+        if self.time_budget < 0:
+            raise ConfigError(f"time_budget={self.time_budget} must be >= 0 seconds (0: no limit); use e.g. 150")
         if self.finish_rounds < 0:
             raise ConfigError(f"finish_rounds={self.finish_rounds} must be >= 0 (0: off); use e.g. 5")
         if self.latency_repeats < 1:
@@ -191,10 +207,10 @@ class QuantizeConfig(TechniqueConfig):
                 "weight_bits=4 is not supported by mode=dynamic (ORT's dynamic kernels are int8); "
                 "use mode=weight_only, static or qat for 4-bit weights"
             )
-        if self.keep_float_if_slower and self.mode != "auto":
+        if not self.weight_signed and (self.weight_bits != 8 or self.mode not in ("static", "auto")):
             raise ConfigError(
-                f"keep_float_if_slower=true needs mode=auto, which times the float model (got mode={self.mode}); "
-                "use mode=auto or keep_float_if_slower=false"
+                f"weight_signed=false (uint8 weights) needs 8-bit static QDQ (got mode={self.mode}, "
+                f"weight_bits={self.weight_bits}); use mode=static or auto with weight_bits=8"
             )
         if self.activation_signed and self.activation_bits != 8:
             raise ConfigError(
@@ -253,6 +269,10 @@ class Quantize(Technique):
 
         work = Path(ctx.work_dir)
         fp32 = export_float(model, adapter, ctx, work / "float.onnx")
+        if cfg.mode != "weight_only":
+            note = ort.raise_opset(fp32)
+            if note:
+                notes.append(note)
         src = work / "prepared.onnx"
         if cfg.preprocess:
             note = ort.preprocess(fp32, src)
@@ -274,12 +294,13 @@ class Quantize(Technique):
             )
         ctx.info["mask_nodes"] = masked
         ctx.info["excluded"] = exclude
+        joins = float_joins(src, ctx, cfg, masked, notes)
         slow_convs = conv_kernel_report(prepared, ctx, cfg, notes)
         layers = {n.name: n.layer for n in ort.quantizable_nodes(prepared)}
         if cfg.mode == "auto":
             from .auto import search
 
-            out = search(src, prepared, ctx, cfg, exclude, masked, notes, slow_convs)
+            out = search(src, prepared, ctx, cfg, exclude, masked + list(joins), notes, slow_convs)
         elif qat is not None:
             from .qat import tensor_ranges
 
@@ -297,11 +318,14 @@ class Quantize(Technique):
             ctx.info["mode"] = "qat"
             ctx.info["float_layers"] = {layers.get(n, n): "excluded by config" for n in exclude}
             ctx.metrics["float_layers"] = float(len(exclude))
+            out = checked(out, src, prepared, ctx, cfg, exclude, masked + list(joins), notes)
         else:
-            out = quantize_mode(cfg.mode, src, work / f"{cfg.mode}.onnx", prepared, ctx, cfg, exclude + masked)
+            fixed = exclude + masked + list(joins)
+            out = quantize_mode(cfg.mode, src, work / f"{cfg.mode}.onnx", prepared, ctx, cfg, fixed)
             ctx.info["mode"] = cfg.mode
             ctx.info["float_layers"] = {layers.get(n, n): "excluded by config" for n in exclude}
             ctx.metrics["float_layers"] = float(len(exclude))
+            out = checked(out, src, prepared, ctx, cfg, exclude, masked + list(joins), notes)
         counts = ort.op_counts(out)
         ctx.info["ops"] = counts
         ctx.metrics["quantized_layers"] = float(len(ort.quantized_nodes(out)))
@@ -342,6 +366,68 @@ def residual_sums(src: Path, prepared: Any, ctx: StageContext, cfg: QuantizeConf
     info["applied"] = True
     ort.save(rewritten, src)
     return rewritten
+
+
+def float_joins(src: Path, ctx: StageContext, cfg: QuantizeConfig, masked: list[str], notes: list[str]) -> dict:
+    """Concats that join tensors of very different ranges (:func:`.ort.mixed_range_joins`), kept float
+    in the static modes and reported (``info.float_joins``)."""
+    from . import ort
+
+    if cfg.mode not in ("auto", "static", "qat") or not cfg.fix_joins:
+        return {}
+    joins = {n: why for n, why in ort.mixed_range_joins(src, ctx.data.val).items() if n not in masked}
+    if joins:
+        ctx.info["float_joins"] = joins
+        first = next(iter(joins.items()))
+        notes.append(
+            f"{len(joins)} Concat(s) joining tensors of very different ranges kept float (fix_joins): "
+            f"{first[0]} {first[1]}" + (" ..." if len(joins) > 1 else "")
+        )
+    return joins
+
+
+def checked(
+    out: Any,
+    src: Path,
+    prepared: Any,
+    ctx: StageContext,
+    cfg: QuantizeConfig,
+    exclude: list[str],
+    fixed: list[str],
+    notes: list[str],
+) -> Any:
+    """A fixed mode's result checked like ``auto``'s: scored on the validation split against
+    ``max_accuracy_drop`` (labels) or ``min_fidelity``; on a miss, ``auto``'s repairs for this mode
+    (the variants this CPU's ISA needs, then sensitive layers float), else the stage fails with the
+    best candidate kept. ``check=false`` returns it unchecked."""
+    from dataclasses import replace
+
+    from . import ort
+    from .auto import budget_met, search
+    from .sensitivity import Scorer
+
+    if not cfg.check:
+        return out
+    ctx.progress(f"check {cfg.mode} on the validation split", 0, None)
+    scorer = Scorer(src, ctx.data.val, cfg.threads)
+    score = scorer.score(out)
+    ctx.metrics["val_cosine"] = score.cosine
+    if score.accuracy is not None:
+        ctx.metrics["val_accuracy"] = score.accuracy
+        ctx.metrics["val_accuracy_drop"] = float(score.drop or 0.0)
+    if budget_met(score, scorer.accuracy is not None, cfg):
+        return out
+    if cfg.mode == "qat":
+        path = ort.save(out, Path(ctx.work_dir) / "best_candidate.onnx")
+        ctx.artifacts["best_candidate"] = path
+        raise TechniqueError(
+            f"the QAT model misses the budget on the validation split ({score.text()}); it is kept as "
+            "best_candidate.onnx in the stage's .failed directory; train longer (qat_epochs), or use mode=auto"
+        )
+    notes.append(f"mode={cfg.mode} misses the budget ({score.text()}): repairing it as mode=auto would, untimed")
+    ort.save(out, Path(ctx.work_dir) / f"{cfg.mode}.onnx")
+    repair = replace(cfg, mode="auto", modes=[cfg.mode], measure=False)
+    return search(src, prepared, ctx, repair, exclude, [n for n in fixed if n not in exclude], notes, {})
 
 
 def conv_kernel_report(prepared: Any, ctx: StageContext, cfg: QuantizeConfig, notes: list[str]) -> dict[str, str]:

@@ -31,6 +31,7 @@ stage directory and the stage fails with one line naming the constraint and the 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -162,11 +163,10 @@ def _search(
     labelled = scorer.accuracy is not None
 
     def ok(s: Score) -> bool:
-        if labelled and s.drop is not None:
-            return s.drop <= cfg.max_accuracy_drop + 1e-9
-        return s.cosine >= cfg.min_fidelity
+        return budget_met(s, labelled, cfg)
 
     job = _Job(src, prepared, ctx, cfg, list(exclude) + list(masked), scorer, ok, scratch)
+    job.deadline = time.monotonic() + cfg.time_budget if cfg.time_budget > 0 else math.inf
     full = _full_candidates(job, notes)
     if cfg.measure:
         ctx.progress("time the float model and every mode", 0, None)
@@ -189,7 +189,7 @@ def _search(
     if best is None:
         _fail(tried, sensitivities, job)
     assert best is not None
-    if cfg.measure and cfg.keep_float_if_slower and best.latency_ms > job.float_latency * (1 + cfg.latency_tolerance):
+    if cfg.measure and cfg.keep_float_if_slower and best.latency_ms >= job.float_latency:
         return _keep_float(best, job, notes)
     if cfg.measure and best.latency_ms >= job.float_latency:
         notes.append(
@@ -200,43 +200,110 @@ def _search(
     return best.model
 
 
-def _full_candidates(job: _Job, notes: list) -> dict[str, Candidate]:
-    """Every mode of ``cfg.modes`` that applies, built in full and scored (static QDQ in several layouts)."""
+def budget_met(score: Score, labelled: bool, cfg: Any) -> bool:
+    """Whether ``score`` keeps the budget: ``max_accuracy_drop`` points with labels, else the output
+    cosine (the worst output's, see :class:`Score`) ``>= min_fidelity``."""
+    if labelled and score.drop is not None:
+        return score.drop <= cfg.max_accuracy_drop + 1e-9
+    return score.cosine >= cfg.min_fidelity
+
+
+def _build(job: _Job, name: str, path: Path, cfg: Any, notes: list, mode: str = "static") -> Any | None:
+    """Quantize ``job.src`` in ``mode`` with ``cfg`` into ``path`` and score it: ``(model, score)``, or
+    None with a note when it cannot be built or loaded (one bad candidate does not end the search)."""
     from . import quantize_mode
 
-    ctx, cfg, src, scratch = job.ctx, job.cfg, job.src, job.scratch
+    try:
+        model = quantize_mode(mode, job.src, path, job.prepared, job.ctx, cfg, job.fixed)
+        return model, job.scorer.score(path)
+    except TechniqueError as exc:
+        if mode != "static" or name == "static":
+            notes.append(f"mode {mode} skipped: {exc}")
+        else:
+            notes.append(f"candidate {name} dropped: {exc}")
+    except Exception as exc:  # ORT (and slimkit's loader) raise assorted errors on graphs it cannot quantize or load
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        notes.append(f"candidate {name} dropped: it could not be built or loaded ({type(exc).__name__}: {text[:300]})")
+    return None
+
+
+def isa_variants(ctx: StageContext, cfg: Any) -> list[tuple[str, Any]]:
+    """Static variants this CPU's ISA needs: without VNNI (and AMX), ONNX Runtime's u8s8 kernels add
+    pairs of u8*s8 products in 16 bits, which saturate (its docs: use ``reduce_range`` or U8U8 there).
+    Both are built and scored beside the default; the measurement decides."""
+    if ctx.target is None or cfg.weight_bits != 8 or cfg.activation_bits != 8 or cfg.activation_signed:
+        return []
+    isa = set(ctx.target.capabilities().isa)
+    if "avx2" not in isa or isa & {"vnni", "amx"}:
+        return []
+    out = []
+    if not cfg.reduce_range:
+        out.append(("static reduce_range", replace(cfg, reduce_range=True)))
+    if cfg.weight_signed:
+        out.append(("static u8u8", replace(cfg, weight_signed=False)))
+    return out
+
+
+def _full_candidates(job: _Job, notes: list) -> dict[str, Candidate]:
+    """Every mode of ``cfg.modes`` that applies, built in full and scored (static QDQ in several layouts)."""
+
+    ctx, cfg, scratch = job.ctx, job.cfg, job.scratch
     full: dict[str, Candidate] = {}
     for mode in cfg.modes:
+        if full and job.over_budget(f"mode {mode}", notes):
+            break
         ctx.progress(f"quantize ({mode})", 0, None)
-        try:
-            model = quantize_mode(mode, src, scratch / f"{mode}.onnx", job.prepared, ctx, cfg, job.fixed)
-        except TechniqueError as exc:
-            notes.append(f"mode {mode} skipped: {exc}")
+        built = _build(job, mode, scratch / f"{mode}.onnx", cfg, notes, mode)
+        if built is None:
             continue
         full[mode] = Candidate(
             mode,
-            model,
-            job.scorer.score(scratch / f"{mode}.onnx"),
+            built[0],
+            built[1],
             per_channel=_per_channel(mode, cfg),
             activation_signed=cfg.activation_signed if mode == "static" else False,
             path=scratch / f"{mode}.onnx",
         )
+        if mode == "static":
+            full.update(_isa_candidates(job, notes))
         if mode == "static" and cfg.weight_bits == 8 and cfg.activation_bits == 8 and cfg.measure:
-            full.update(_static_layouts(job))
+            full.update(_static_layouts(job, notes))
     if not full:
-        raise TechniqueError(f"no quantization mode of {list(cfg.modes)} applies to this model ({'; '.join(notes)})")
+        raise TechniqueError(f"no quantization candidate of {list(cfg.modes)} could be built ({'; '.join(notes)})")
     return full
 
 
-def _static_layouts(job: _Job) -> dict[str, Candidate]:
+def _isa_candidates(job: _Job, notes: list) -> dict[str, Candidate]:
+    """The static candidates of :func:`isa_variants` (none on a CPU with VNNI)."""
+    out: dict[str, Candidate] = {}
+    variants = isa_variants(job.ctx, job.cfg)
+    if variants:
+        notes.append(
+            "this CPU has no VNNI: ONNX Runtime's u8s8 int8 kernels can saturate here, so "
+            + " and ".join(n.split(" ", 1)[1] for n, _ in variants)
+            + " static variants are built and scored too"
+        )
+    for name, variant_cfg in variants:
+        if job.over_budget(f"candidate {name}", notes):
+            break
+        path = job.scratch / f"{name.replace(' ', '_')}.onnx"
+        job.ctx.progress(f"quantize ({name})", 0, None)
+        built = _build(job, name, path, variant_cfg, notes)
+        if built is not None:
+            tag = "reduce_range" if variant_cfg.reduce_range != job.cfg.reduce_range else "u8 weights"
+            out[name] = Candidate(
+                "static", built[0], built[1], per_channel=variant_cfg.per_channel, path=path, tag=tag
+            )
+    return out
+
+
+def _static_layouts(job: _Job, notes: list) -> dict[str, Candidate]:
     """Static QDQ with per-tensor weights, and with the other activation signedness, where the target runs it.
 
     Per-tensor weights take other int8 kernels: faster on wide MatMuls at batch 1, slower on small
     convolutions here; int8 activations (S8S8, quantize_static's default) take others again than
     uint8 (U8S8). Which one wins is measured like the modes.
     """
-    from . import quantize_mode
-
     cfg = job.cfg
     variants: list[tuple[str, Any]] = []
     if cfg.per_channel:
@@ -248,12 +315,15 @@ def _static_layouts(job: _Job) -> dict[str, Candidate]:
     for name, variant_cfg in variants:
         if not _target_runs(job.ctx, variant_cfg):
             continue
+        if job.over_budget(f"candidate {name}", notes):
+            break
         cand = Candidate("static", None, None, per_channel=False, activation_signed=variant_cfg.activation_signed)  # type: ignore[arg-type]
         job.ctx.progress(f"quantize ({cand.label()})", 0, None)
         path = job.scratch / f"{name.replace(' ', '_')}.onnx"
-        cand.model = quantize_mode("static", job.src, path, job.prepared, job.ctx, variant_cfg, job.fixed)
-        cand.score, cand.path = job.scorer.score(path), path
-        out[name] = cand
+        built = _build(job, name, path, variant_cfg, notes)
+        if built is not None:
+            cand.model, cand.score, cand.path = built[0], built[1], path
+            out[name] = cand
     return out
 
 
@@ -273,12 +343,21 @@ def _choose(
     for cand in sorted(full.values(), key=lambda c: c.latency_ms):
         if job.ok(cand.score):
             continue
+        if cfg.measure and cfg.keep_float_if_slower and cand.latency_ms >= job.float_latency:
+            # Keeping layers float only makes it slower still: the float model would be returned instead.
+            notes.append(
+                f"{cand.label()} misses the budget ({cand.score.text()}) and is no faster than float "
+                f"({cand.latency_ms:.3f} vs {job.float_latency:.3f} ms): no mixed precision search"
+            )
+            continue
         if best is not None and cand.latency_ms >= best.latency_ms * (1 - tol):
             # Keeping layers float only makes a model slower: this one cannot beat the best that passes.
             notes.append(
                 f"{cand.label()} misses the budget ({cand.score.text()}) and is not faster than "
                 f"{best.label()} ({cand.latency_ms:.3f} vs {best.latency_ms:.3f} ms): no mixed precision search"
             )
+            continue
+        if job.over_budget(f"mixed precision search of {cand.label()}", notes):
             continue
         found, attempts, sens = _fallback(cand, job)
         tried += attempts
@@ -319,7 +398,7 @@ def _fail(tried: list[Candidate], sensitivities: dict[str, dict[str, float]], jo
 
 
 def _keep_float(best: Candidate, job: _Job, notes: list) -> Any:
-    """``keep_float_if_slower``: the best quantized model is clearly slower than float on this target."""
+    """``keep_float_if_slower``: the best quantized model is no faster than float on this target."""
     ctx, float_latency = job.ctx, job.float_latency
     notes.append(
         f"kept the float model (keep_float_if_slower): the best quantized model, {best.label()}, runs "
@@ -448,6 +527,17 @@ class _Job:
     ok: Callable[[Score], bool]
     scratch: Path
     float_latency: float = 0.0
+    #: ``time.monotonic()`` after which no further candidate is built or searched (``time_budget``)
+    deadline: float = math.inf
+
+    def over_budget(self, what: str, notes: list) -> bool:
+        """Whether ``time_budget`` is spent; the first time, a note says what was skipped."""
+        if time.monotonic() < self.deadline:
+            return False
+        text = f"time_budget={self.cfg.time_budget:g} s spent: {what} skipped, the best candidate so far chosen"
+        if not any(n.startswith(f"time_budget={self.cfg.time_budget:g} s spent") for n in notes):
+            notes.append(text)
+        return True
 
     def variant(self, cand: Candidate, float_set: list[str]) -> Any:
         """``cand`` with the layers ``float_set`` kept float."""
@@ -480,34 +570,47 @@ class _Job:
 
 
 def _fallback(cand: Candidate, job: _Job) -> tuple[Candidate | None, list[Candidate], dict[str, float]]:
-    """Keep the most sensitive layers of ``cand`` in float, one more at a time, until ``job.ok``.
+    """Keep the ``k`` most sensitive layers of ``cand`` in float, for the smallest ``k`` that passes.
 
-    Layers ``cand`` already keeps float (the int8-slow convolutions) stay float and are not ranked.
+    ``k`` is found by bisection over ``1 .. max_float_fraction`` of the layers (the error falls as
+    more of the most sensitive layers stay float): about log2(layers) models are built and scored
+    instead of one per layer — ResNet-50's 54 layers take 6, not up to 27. Layers ``cand`` already
+    keeps float (the int8-slow convolutions) stay float and are not ranked.
     """
     sens = job.sensitivity(cand)
     ranked = sorted(sens, key=lambda n: -sens[n])
     base = list(cand.float_layers)
     limit = int(math.floor(job.cfg.max_float_fraction * len(ranked)))
-    attempts: list[Candidate] = []
-    for k in range(1, limit + 1):
-        job.ctx.progress(f"mixed precision ({cand.label()})", k, limit)
-        model = job.variant(cand, base + ranked[:k])
-        attempt = Candidate(
-            cand.mode,
-            model,
-            job.scorer.score(model),
-            float_layers=base + ranked[:k],
-            per_channel=cand.per_channel,
-            activation_signed=cand.activation_signed,
-            tag=cand.tag,
-        )
-        attempts.append(attempt)
-        if job.ok(attempt.score):
-            measured = job.cfg.measure
-            name = f"{cand.mode}_{cand.per_channel}{'_slow' if cand.tag else ''}_mixed.onnx"
-            attempt.latency_ms = job.timed(model, name) if measured else 0.0
-            return attempt, attempts, sens
-    return None, attempts, sens
+    attempts: dict[int, Candidate] = {}
+
+    def attempt(k: int) -> Candidate:
+        if k not in attempts:
+            job.ctx.progress(f"mixed precision ({cand.label()}, {k} layers float)", len(attempts), None)
+            model = job.variant(cand, base + ranked[:k])
+            attempts[k] = Candidate(
+                cand.mode,
+                model,
+                job.scorer.score(model),
+                float_layers=base + ranked[:k],
+                per_channel=cand.per_channel,
+                activation_signed=cand.activation_signed,
+                tag=cand.tag,
+            )
+        return attempts[k]
+
+    if limit < 1 or not job.ok(attempt(limit).score):
+        return None, list(attempts.values()), sens
+    lo, hi = 0, limit  # attempt(hi) passes; lo = 0 (the candidate itself) does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if job.ok(attempt(mid).score):
+            hi = mid
+        else:
+            lo = mid
+    found = attempts[hi]
+    name = f"{cand.mode}_{cand.per_channel}{'_' + cand.tag.replace(' ', '_') if cand.tag else ''}_mixed.onnx"
+    found.latency_ms = job.timed(found.model, name) if job.cfg.measure else 0.0
+    return found, [attempts[k] for k in sorted(attempts)], sens
 
 
 def _slow_convs_float(full: dict[str, Candidate], slow_convs: dict[str, str], job: _Job) -> Candidate | None:

@@ -136,6 +136,116 @@ def preprocess(src: Path, dst: Path) -> str | None:
         return f"pre-processing (shape inference + optimization) failed and was skipped: {_first_line(exc)}"
 
 
+#: Per-channel QDQ (``DequantizeLinear``'s ``axis``) needs opset 13; ORT's QDQ tools expect >= 13 too.
+QDQ_MIN_OPSET = 13
+
+
+def raise_opset(path: Path, minimum: int = QDQ_MIN_OPSET) -> str | None:
+    """Convert the ONNX file ``path`` in place to opset ``minimum`` when it is older; return a note.
+
+    PP-OCR's paddle2onnx exports are opset 12: quantizing them per channel wrote ``DequantizeLinear``
+    nodes with an ``axis`` attribute, which opset 12 lacks, and ONNX Runtime refused the file. The
+    ONNX version converter raises the opset (the graph is unchanged where the ops did not change).
+    Raises :class:`TechniqueError` when the converter cannot.
+    """
+    import onnx
+    from onnx import version_converter
+
+    model = load(path)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), minimum)
+    if opset >= minimum:
+        return None
+    try:
+        converted = version_converter.convert_version(model, minimum)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # the converter raises assorted errors on ops it has no adapter for
+        raise TechniqueError(
+            f"the model is opset {opset} and quantization needs opset >= {minimum} (per-channel QDQ), but ONNX's "
+            f"version converter failed: {_first_line(exc)}; re-export the model with opset {minimum} or newer"
+        ) from exc
+    save(converted, path)
+    return f"opset {opset} raised to {minimum} with the ONNX version converter (QDQ needs opset >= {minimum})"
+
+
+#: A Concat whose inputs' magnitudes differ by more than this is kept float: one 8-bit scale for
+#: box coordinates (0-320) and class scores (0-1) rounds every score to 0 (YOLOv8's output head).
+JOIN_RANGE_RATIO = 16.0
+_JOINS = ("Concat",)
+
+
+def mixed_range_joins(path: Path, split: Split, samples: int = 8, ratio: float = JOIN_RANGE_RATIO) -> dict[str, str]:
+    """Concat nodes that join tensors of very different ranges, measured on ``samples`` samples: node -> why.
+
+    Static QDQ gives a Concat's inputs and output one scale; where one input spans hundreds and
+    another fractions, the small one is quantized to a few levels or to zero (a detector's scores
+    next to its boxes). Those Concats stay float (their inputs keep their own scales).
+    """
+    import onnx
+    from onnx import helper
+
+    from slimkit.plugins.onnx.runtime import ort_session, run_all
+
+    model = load(path)
+    consts = {i.name for i in model.graph.initializer} | {
+        o for n in model.graph.node if n.op_type == "Constant" for o in n.output
+    }
+    joins = [n for n in model.graph.node if n.op_type in _JOINS and n.name]
+    watched = sorted({i for n in joins for i in n.input if i and i not in consts})
+    if not joins or not watched or len(split) == 0:
+        return {}
+    have = {o.name for o in model.graph.output}
+    model.graph.output.extend(helper.make_empty_tensor_value_info(t) for t in watched if t not in have)
+    with tempfile.TemporaryDirectory(prefix="slimkit-joins-") as tmp:
+        probe = Path(tmp) / "probe.onnx"
+        onnx.save(model, str(probe))
+        sess = ort_session(probe, 0)
+        names = [o.name for o in sess.get_outputs()]
+        outs = run_all(sess, split.take(samples).inputs, chunk=max(1, samples))
+    peak = {
+        n: float(np.max(np.abs(o))) if o.size and np.issubdtype(o.dtype, np.floating) else None
+        for n, o in zip(names, outs, strict=True)
+    }
+    found: dict[str, str] = {}
+    for node in joins:
+        mags = [(i, peak.get(i)) for i in node.input if i in peak and peak.get(i) is not None]
+        mags = [(i, m) for i, m in mags if m > 0]
+        if len(mags) < 2:
+            continue
+        hi, lo = max(mags, key=lambda x: x[1]), min(mags, key=lambda x: x[1])
+        if hi[1] / lo[1] > ratio:
+            found[node.name] = (
+                f"joins ranges up to {hi[1]:.3g} and {lo[1]:.3g} (one 8-bit scale would flatten the small one)"
+            )
+    return found
+
+
+def output_segments(model: onnx.ModelProto) -> dict[str, tuple[int, list[int]]]:
+    """Graph outputs made by a Concat of known sizes: output name -> (axis, sizes along it).
+
+    A detector's ``Concat(boxes, scores)`` output is judged slice by slice, so a dead score slice
+    is not hidden by the boxes that dominate the whole output's cosine.
+    """
+    producers = {o: n for n in model.graph.node for o in n.output}
+    shapes = {vi.name: vi for vi in [*model.graph.value_info, *model.graph.output, *model.graph.input]}
+    out: dict[str, tuple[int, list[int]]] = {}
+    for o in model.graph.output:
+        node = producers.get(o.name)
+        if node is None or node.op_type != "Concat" or len(node.input) < 2:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        sizes = []
+        for i in node.input:
+            vi = shapes.get(i)
+            dims = list(vi.type.tensor_type.shape.dim) if vi is not None else []
+            if not dims or not dims[axis].HasField("dim_value"):
+                break
+            sizes.append(int(dims[axis].dim_value))
+        else:
+            rank = len(o.type.tensor_type.shape.dim) or None
+            out[o.name] = (axis if axis >= 0 or rank is None else axis + rank, sizes)
+    return out
+
+
 # -- inputs and calibration data ----------------------------------------------------------------------
 
 
@@ -189,8 +299,11 @@ def check_inputs(model: onnx.ModelProto, split: Split, what: str = "calibration 
                     f"{what} input {mapping[info.name]!r} is {have} but the model's input {info.name!r} is {want}; "
                     f"give {'floating-point' if want.kind == 'f' else 'integer'} data for it"
                 )
-        if info.shape:
-            got = list(arr.shape)
+        got = list(arr.shape)
+        whole = len(got) == len(info.shape) + 1 and not any(
+            d is not None and d > 0 and g != d for d, g in zip(info.shape, got[1:], strict=False)
+        )  # samples are whole inputs (no batch axis: a scalar, a state): fed one at a time
+        if info.shape and not whole:
             bad = len(got) != len(info.shape) or any(
                 d is not None and d > 0 and g != d for d, g in zip(info.shape[1:], got[1:], strict=False)
             )
@@ -208,14 +321,30 @@ def feed(model_inputs: list[InputInfo], mapping: Mapping[str, str], batch: Mappi
     out = {}
     for info in model_inputs:
         arr = np.asarray(batch[mapping[info.name]])
+        if arr.ndim == len(info.shape) + 1:  # one unbatched sample (see unbatched): the sample is the input
+            if len(arr) != 1:
+                raise DataError(
+                    f"the model's input {info.name!r} has no batch axis: feed its samples one at a time, not {len(arr)}"
+                )
+            arr = arr[0]
         if info.dtype is not None and arr.dtype != info.dtype:
             arr = arr.astype(info.dtype)
         out[info.name] = np.ascontiguousarray(arr)
     return out
 
 
+def unbatched(model_inputs: list[InputInfo], mapping: Mapping[str, str], split: Split) -> bool:
+    """Whether the data's samples are whole model inputs (an input without a batch axis: a scalar, a
+    recurrent state), so calibration and scoring feed them one at a time instead of stacking them."""
+    return any(np.ndim(split.inputs[mapping[i.name]]) == len(i.shape) + 1 for i in model_inputs)
+
+
 def calibration_reader(model: onnx.ModelProto, split: Split, samples: int, batch_size: int) -> Any:
-    """An ORT ``CalibrationDataReader`` over the first ``samples`` samples of ``split``."""
+    """An ORT ``CalibrationDataReader`` over the first ``samples`` samples of ``split``.
+
+    Batches are read from the split as the calibrator asks for them (none are held in advance), one
+    sample at a time for a model without a batch axis.
+    """
     from onnxruntime.quantization import CalibrationDataReader
 
     if len(split) == 0:
@@ -223,17 +352,18 @@ def calibration_reader(model: onnx.ModelProto, split: Split, samples: int, batch
     mapping = check_inputs(model, split)
     inputs = graph_inputs(model)
     part = split.take(samples)
-    batches = [feed(inputs, mapping, b) for b, _ in part.batches(batch_size)]
+    size = 1 if unbatched(inputs, mapping, part) else batch_size
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._it = iter(batches)
+            self.rewind()
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._it, None)
+            batch = next(self._it, None)
+            return None if batch is None else feed(inputs, mapping, batch[0])
 
         def rewind(self) -> None:
-            self._it = iter(batches)
+            self._it = part.batches(size)
 
     return _Reader()
 
@@ -531,7 +661,7 @@ def quantize_static_model(src: Path, dst: Path, split: Split, cfg: QuantizeConfi
             reader,
             quant_format=QuantFormat.QDQ,
             activation_type=act,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8 if cfg.weight_signed else QuantType.QUInt8,
             per_channel=cfg.per_channel,
             reduce_range=cfg.reduce_range,
             nodes_to_exclude=list(plan.exclude),
@@ -591,6 +721,7 @@ def mse_ranges(
     inputs = graph_inputs(model)
     mapping = check_inputs(model, split)
     part = split.take(cfg.calibration_samples)
+    size = 1 if unbatched(inputs, mapping, part) else cfg.calibration_batch_size
     with tempfile.TemporaryDirectory(prefix="slimkit-mse-") as tmp:
         path = save(aug, Path(tmp) / "aug.onnx")
         sess = ort_session(path, 0, "basic")
@@ -598,13 +729,13 @@ def mse_ranges(
         idx = [names.index(t) for t in tensors]
         lo = {t: np.inf for t in tensors}
         hi = {t: -np.inf for t in tensors}
-        for batch, _ in part.batches(cfg.calibration_batch_size):
+        for batch, _ in part.batches(size):
             outs = sess.run(None, feed(inputs, mapping, batch))
             for t, i in zip(tensors, idx, strict=True):
                 lo[t] = min(lo[t], float(np.min(outs[i])))
                 hi[t] = max(hi[t], float(np.max(outs[i])))
         hist = {t: np.zeros(bins, np.float64) for t in tensors}
-        for batch, _ in part.batches(cfg.calibration_batch_size):
+        for batch, _ in part.batches(size):
             outs = sess.run(None, feed(inputs, mapping, batch))
             for t, i in zip(tensors, idx, strict=True):
                 h, _ = np.histogram(outs[i], bins=bins, range=(lo[t], max(hi[t], lo[t] + 1e-12)))

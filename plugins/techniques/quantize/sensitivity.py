@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +21,22 @@ from slimkit.core import Split
 
 @dataclass
 class Score:
-    """How a candidate compares with the float model on the validation split."""
+    """How a candidate compares with the float model on the validation split.
+
+    ``cosine`` / ``top1`` are the worst over the model's outputs and over the slices of an output
+    that joins different ranges (:func:`~.ort.output_segments`); ``parts`` has each one's cosine.
+    """
 
     accuracy: float | None
     drop: float | None  # percentage points, float minus candidate
     cosine: float
     top1: float
+    parts: dict[str, float] = field(default_factory=dict)
 
     def text(self) -> str:
         acc = f"accuracy drop {self.drop:.2f} pt, " if self.drop is not None else ""
-        return f"{acc}cosine {self.cosine:.4f}"
+        worst = min(self.parts, key=self.parts.get) if len(self.parts) > 1 else None  # type: ignore[arg-type]
+        return f"{acc}cosine {self.cosine:.4f}" + (f" (worst: {worst})" if worst else "")
 
 
 def cosine(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
@@ -39,6 +45,26 @@ def cosine(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
 
     f = fidelity(ref, out)
     return f["mean_cosine"], f["top1_agreement"]
+
+
+def parts(
+    refs: list[np.ndarray], outs: list[np.ndarray], names: list[str], segments: dict[str, tuple[int, list[int]]]
+) -> dict[str, tuple[float, float]]:
+    """(cosine, top-1 agreement) of each output, and of each slice of a segmented output, by name."""
+    found: dict[str, tuple[float, float]] = {}
+    for name, ref, out in zip(names, refs, outs, strict=True):
+        if not np.issubdtype(np.asarray(ref).dtype, np.floating):
+            continue
+        found[name] = cosine(ref, out)
+        axis, sizes = segments.get(name, (0, []))
+        if len(sizes) > 1 and axis >= 1 and ref.ndim > axis and sum(sizes) == ref.shape[axis]:
+            start = 0
+            for size in sizes:
+                idx = [slice(None)] * ref.ndim
+                idx[axis] = slice(start, start + size)
+                found[f"{name}[{start}:{start + size}]"] = cosine(ref[tuple(idx)], out[tuple(idx)])
+                start += size
+    return found
 
 
 class Scorer:
@@ -53,6 +79,8 @@ class Scorer:
         model = ort.load(reference)
         self.inputs = ort.graph_inputs(model)
         self.mapping = ort.check_inputs(model, split, "validation data")
+        self.segments = ort.output_segments(model)
+        self.names: list[str] = []
         self.reference = self.outputs(reference)
         self.labels = split.labels
         self.accuracy = self._accuracy(self.reference)
@@ -64,25 +92,22 @@ class Scorer:
         out = object.__new__(Scorer)
         out.split = self.split.take(samples)
         out.threads, out.batch_size = self.threads, self.batch_size
-        out.inputs, out.mapping = self.inputs, self.mapping
-        out.reference = self.reference[:samples]
+        out.inputs, out.mapping, out.segments, out.names = self.inputs, self.mapping, self.segments, self.names
+        out.reference = [r[:samples] for r in self.reference]
         out.labels = out.split.labels
         out.accuracy = out._accuracy(out.reference)
         return out
 
-    def outputs(self, path: Path) -> np.ndarray:
-        """The first output of the model at ``path`` on the whole split."""
-        from slimkit.plugins.onnx.runtime import ort_session
-
-        from . import ort
+    def outputs(self, path: Path) -> list[np.ndarray]:
+        """Every output of the model at ``path`` on the whole split (``runtime.run_all``)."""
+        from slimkit.plugins.onnx.runtime import ort_session, run_all
 
         sess = ort_session(path, self.threads)
-        outs = [
-            sess.run(None, ort.feed(self.inputs, self.mapping, b))[0] for b, _ in self.split.batches(self.batch_size)
-        ]
-        return np.concatenate(outs)
+        self.names = [o.name for o in sess.get_outputs()]
+        return run_all(sess, self.split.inputs, chunk=self.batch_size)
 
-    def _accuracy(self, out: np.ndarray) -> float | None:
+    def _accuracy(self, outs: list[np.ndarray]) -> float | None:
+        out = outs[0]
         if self.labels is None or out.ndim != 2:
             return None
         return float((out.argmax(-1) == self.labels).mean())
@@ -98,8 +123,16 @@ class Scorer:
                 out = self.outputs(ort.save(model, Path(tmp) / "m.onnx"))
         acc = self._accuracy(out)
         drop = None if acc is None or self.accuracy is None else round((self.accuracy - acc) * 100.0, 6)
-        cos, top1 = cosine(self.reference, out)
-        return Score(accuracy=acc, drop=drop, cosine=cos, top1=top1)
+        found = parts(self.reference, out, self.names, self.segments)
+        if not found:  # no float output: compare the first as numbers
+            found = {self.names[0]: cosine(self.reference[0], out[0])}
+        return Score(
+            accuracy=acc,
+            drop=drop,
+            cosine=min(c for c, _ in found.values()),
+            top1=min(t for _, t in found.values()),
+            parts={k: c for k, (c, _) in found.items()},
+        )
 
 
 def layer_sensitivity(

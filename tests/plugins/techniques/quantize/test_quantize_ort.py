@@ -54,7 +54,8 @@ def test_modes_give_models_ort_runs_with_quantized_ops(
 def test_static_4bit_weights_are_on_the_4bit_grid_in_int8_containers(
     cnn_onnx, digits8, tmp_path, ort_optimized
 ) -> None:
-    out, _ = run(cnn_onnx, digits8, tmp_path, mode="static", weight_bits=4)
+    # unchecked: the grid is the point here (the accuracy check would keep the layers that lose most float)
+    out, _ = run(cnn_onnx, digits8, tmp_path, mode="static", weight_bits=4, check=False)
     weights = [numpy_helper.to_array(i) for i in out.graph.initializer if i.name.endswith(".weight_quantized")]
     assert len(weights) == 5
     for w in weights:
