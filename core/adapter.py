@@ -150,16 +150,26 @@ class ModelAdapter(ABC):
         if split.labels is None:
             return {}
         correct = 0
-        for inputs, labels in split.batches(batch_size):
+        for inputs, labels in split.batches(batch_rows(split, batch_size)):
             out = self.predict(model, inputs)
             correct += int((np.argmax(out, axis=-1) == labels).sum())
         return {"accuracy": correct / max(len(split), 1)}
 
     def outputs(self, model: Any, split: Split, batch_size: int = 256) -> np.ndarray:
         """All outputs of ``model`` on ``split``, concatenated (for fidelity checks)."""
-        return np.concatenate([self.predict(model, b) for b, _ in split.batches(batch_size)])
+        return np.concatenate([self.predict(model, b) for b, _ in split.batches(batch_rows(split, batch_size))])
 
     def all_outputs(self, model: Any, split: Split, batch_size: int = 256) -> list[np.ndarray]:
         """Each output of ``model`` on ``split``, batches concatenated (fidelity judged per output)."""
-        parts = [self.predict_outputs(model, b) for b, _ in split.batches(batch_size)]
+        parts = [self.predict_outputs(model, b) for b, _ in split.batches(batch_rows(split, batch_size))]
         return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))] if parts else []
+
+
+#: Evaluation feeds at most this many bytes of input per batch (256 samples of 3x736x736 would be 1.7 GB).
+BATCH_BYTES = 64 << 20
+
+
+def batch_rows(split: Split, batch_size: int) -> int:
+    """``batch_size``, fewer when that many samples would exceed :data:`BATCH_BYTES` of input."""
+    per_row = sum(int(np.prod(v.shape[1:], dtype=np.int64)) * np.dtype(v.dtype).itemsize for v in split.inputs.values())
+    return max(1, min(batch_size, BATCH_BYTES // max(per_row, 1)))

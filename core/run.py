@@ -17,7 +17,7 @@ import numpy as np
 
 from . import files
 from .adapter import ModelAdapter
-from .data import DataSplits
+from .data import DataSplits, load_data
 from .errors import DataError, ModelError, SlimkitError, TechniqueError
 from .registry import Registry
 from .report import ModelMetrics, Report, StageResult
@@ -88,16 +88,8 @@ def stage_seed(seed: int, stage: str) -> int:
 
 
 def data_fingerprint(data: DataSplits) -> str:
-    import hashlib
-
-    h = hashlib.sha256(data.name.encode())
-    for split in (data.train, data.val, data.test):
-        for k in sorted(split.inputs):
-            h.update(k.encode())
-            h.update(np.ascontiguousarray(split.inputs[k]).tobytes())
-        if split.labels is not None:
-            h.update(np.ascontiguousarray(split.labels).tobytes())
-    return h.hexdigest()
+    """The data's content hash (:meth:`DataSplits.fingerprint`: read chunk by chunk, never whole)."""
+    return data.fingerprint()
 
 
 class Runner:
@@ -198,7 +190,7 @@ class Runner:
         assert data is not None
         try:
             with files.atomic_path(path) as tmp:
-                adapter.export_onnx(model, tmp, data.test.example(1))
+                how = adapter.export_onnx(model, tmp, data.test.example(1))
         except SlimkitError:
             raise
         except Exception as exc:
@@ -206,6 +198,10 @@ class Runner:
                 f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
                 "check that the model is traceable with torch.export (no data-dependent control flow)"
             ) from exc
+        if how:  # which exporter made the file (an adapter may fall back from one to another: logged)
+            self.report.sections.setdefault("export", {})[self._rel(path)] = dict(how)
+            if how.get("fallback_reason"):
+                self.ctx.log(f"ONNX export of {self._rel(path)}: " + ", ".join(f"{k}={v}" for k, v in how.items()))
         return path
 
     # -- stages -----------------------------------------------------------------------------------
@@ -376,7 +372,7 @@ class Runner:
         report = self.report
         self.target = self.registry.target(spec.target["name"])(spec.target)
         self.target.check_available()
-        report.target = {"name": self.target.name, **_plain(self.target.cfg)}
+        report.target = {"name": self.target.name, **_plain(self.target.cfg), **_plain(self.target.describe())}
         self.ctx.hook.slimkit_run_start(ctx=self.ctx)
         report.mlflow_run_id = self.ctx.tracker.run_id
         adapter, model, data = self._load(model_obj, data_obj)
@@ -418,14 +414,17 @@ class Runner:
         return report
 
     def _load(self, model_obj: Any, data_obj: DataSplits | None) -> tuple[ModelAdapter, Any, DataSplits]:
-        """The data, the adapter and the model; checks that every stage handles the model and that it runs."""
+        """The adapter, the model and the data (made for the model's inputs by a source that makes them);
+        checks that every stage handles the model and that it runs."""
         spec = self.spec
-        if data_obj is None:
-            data_obj = self.registry.data_loader(spec.data["name"])(spec.data, spec.seed)
-        self.ctx.data = data_obj
         adapter = self.registry.adapter(spec.model.get("adapter", "torch"))()
         adapter.seed(spec.seed)
         model = model_obj if model_obj is not None else adapter.load(spec.model)
+        if data_obj is None:  # a data source that makes inputs (random) asks the model what they are
+            specs = getattr(adapter, "input_specs", None)
+            loader = self.registry.data_loader(spec.data["name"])
+            data_obj = load_data(loader, spec.data, spec.seed, (lambda: specs(model)) if specs else None)
+        self.ctx.data = data_obj
         for st in spec.stages:
             if not st.technique.frameworks or adapter.name not in st.technique.frameworks:
                 working = [n for n, t in self.registry.techniques.items() if adapter.name in t.frameworks]
@@ -469,9 +468,10 @@ class Runner:
         )
         report.compressed.extra["layer_sparsity"] = adapter.layer_sparsity(model)
         report.baseline.extra["layer_sparsity"] = baseline_adapter.layer_sparsity(baseline)
-        compressed_outputs = adapter.outputs(model, data.test, spec.eval_batch_size)
+        compressed_all = adapter.all_outputs(model, data.test, spec.eval_batch_size)
+        compressed_outputs = compressed_all[0]
         report.fidelity = fidelity(
-            baseline_adapter.outputs(baseline, data.test, spec.eval_batch_size), compressed_outputs
+            baseline_adapter.all_outputs(baseline, data.test, spec.eval_batch_size), compressed_all
         )
         if (spec.run_dir / "run.log").exists():
             self.ctx.artifact(spec.run_dir / "run.log", "log")
@@ -480,8 +480,9 @@ class Runner:
         report.target.update(self.target.report(onnx_path, compressed_outputs, data.test.inputs))
 
 
-def fidelity(reference: np.ndarray, output: np.ndarray) -> dict[str, float]:
-    """The report's ``fidelity``: :func:`~slimkit.core.target.compare_outputs` without its sample count."""
+def fidelity(reference: np.ndarray | list[np.ndarray], output: np.ndarray | list[np.ndarray]) -> dict[str, Any]:
+    """The report's ``fidelity``: :func:`~slimkit.core.target.compare_outputs` without its sample count
+    (per output too, for a multi-output model; the totals are the worst output's)."""
     return {k: v for k, v in compare_outputs(reference, output).items() if k != "samples"}
 
 

@@ -136,10 +136,27 @@ def register_schemas(registry: Registry) -> None:
             node = cfg_cls(**ids)
         except SlimkitError as exc:
             raise PluginError(f"{_kind(group)} {name!r}: its Config defaults are invalid ({exc})") from exc
+        node = _open_mappings(group, node)
         cs.store(group=f"schema/{group}", name=name, node=node)
         if not _has_yaml(group, name):
             cs.store(group=group, name=name, node=node)
     _registered = True
+
+
+def _open_mappings(group: str, node: Any) -> Any:
+    """A data source's schema node whose mappings (``data.shapes``, ``data.dims``, ``data.ranges``,
+    ``data.kwargs``) take new keys on the command line as documented, ``data.shapes={x: [3,736,736]}``
+    or ``data.shapes.x=[3,736,736]``, with no ``+``: Hydra's struct mode refuses new keys in a
+    mapping unless its node says otherwise. Values keep their types (a shape must be a list of ints)."""
+    if group != "data":
+        return node
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.structured(node)
+    for f in dataclasses.fields(node):
+        if isinstance(getattr(node, f.name), dict):
+            OmegaConf.set_struct(cfg[f.name], False)
+    return cfg
 
 
 _HYDRA_NOISE = re.compile(r"\s*(Set the environment variable HYDRA_FULL_ERROR=1.*|Config search path:.*)$")

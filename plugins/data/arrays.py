@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from slimkit.core import ConfigError, DataConfig, DataError, DataSplits, Split, build_config, check_number
+from slimkit.core.data import LazyArray
 
 C = TypeVar("C", bound=DataConfig)
 
@@ -52,8 +53,12 @@ def split_arrays(
     num_classes: int | None = None,
     meta: dict[str, Any] | None = None,
 ) -> DataSplits:
-    """Shuffle samples with ``seed`` and split them into train/val/test (each at least one sample)."""
-    arrays = {str(k): np.asarray(v) for k, v in inputs.items()}
+    """Shuffle samples with ``seed`` and split them into train/val/test (each at least one sample).
+
+    In-memory arrays are copied into the splits; a :class:`~slimkit.core.data.LazyArray` or a memory
+    map stays on disk (or unmade): each split is a lazy view of its samples, read batch by batch.
+    """
+    arrays = {str(k): _array(v) for k, v in inputs.items()}
     if not arrays:
         raise DataError(f"data {name!r} has no input arrays; give at least one array named like a model input")
     sizes = {k: (v.shape[0] if v.ndim else 0) for k, v in arrays.items()}
@@ -78,10 +83,12 @@ def split_arrays(
     if n_test + n_val >= n:
         n_test, n_val = 1, 1
     parts = {"test": perm[:n_test], "val": perm[n_test : n_test + n_val], "train": perm[n_test + n_val :]}
+    if any(isinstance(v, LazyArray) for v in arrays.values()):
+        parts = {k: np.sort(v) for k, v in parts.items()}  # samples in file order: reads go forward
 
     def split(ix: np.ndarray) -> Split:
         return Split(
-            {k: np.ascontiguousarray(v[ix]) for k, v in arrays.items()},
+            {k: v.rows(ix) if isinstance(v, LazyArray) else np.ascontiguousarray(v[ix]) for k, v in arrays.items()},
             None if labels is None else labels[ix],
         )
 
@@ -93,6 +100,15 @@ def split_arrays(
         meta=dict(meta or {}),
         **{k: split(v) for k, v in parts.items()},
     )
+
+
+def _array(v: Any) -> Any:
+    """A lazy array as it is, a memory map as a lazy array over it (rows read when used), else numpy."""
+    if isinstance(v, LazyArray):
+        return v
+    if isinstance(v, np.memmap) and v.ndim > 0:
+        return LazyArray.of(v)
+    return np.asarray(v)
 
 
 def import_callable(spec: Any, option: str) -> Any:

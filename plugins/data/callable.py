@@ -10,7 +10,8 @@ Config (``data=callable``, :class:`CallableDataConfig`)::
 The function returns a :class:`~slimkit.core.DataSplits` (used as is), an ``(x, y)`` tuple (``x`` an
 array or a dict of named arrays, ``y`` integer labels or None), a dict of named arrays (no labels)
 or one array (the input ``input``, no labels); anything not split yet is shuffled with the run's
-seed and split.
+seed and split. Memory maps (``numpy.load(path, mmap_mode="r")``) and
+:class:`~slimkit.core.data.LazyArray` s stay out of memory: the run reads them batch by batch.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from slimkit.core import DataError, DataSplits, SlimkitError, hookimpl
+from slimkit.core.data import LazyArray
 
 from .arrays import SplitDataConfig, data_config, import_callable, split_arrays
 
@@ -60,9 +62,9 @@ def to_splits(result: Any, spec: str, seed: int, val: float, test: float) -> Dat
                 "DataSplits"
             )
         x, labels = result
-    if isinstance(x, np.ndarray):
+    if isinstance(x, np.ndarray | LazyArray):
         inputs = {"input": x}
-    elif isinstance(x, Mapping) and all(isinstance(v, np.ndarray) for v in x.values()):
+    elif isinstance(x, Mapping) and all(isinstance(v, np.ndarray | LazyArray) for v in x.values()):
         inputs = {str(k): v for k, v in x.items()}
     else:
         raise DataError(

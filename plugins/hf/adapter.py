@@ -9,7 +9,9 @@ Model config (``model=hf``, :class:`HfModelConfig`)::
 ``task=auto`` loads ``AutoModelForSequenceClassification`` when the config names a
 ``...ForSequenceClassification`` architecture, else ``AutoModel`` (the encoder's last hidden state is
 the output; fidelity to the original model is then the measure). Everything else (running, counting,
-saving) is the torch adapter's: a Transformers model is an ``nn.Module``.
+saving, the inputs ``data=random`` makes, the ONNX export and its TorchScript fallback) is the torch
+adapter's: a Transformers model is an ``nn.Module``. The export makes the sequence length dynamic too
+and exports attention in its eager form.
 
 transformers is imported inside the methods, and only when an ``hf`` model is used.
 """
@@ -25,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from slimkit.core import ConfigError, ModelConfig, ModelError, hookimpl
-from slimkit.plugins.torch.adapter import TorchAdapter, _first_line, _strip_metadata
+from slimkit.plugins.torch.adapter import TorchAdapter, _first_line, _in_signature_order
 
 TASKS = ("auto", "sequence-classification", "feature-extraction")
 
@@ -103,58 +105,37 @@ class HfAdapter(TorchAdapter):
         with _eager_attention(model):
             return super().macs(model, example)
 
-    def export_onnx(self, model: Any, path: Path, example: Mapping[str, np.ndarray]) -> None:
-        """Export with the torch.export-based exporter: dynamic batch, and sequence unless fixed.
-
-        Attention is exported in its ``eager`` form (MatMul, Add mask, Softmax, MatMul), the model's own
-        implementation restored afterwards: the SDPA form adds a NaN guard (IsNaN + Where) and more
-        Reshape/Slice nodes to every layer. Both compute the same (output cosine 1.0); the eager graph
-        runs as fast in fp32 and 6 % faster as static int8 (BERT 6x384 on ORT, 1 thread:
-        2.64x vs 2.48x over fp32 in one run; docs/QUANTIZATION.md).
-        """
-        import logging
-        import warnings
-
-        import onnx
+    def _export_inputs(
+        self, model: Any, example: Mapping[str, np.ndarray]
+    ) -> tuple[list[Any], dict[str, Any], dict[str, dict[int, tuple[str, int, int]]]]:
+        """Every input by name (in ``forward``'s order); dynamic batch, and sequence unless
+        ``model.dynamic_sequence=false``."""
         import torch
 
-        for name in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", "onnx_ir", "transformers"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-        names = list(example)
-        kwargs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in example.items()}
+        kwargs = _in_signature_order(model, {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in example.items()})
         settings = getattr(model, "slimkit_export", {}) or {}
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        dynamic: dict[str, Any] = {}
-        seq = None
+        seq_len = 0
         if settings.get("dynamic_sequence", True):
             seq_len = max((v.shape[1] for v in kwargs.values() if v.dim() > 1), default=0)
-            seq = torch.export.Dim("sequence", min=2, max=max(seq_len, 512)) if seq_len else None
+        dynamic: dict[str, dict[int, tuple[str, int, int]]] = {}
         for k, v in kwargs.items():
-            dims: dict[int, Any] = {0: batch}
-            if seq is not None and v.dim() > 1:
-                dims[1] = seq
-            dynamic[k] = dims
-        model.eval()
-        with warnings.catch_warnings(), _eager_attention(model):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model,
-                (),
-                kwargs=kwargs,
-                dynamo=True,
-                input_names=names,
-                output_names=["logits"],
-                dynamic_shapes=dynamic,
-                optimize=True,
-                verbose=False,
-                report=False,
-            )
-        proto = program.model_proto
-        # Keep only the first output (logits or last_hidden_state), as predict() does.
+            dynamic[k] = {0: ("batch", 1, 4096)}
+            if seq_len and v.dim() > 1:
+                dynamic[k][1] = ("sequence", 2, max(seq_len, 512))
+        return [], kwargs, dynamic
+
+    def _export_context(self, model: Any) -> contextlib.AbstractContextManager[Any]:
+        """Attention is exported in its ``eager`` form (MatMul, Add mask, Softmax, MatMul), the model's
+        own implementation restored afterwards: the SDPA form adds a NaN guard (IsNaN + Where) and
+        more Reshape/Slice nodes to every layer. Both compute the same (output cosine 1.0); the eager
+        graph runs as fast in fp32 and 6 % faster as static int8 (BERT 6x384 on ORT, 1 thread: 2.64x
+        vs 2.48x over fp32 in one run; docs/QUANTIZATION.md)."""
+        return _eager_attention(model)
+
+    def _finish_export(self, proto: Any) -> None:
+        """Keep only the first output (logits or last_hidden_state), as predict() does."""
         while len(proto.graph.output) > 1:
             proto.graph.output.pop()
-        _strip_metadata(proto)
-        onnx.save_model(proto, str(path), save_as_external_data=proto.ByteSize() > 1_800_000_000)
 
 
 @contextlib.contextmanager

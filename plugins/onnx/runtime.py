@@ -210,7 +210,7 @@ def feeds(session: Any, inputs: Mapping[str, np.ndarray]) -> list[dict[str, np.n
     if not unbatched(session, inputs):
         return [feed(session, inputs)]
     n = len(next(iter(inputs.values())))
-    return [feed(session, {k: np.asarray(v)[i : i + 1] for k, v in inputs.items()}) for i in range(n)]
+    return [feed(session, {k: np.asarray(v[i : i + 1]) for k, v in inputs.items()}) for i in range(n)]
 
 
 def physical_cores() -> int:
@@ -328,10 +328,10 @@ def run_all(
     """
     n = len(next(iter(inputs.values())))
     single = unbatched(session, inputs)
-    step = 1 if single else (fixed_batch(session) or chunk)
+    step = 1 if single else (fixed_batch(session) or _rows_per_chunk(inputs, chunk))
     outs: list[list[np.ndarray]] = []
     for start in range(0, n, step):
-        part = {k: np.asarray(v)[start : start + step] for k, v in inputs.items()}
+        part = {k: np.asarray(v[start : start + step]) for k, v in inputs.items()}  # reads only these rows
         rows = len(next(iter(part.values())))
         if rows < step and fixed_batch(session):
             part = {k: np.concatenate([v, np.repeat(v[-1:], step - rows, axis=0)]) for k, v in part.items()}
@@ -349,6 +349,16 @@ def run_all(
         return [np.zeros((0,))]
     join = np.stack if single else np.concatenate
     return [join([o[k] for o in outs]) for k in range(len(outs[0]))]
+
+
+#: :func:`run_all` feeds at most this many bytes of input per run (a 3x736x736 image is 6.5 MB).
+CHUNK_BYTES = 64 << 20
+
+
+def _rows_per_chunk(inputs: Mapping[str, Any], chunk: int) -> int:
+    """``chunk`` rows, fewer when that many would exceed :data:`CHUNK_BYTES` of input."""
+    per_row = sum(int(np.prod(v.shape[1:], dtype=np.int64)) * np.dtype(v.dtype).itemsize for v in inputs.values())
+    return max(1, min(chunk, CHUNK_BYTES // max(per_row, 1)))
 
 
 def binder(session: onnxruntime.InferenceSession) -> Callable[[Mapping[str, np.ndarray]], Callable[[], Any]]:

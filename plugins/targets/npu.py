@@ -550,7 +550,7 @@ class NpuTarget(Target):
     def infer(self, onnx_path: Path, inputs: Mapping[str, np.ndarray]) -> np.ndarray:
         """The model's first output on the HTP for the first ``validation_samples`` rows (0: all)."""
         limit = self.options["validation_samples"]
-        rows = {k: np.asarray(v)[:limit] if limit else np.asarray(v) for k, v in inputs.items()}
+        rows = {k: np.asarray(v[:limit]) if limit else np.asarray(v) for k, v in inputs.items()}
         path = self.prepare(onnx_path, None, {k: v[:1] for k, v in rows.items()})
         return run_batched(qnn_session(path, **self._session_kwargs()), rows)
 
