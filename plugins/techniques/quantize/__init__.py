@@ -260,6 +260,8 @@ class Quantize(Technique):
             for tmp in ("float.onnx", "prepared.onnx", "qat.onnx", *(f"{m}.onnx" for m in PTQ_MODES)):
                 # intermediates: the runner saves the returned model as the stage's model.onnx
                 (work / tmp).unlink(missing_ok=True)
+            for cache in work.glob(".calibration-*.json"):  # activation ranges shared by the candidates
+                cache.unlink(missing_ok=True)
 
     def _quantize(
         self, model: Any, adapter: Any, ctx: StageContext, cfg: QuantizeConfig, qat: Any, notes: list[str]

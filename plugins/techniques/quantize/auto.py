@@ -51,9 +51,14 @@ CHEAP_LAYERS = 24
 #: Per-layer sensitivity is the output error (``1 - cosine``) on this many validation samples: a
 #: ranking needs the relative error of the layers, not a full evaluation of each variant.
 SENSITIVITY_SAMPLES = 64
+#: ... and at most about this many sample evaluations over all layers (at least 8 samples per layer).
+SENSITIVITY_BUDGET = 512
 #: Each model is timed for at least this long per batch size and round: a handful of runs of a
 #: millisecond model says little on a shared machine.
 MIN_SECONDS = 0.3
+#: One call of :func:`measure_latencies` times for about this long in all (each model, batch size and
+#: round gets its share, at least one run): timing is bounded whatever the model's size.
+TIMING_SECONDS = 30.0
 #: With labelled data, candidates whose output cosines round to the same multiple of this are equally
 #: faithful: the faster one wins among those of equal accuracy.
 COSINE_TIE = 1e-3
@@ -110,15 +115,19 @@ def measure_latencies(paths: list[Path], ctx: StageContext, cfg: QuantizeConfig,
     per-round medians, which a burst of load on another process cannot inflate.
     """
     target = ctx.require_target("time the quantized candidates")
+    batches = [int(b) for b in cfg.latency_batches]
+    # at most TIMING_SECONDS per call in all: a ResNet-50 at batch 64 takes seconds per run, and
+    # five candidates x two batch sizes x three rounds at 5 s each would take minutes
+    cap = min(5.0, max(0.05, TIMING_SECONDS / (rounds * len(paths) * len(batches))))
     timings = target.measure(
         paths,
-        {int(b): ctx.data.val.example(int(b)) for b in cfg.latency_batches},
+        {b: ctx.data.val.example(b) for b in batches},
         rounds=rounds,
         repeats=max(1, math.ceil(cfg.latency_repeats / rounds)),
         warmup=1,
         first_warmup=3,
-        min_seconds=MIN_SECONDS,
-        max_seconds=5,
+        min_seconds=min(MIN_SECONDS, cap),
+        max_seconds=cap,
     )
     return [timings.typical(i) for i in range(len(paths))]
 
@@ -555,7 +564,9 @@ class _Job:
         def only(name: str) -> Any:
             return self.variant(cand, [n for n in layers if n != name])
 
-        quick = self.scorer.subset(samples)
+        # one model evaluation per layer: on deep models the ranking uses fewer samples (ResNet-50's
+        # 54 layers: 9 each), so it costs about SENSITIVITY_BUDGET sample evaluations in all
+        quick = self.scorer.subset(max(8, min(samples, SENSITIVITY_BUDGET // max(1, len(layers)))))
         progress = self.ctx.progress
         return layer_sensitivity(layers, only, quick, lambda t, c, n: progress(f"{t} ({cand.label()})", c, n))
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import inspect
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -654,11 +655,17 @@ def quantize_static_model(src: Path, dst: Path, split: Split, cfg: QuantizeConfi
     if calib_args:
         extra["CalibPercentile"] = cfg.percentile
     src_abs, dst_abs = Path(src).resolve(), Path(dst).resolve()
+    cache = calibration_cache(src_abs, cfg, plan, extra)
+    if cache is not None and "calibration_cache_path" in inspect.signature(quantize_static).parameters:
+        extra_kwargs: dict[str, Any] = {"calibration_cache_path": str(cache)}
+    else:
+        extra_kwargs = {}
     with scratch_dir(), _histogram_errors(cfg.calibration):
         quantize_static(
             str(src_abs),
             str(dst_abs),
             reader,
+            **extra_kwargs,
             quant_format=QuantFormat.QDQ,
             activation_type=act,
             weight_type=QuantType.QInt8 if cfg.weight_signed else QuantType.QUInt8,
@@ -670,6 +677,40 @@ def quantize_static_model(src: Path, dst: Path, split: Split, cfg: QuantizeConfi
             extra_options=extra,
         )
     return load(dst)
+
+
+def calibration_cache(src: Path, cfg: QuantizeConfig, plan: StaticPlan, extra: Mapping[str, Any]) -> Path | None:
+    """Where ORT's ``quantize_static`` keeps the activation ranges of this calibration (its
+    ``calibration_cache_path``, a JSON file of ranges: loading it runs no code), beside ``src``.
+
+    ``auto`` builds several static candidates (weight layouts, the ISA's variants) from one model
+    and one calibration set: their activation ranges are the same, so calibration (a pass of the
+    float model over every calibration sample, most of a candidate's cost on a ResNet-50) runs once.
+    The name hashes everything the ranges depend on: the model file, the calibration method and its
+    options, the samples, the tensors overridden. ``None`` for slimkit's own ``mse`` calibration.
+    """
+    import hashlib
+    import json
+
+    if cfg.calibration == "mse":
+        return None
+    digest = hashlib.sha256()
+    with open(src, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    key = {
+        "calibration": cfg.calibration,
+        "percentile": cfg.percentile,
+        "samples": cfg.calibration_samples,
+        "batch": cfg.calibration_batch_size,
+        "activation_symmetric": cfg.activation_symmetric,
+        "activation_bits": cfg.activation_bits,
+        "op_types": plan.op_types,
+        "overrides": sorted(plan.overrides),
+        "extra": sorted(k for k in extra if k.startswith("Calib")),
+    }
+    digest.update(json.dumps(key, sort_keys=True, default=str).encode())
+    return Path(src).parent / f".calibration-{digest.hexdigest()[:16]}.json"
 
 
 @contextlib.contextmanager

@@ -413,3 +413,31 @@ def test_a_fixed_mode_is_checked_and_repaired_or_fails_with_the_best_candidate(t
     ok = Quantize(QuantizeConfig(technique="quantize", mode="static", min_fidelity=0.9))
     ok.apply(onnx.load(str(path)), q_adapter(), ctx2)
     assert ctx2.metrics["val_cosine"] >= 0.9 and not any("misses" in n for n in ctx2.info.get("notes", []))
+
+
+def test_static_candidates_share_one_calibration_and_get_the_same_model(tmp_path) -> None:
+    """The second static layout reads the activation ranges the first one calibrated (ORT's JSON
+    calibration cache beside the model): the model it writes is byte-identical to a fresh calibration's."""
+    from dataclasses import replace
+
+    from slimkit.plugins.techniques.quantize import QuantizeConfig, ort
+
+    split = Split({"x": images(32)})
+    cfg = QuantizeConfig(technique="quantize", mode="static", calibration_samples=32)
+    fresh_dir, shared_dir = tmp_path / "fresh", tmp_path / "shared"
+    for d in (fresh_dir, shared_dir):
+        d.mkdir()
+        opset12_cnn(d / "m.onnx")
+        ort.raise_opset(d / "m.onnx")
+    per_tensor = replace(cfg, per_channel=False)
+    fresh = ort.quantize_static_model(fresh_dir / "m.onnx", fresh_dir / "pt.onnx", split, per_tensor, ort.StaticPlan())
+    ort.quantize_static_model(shared_dir / "m.onnx", shared_dir / "pc.onnx", split, cfg, ort.StaticPlan())
+    caches = list(shared_dir.glob(".calibration-*.json"))
+    assert len(caches) == 1  # written by the first build ...
+    written = caches[0].stat().st_mtime_ns
+    shared = ort.quantize_static_model(
+        shared_dir / "m.onnx", shared_dir / "pt.onnx", split, per_tensor, ort.StaticPlan()
+    )
+    assert list(shared_dir.glob(".calibration-*.json")) == caches  # ... read, not rewritten, by the second
+    assert caches[0].stat().st_mtime_ns == written
+    assert shared.SerializeToString() == fresh.SerializeToString()
