@@ -550,10 +550,37 @@ def check_quantizable(model: Any, cfg: QuantizeConfig) -> None:
 
     if not ort.quantizable_nodes(model):
         ops = ", ".join(sorted(ort.op_counts(model))) or "no nodes"
-        raise TechniqueError(
-            f"the model has nothing to quantize: no {'/'.join(ort.WEIGHT_OPS)} node with constant weights "
-            f"(its ops: {ops}); drop the quantize stage for this model"
+        inner = _subgraph_weight_ops(model)
+        where = (
+            f"; its {inner} are inside If/Loop subgraphs, which ONNX Runtime's quantizer leaves float (its "
+            "quantize_static and quantize_dynamic return such a model unchanged)"
+            if inner
+            else ""
         )
+        raise TechniqueError(
+            f"the model has nothing to quantize: no {'/'.join(ort.WEIGHT_OPS)} node with constant weights in its main "
+            f"graph (its ops: {ops}){where}; drop the quantize stage for this model"
+        )
+
+
+def _subgraph_weight_ops(model: Any) -> str:
+    """``"12 Conv, 4 LSTM"``: weight ops inside the subgraphs (If/Loop/Scan bodies) of ``model``."""
+    from collections import Counter
+
+    from . import ort
+
+    found: Counter[str] = Counter()
+
+    def walk(graph: Any, inside: bool) -> None:
+        for node in graph.node:
+            if inside and node.op_type in (*ort.WEIGHT_OPS, "LSTM", "GRU", "RNN"):
+                found[node.op_type] += 1
+            for attr in node.attribute:
+                for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                    walk(g, True)
+
+    walk(model.graph, False)
+    return ", ".join(f"{n} {op}" for op, n in sorted(found.items()))
 
 
 def quantize_mode(
