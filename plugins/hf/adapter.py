@@ -132,6 +132,10 @@ class HfAdapter(TorchAdapter):
         vs 2.48x over fp32 in one run; docs/QUANTIZATION.md)."""
         return _eager_attention(model)
 
+    def predict_outputs(self, model: Any, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """The first output only (logits or last_hidden_state), as the export keeps it."""
+        return [self.predict(model, inputs)]
+
     def _finish_export(self, proto: Any) -> None:
         """Keep only the first output (logits or last_hidden_state), as predict() does."""
         while len(proto.graph.output) > 1:

@@ -80,6 +80,9 @@ class OnnxAdapter(ModelAdapter):
             if not external or g.tensor_bytes(model) >= g.PROTO_LIMIT:
                 raise
             session = session_for(model, source=source)
+        lifted, count = g.lift_weight_constants(model)  # weights held by Constant nodes (paddle2onnx)
+        if count:
+            return lifted
         self._remember(model, session)
         return model
 

@@ -183,17 +183,53 @@ def parameter_initializers(model: onnx.ModelProto) -> list[Any]:
     ``DequantizeLinear`` inputs ...), so a quantized model has as many parameters as the float one."""
     not_weights: set[str] = set()
     quantized: set[str] = set()
-    for node in model.graph.node:
-        for idx, name in enumerate(node.input):
-            if (node.op_type, idx) in _NOT_WEIGHTS:
-                not_weights.add(name)
-            elif (node.op_type, idx) in _QUANTIZED_WEIGHTS:
-                quantized.add(name)
+    graphs = list(all_graphs(model.graph))  # If/Loop bodies hold weights too (Silero VAD: all of them)
+    for graph in graphs:
+        for node in graph.node:
+            for idx, name in enumerate(node.input):
+                if (node.op_type, idx) in _NOT_WEIGHTS:
+                    not_weights.add(name)
+                elif (node.op_type, idx) in _QUANTIZED_WEIGHTS:
+                    quantized.add(name)
     return [
         t
-        for t in model.graph.initializer
+        for graph in graphs
+        for t in graph.initializer
         if len(t.dims) >= 1 and t.name not in not_weights and (t.data_type in FLOAT_TYPES or t.name in quantized)
     ]
+
+
+def all_graphs(graph: Any) -> Iterator[Any]:
+    """``graph`` and every subgraph in it (If branches, Loop and Scan bodies), depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                yield from all_graphs(sub)
+
+
+def lift_weight_constants(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """``model`` with its Constant nodes of 16 or more elements as initializers, and how many.
+
+    paddle2onnx (PP-OCR) writes every weight as a Constant node: slimkit's parameter counts, pruning
+    and quantization look for weight initializers, as ONNX Runtime's tools do. onnx-ir's
+    ``LiftConstantsToInitializersPass`` moves them (the graph computes the same); a model without
+    such constants is returned as it is.
+    """
+    big = sum(
+        1
+        for graph in all_graphs(model.graph)
+        for n in graph.node
+        if n.op_type == "Constant" and any(a.name == "value" and numel(a.t) >= 16 for a in n.attribute)
+    )
+    if not big:
+        return model, 0
+    import onnx_ir as ir
+    from onnx_ir.passes.common import LiftConstantsToInitializersPass
+
+    ir_model = ir.serde.deserialize_model(model)
+    LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16)(ir_model)
+    return ir.serde.serialize_model(ir_model), big
 
 
 def parameter_counts(model: onnx.ModelProto) -> tuple[int, int]:

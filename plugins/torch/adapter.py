@@ -254,6 +254,19 @@ class TorchAdapter(ModelAdapter):
             out = logits_of(model(*args, **kwargs))
         return out.float().numpy()
 
+    def predict_outputs(self, model: Any, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Every tensor the model returns, flattened in the order the ONNX export lists them (a
+        multi-output model's fidelity is judged per output against its export)."""
+        import torch
+        from torch.utils._pytree import tree_leaves
+
+        args, kwargs = self._args(inputs)
+        model.eval()
+        with torch.inference_mode():
+            out = model(*args, **kwargs)
+        tensors = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        return [t.float().numpy() if t.is_floating_point() else t.numpy() for t in tensors]
+
     # -- measuring --------------------------------------------------------------------------------
 
     def count_params(self, model: Any) -> ParamCount:

@@ -109,10 +109,13 @@ class QuantizeConfig(TechniqueConfig):
         keeps a slower int8 model, which is still about 4x smaller.
     time_budget: seconds ``auto`` may spend beyond its first candidate (0: no limit); once spent, no
         further candidate or mixed-precision search is started and the best so far is chosen (noted).
+    on_miss: when no quantized model meets the budget: ``keep_float`` (default) returns the float model
+        (as ONNX, ``info.mode: float``, a note with the best candidate's numbers, ``best_candidate.onnx``
+        kept); ``fail`` ends the stage with that one line (the candidate in the stage's ``.failed`` folder).
     check: every mode checks its result like ``auto``: scored on the validation split against
         ``max_accuracy_drop`` / ``min_fidelity``; a miss is repaired as ``auto`` would (this ISA's
         variants, then sensitive layers float, untimed) or fails with the best candidate kept
-        (QAT: fails). false: no check.
+        (QAT: fails), as ``on_miss`` says. false: no check.
     measure: ``auto`` times its candidates here and keeps the fastest that passes; false (set by
         :func:`follow_target` for a target that dictates its format, e.g. npu, whose speed this
         machine cannot tell) keeps the first of ``modes`` that passes, untimed.
@@ -151,6 +154,7 @@ class QuantizeConfig(TechniqueConfig):
     finish_rounds: int = 5
     keep_float_if_slower: bool = True
     time_budget: float = 150.0
+    on_miss: str = "keep_float"
     check: bool = True
     measure: bool = True
     qat_epochs: int = 3
@@ -162,6 +166,7 @@ class QuantizeConfig(TechniqueConfig):
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, MODES)
         check_choice("residual_sum", self.residual_sum, ("auto", "always", "never"))
+        check_choice("on_miss", self.on_miss, ("keep_float", "fail"))
         if self.weight_bits not in (8, 4):
             raise ConfigError(f"weight_bits={self.weight_bits} is not supported; use 8 or 4")
         if self.activation_bits not in (8, 16):

@@ -195,6 +195,8 @@ def _search(
     if cfg.measure:
         ctx.info["float_latency_ms"] = job.float_latency
         ctx.metrics["float_latency_ms"] = job.float_latency
+    if best is None and cfg.on_miss == "keep_float":
+        return _missed_keep_float(tried, sensitivities, job, notes)
     if best is None:
         _fail(tried, sensitivities, job)
     assert best is not None
@@ -406,6 +408,33 @@ def _fail(tried: list[Candidate], sensitivities: dict[str, dict[str, float]], jo
     )
 
 
+def _missed_keep_float(
+    tried: list[Candidate], sensitivities: dict[str, dict[str, float]], job: _Job, notes: list
+) -> Any:
+    """``on_miss=keep_float``: no candidate meets the budget, so the float model comes back (as ONNX,
+    ``info.mode: float``) with a note naming the budget and the best candidate, kept as ``best_candidate.onnx``."""
+    from . import ort
+
+    ctx = job.ctx
+    top = max(tried, key=lambda c: quality_key(c.score, job.scorer.accuracy is not None))
+    path = ort.save(top.model, Path(ctx.work_dir) / "best_candidate.onnx")
+    ctx.artifacts["best_candidate"] = path
+    _plot(ctx, sensitivities, top, {n.name: n.layer for n in ort.quantizable_nodes(job.prepared)})
+    notes.append(
+        f"kept the float model (on_miss=keep_float): no quantized model meets {_constraint(job)} on the validation "
+        f"split; the best candidate ({top.label()}, {len(top.float_layers)} layers float) has {top.score.text()} "
+        "and is kept as best_candidate.onnx (on_miss=fail makes this an error)"
+    )
+    ctx.info["mode"] = "float"
+    ctx.info["float_layers"] = {}
+    ctx.metrics["quantized_layers"] = 0.0
+    ctx.metrics["budget_missed"] = 1.0
+    if job.cfg.measure:
+        ctx.metrics["latency_ms"] = job.float_latency
+        ctx.metrics["speedup_vs_float"] = 1.0
+    return job.prepared
+
+
 def _keep_float(best: Candidate, job: _Job, notes: list) -> Any:
     """``keep_float_if_slower``: the best quantized model is no faster than float on this target."""
     ctx, float_latency = job.ctx, job.float_latency
@@ -609,7 +638,11 @@ def _fallback(cand: Candidate, job: _Job) -> tuple[Candidate | None, list[Candid
             )
         return attempts[k]
 
-    if limit < 1 or not job.ok(attempt(limit).score):
+    try:
+        if limit < 1 or not job.ok(attempt(limit).score):
+            return None, list(attempts.values()), sens
+    except Exception as exc:  # a mixed model ONNX Runtime cannot load: this candidate is not searched further
+        job.ctx.log(f"mixed precision search of {cand.label()} stopped: {type(exc).__name__}: {str(exc)[:200]}")
         return None, list(attempts.values()), sens
     lo, hi = 0, limit  # attempt(hi) passes; lo = 0 (the candidate itself) does not
     while hi - lo > 1:

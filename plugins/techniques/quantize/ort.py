@@ -940,6 +940,19 @@ def floatify(qdq: onnx.ModelProto, original: onnx.ModelProto, names: Iterable[st
 
     created: dict[str, str] = {}
 
+    def bring_back(name: str) -> None:
+        """Copy the original's initializer or Constant node that makes ``name`` into the QDQ graph."""
+        if name in orig:
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(orig[name])
+            graph.initializer.append(tensor)
+            inits[name] = tensor
+        elif name in orig_producers and orig_producers[name].op_type == "Constant":
+            const = onnx.NodeProto()
+            const.CopyFrom(orig_producers[name])
+            new_nodes.append(const)
+        available.add(name)
+
     def float_tensor(name: str, depth: int = 0) -> str | None:
         """The QDQ graph's tensor holding what ``name`` holds in the original graph, or None."""
         if name in created:
@@ -958,6 +971,9 @@ def floatify(qdq: onnx.ModelProto, original: onnx.ModelProto, names: Iterable[st
         node.name = f"{op.name}_float"
         node.input[0] = src
         node.output[0] = f"{name}_float"
+        for extra in node.input[1:]:  # a Clip's min/max: gone from the QDQ graph with the dropped Clip
+            if extra and extra not in available:
+                bring_back(extra)
         new_nodes.append(node)
         created[name] = node.output[0]
         return node.output[0]

@@ -142,7 +142,10 @@ def layer_sensitivity(
     out = {}
     for i, name in enumerate(layers):
         progress("sensitivity", i, len(layers))
-        out[name] = max(0.0, 1.0 - scorer.score(only(name)).cosine)
+        try:
+            out[name] = max(0.0, 1.0 - scorer.score(only(name)).cosine)
+        except Exception:  # a variant ONNX Runtime cannot load: rank the layer first (it stays float first)
+            out[name] = 1.0
     progress("sensitivity", len(layers), len(layers))
     return out
 

@@ -58,12 +58,36 @@ def test_auto_falls_back_to_float_layers_for_a_strict_budget(cnn_onnx, digits8, 
     assert ctx.metrics["float_layers"] == len(ctx.info["float_layers"]) >= len(kept)
 
 
+def test_by_default_a_missed_budget_returns_the_float_model_and_keeps_the_candidate(
+    cnn_onnx, digits8, make_ctx, one_split, tmp_path
+) -> None:
+    """``on_miss=keep_float`` (the default): nothing can pass, the float model comes back with a note."""
+    from slimkit.plugins.techniques.quantize import ort
+
+    data = one_split({"input": digits8.val.inputs["input"]})
+    ctx = make_ctx(data, tmp_path / "stage")
+    cfg = QuantizeConfig(
+        technique="quantize", mode="auto", modes=["static"], min_fidelity=1.0, max_float_fraction=0.0, **FAST
+    )
+    out = Quantize(cfg).apply(cnn_onnx, OnnxAdapter(), ctx)
+    assert ctx.info["mode"] == "float" and not ort.quantized_nodes(out)
+    notes = " ".join(ctx.info["notes"])
+    assert "kept the float model (on_miss=keep_float): no quantized model meets min_fidelity=1.0" in notes
+    assert ctx.metrics["budget_missed"] == 1.0 and (tmp_path / "stage" / "best_candidate.onnx").exists()
+
+
 def test_nothing_meets_the_constraint_keeps_best_candidate(cnn_onnx, digits8, make_ctx, one_split, tmp_path) -> None:
     """Unlabelled data, a fidelity floor of exactly 1.0 and no float layers allowed: nothing can pass."""
     data = one_split({"input": digits8.val.inputs["input"]})
     ctx = make_ctx(data, tmp_path / "stage")
     cfg = QuantizeConfig(
-        technique="quantize", mode="auto", modes=["static", "dynamic"], min_fidelity=1.0, max_float_fraction=0.0, **FAST
+        technique="quantize",
+        mode="auto",
+        modes=["static", "dynamic"],
+        min_fidelity=1.0,
+        max_float_fraction=0.0,
+        on_miss="fail",
+        **FAST,
     )
     with pytest.raises(TechniqueError) as err:
         Quantize(cfg).apply(cnn_onnx, OnnxAdapter(), ctx)

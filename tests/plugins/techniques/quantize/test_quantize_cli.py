@@ -60,6 +60,7 @@ def test_failing_constraint_exits_2_keeps_the_candidate_and_earlier_artifacts(tm
         "pipeline.stages.quantize.modes=[static]",
         "pipeline.stages.quantize.min_fidelity=1.0",
         "pipeline.stages.quantize.max_float_fraction=0.0",
+        "pipeline.stages.quantize.on_miss=fail",
         *FAST,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]

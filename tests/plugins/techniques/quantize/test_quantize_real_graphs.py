@@ -284,6 +284,7 @@ def test_without_fix_joins_the_dead_scores_fail_the_budget(tmp_path, run_cli, ch
         "pipeline.stages.quantize.per_channel=false",
         "pipeline.stages.quantize.fix_joins=false",
         "pipeline.stages.quantize.max_float_fraction=0.0",
+        "pipeline.stages.quantize.on_miss=fail",
     )
     line = check_user_error(proc)
     assert "no quantized model meets min_fidelity=0.99" in line
@@ -404,7 +405,9 @@ def test_a_fixed_mode_is_checked_and_repaired_or_fails_with_the_best_candidate(t
     path = opset12_cnn(tmp_path / "m.onnx")
     s = Split({"x": images(32)})
     ctx = make_ctx(DataSplits("x", s, s, s), tmp_path / "work")
-    tech = Quantize(QuantizeConfig(technique="quantize", mode="static", min_fidelity=1.0, max_float_fraction=0.0))
+    tech = Quantize(
+        QuantizeConfig(technique="quantize", mode="static", min_fidelity=1.0, max_float_fraction=0.0, on_miss="fail")
+    )
     with pytest.raises(TechniqueError, match="no quantized model meets min_fidelity=1.0"):
         tech.apply(onnx.load(str(path)), q_adapter(), ctx)
     assert any("mode=static misses the budget" in n for n in ctx.info["notes"])
