@@ -1,4 +1,10 @@
-"""``finetune``: train the current model further on the training split (SGD, cosine schedule)."""
+"""``finetune``: train the current model further on the training split (SGD, cosine schedule).
+
+On training data without labels it distils the outputs of the model before compression instead (every
+output with its term, :func:`~slimkit.plugins.torch.training.distill_fit`; the stage info's ``note`` says
+so): the way to recover after an earlier stage compressed the model. When the model is still the one
+before compression there is nothing to learn from, and the stage refuses with a one-line error.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ from slimkit.core import (
     StageContext,
     Technique,
     TechniqueConfig,
+    TechniqueError,
     check_choice,
     check_range,
     hookimpl,
@@ -49,25 +56,63 @@ class Finetune(Technique):
         from slimkit.plugins.torch.train import FitConfig, fit
 
         cfg: FinetuneConfig = self.config  # type: ignore[assignment]
-        hist = fit(
-            model,
-            ctx.data,
-            FitConfig(
-                epochs=cfg.epochs,
-                lr=cfg.lr,
-                batch_size=cfg.batch_size,
-                optimizer=cfg.optimizer,
-                weight_decay=cfg.weight_decay,
-                augment=cfg.augment,
-            ),
-            ctx.seed,
-            progress=ctx.progress,
-            task="fine-tune",
+        fit_cfg = FitConfig(
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            optimizer=cfg.optimizer,
+            weight_decay=cfg.weight_decay,
+            augment=cfg.augment,
         )
-        if hist.val_accuracy:
-            ctx.metrics["val_accuracy"] = hist.val_accuracy[-1]
+        if cfg.epochs > 0 and ctx.data.train.labels is None:
+            hist = distill_unlabelled(model, fit_cfg, ctx)
+        else:
+            hist = fit(model, ctx.data, fit_cfg, ctx.seed, progress=ctx.progress, task="fine-tune")
+        if hist.loss:
             ctx.metrics["train_loss"] = hist.loss[-1]
+        if hist.val_accuracy and ctx.data.val.labels is not None:
+            ctx.metrics["val_accuracy"] = hist.val_accuracy[-1]
         return model
+
+
+def same_weights(a: Any, b: Any) -> bool:
+    """Whether two torch models hold the same parameters and buffers (names, shapes and values)."""
+    import torch
+
+    sa, sb = a.state_dict(), b.state_dict()
+    if sa.keys() != sb.keys():
+        return False
+    return all(sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def distill_unlabelled(model: Any, fit_cfg: Any, ctx: StageContext) -> Any:
+    """Fine-tune ``model`` in place on data without labels: distil the outputs of the model before
+    compression; a one-line :class:`TechniqueError` when there is none, or when ``model`` still is it."""
+    from slimkit.plugins.torch.training import check_outputs_match, default_teacher, distill_fit
+
+    teacher, _ = default_teacher(ctx, None)
+    if teacher is None or teacher is model or same_weights(model, teacher):
+        raise TechniqueError(
+            "finetune trains on labels and the training data has none, and the model is still the one before "
+            "compression, so there is nothing to distil from; give data with labels, or put finetune after a "
+            "compression stage (it then distils from the model before compression)"
+        )
+    check_outputs_match(model, teacher, ctx.data.train)
+    ctx.info["note"] = (
+        "the training data has no labels: fine-tuning distils the outputs of the model before compression "
+        "instead of training on labels"
+    )
+    return distill_fit(
+        model,
+        teacher,
+        ctx.data,
+        fit_cfg,
+        ctx.seed,
+        alpha=1.0,
+        temperature=1.0,
+        progress=ctx.progress,
+        task="distill fine-tune",
+    )
 
 
 @hookimpl

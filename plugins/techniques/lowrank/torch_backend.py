@@ -5,10 +5,12 @@
   Cost per sample ``r (m + n)`` instead of ``m n``.
 - ``Conv2d`` (``W``: ``out x in x kh x kw``, ``groups=1``): the SVD of ``W`` unfolded to ``out x (in kh kw)``
   gives a k x k conv with ``r`` output channels (same stride, padding, dilation) followed by a 1x1 conv
-  to ``out`` channels. Cost per output pixel ``r (in kh kw + out)`` instead of ``out in kh kw``. This is
-  the optimal rank-``r`` approximation of the unfolded kernel; Tucker-2 (1x1, k x k, 1x1) would also
-  shrink the input side but adds a third layer, whose per-layer overhead dominates on the small
-  convolutions this project runs on CPU, so it is not used.
+  to ``out`` channels, held in a :class:`FactorizedConv2d` that keeps the original's ``stride``,
+  ``padding``, ``kernel_size``... for model code that reads them (:class:`FactorizedLinear` keeps
+  ``in_features`` and ``out_features``). Cost per output pixel ``r (in kh kw + out)`` instead of
+  ``out in kh kw``. This is the optimal rank-``r`` approximation of the unfolded kernel; Tucker-2
+  (1x1, k x k, 1x1) would also shrink the input side but adds a third layer, whose per-layer overhead
+  dominates on the small convolutions this project runs on CPU, so it is not used.
 
 The rank of each layer is ``rank``, else ``ceil(rank_ratio * min(dims))``, else the smallest rank that
 keeps ``energy`` of the squared singular values. A layer is factorised only where the two layers cost
@@ -59,6 +61,37 @@ def costs(module: nn.Module, rank: int) -> tuple[int, int]:
     return m * n, rank * (m + n)
 
 
+class FactorizedConv2d(nn.Sequential):
+    """The two convolutions that replace a ``Conv2d`` (a k x k conv to ``rank`` channels, then a 1x1 conv),
+    keeping the replaced conv's geometry attributes (``in_channels``, ``out_channels``, ``kernel_size``,
+    ``stride``, ``padding``, ``dilation``, ``groups``, ``padding_mode``), which model code reads off the
+    layer at run time (transformers' MobileNetV2 pads its input from ``stride``, ``kernel_size`` and
+    ``dilation`` of its convolution, TensorFlow-style)."""
+
+    def __init__(self, first: nn.Conv2d, second: nn.Conv2d, original: nn.Conv2d) -> None:
+        super().__init__(first, second)
+        self.in_channels = original.in_channels
+        self.out_channels = original.out_channels
+        self.kernel_size = original.kernel_size
+        self.stride = original.stride
+        self.padding = original.padding
+        self.dilation = original.dilation
+        self.groups = original.groups
+        self.padding_mode = original.padding_mode
+        self.rank = first.out_channels
+
+
+class FactorizedLinear(nn.Sequential):
+    """The two ``Linear`` layers that replace one (``in_features`` to ``rank``, then to ``out_features``),
+    keeping the replaced layer's ``in_features`` and ``out_features``."""
+
+    def __init__(self, first: nn.Linear, second: nn.Linear) -> None:
+        super().__init__(first, second)
+        self.in_features = first.in_features
+        self.out_features = second.out_features
+        self.rank = first.out_features
+
+
 def factorised(module: nn.Module, rank: int) -> nn.Sequential:
     """Two layers computing ``module`` with its weight replaced by the rank-``rank`` truncated SVD."""
     w = unfolded(module)
@@ -88,7 +121,9 @@ def factorised(module: nn.Module, rank: int) -> nn.Sequential:
         second.weight.data = second_w
     if bias is not None:
         second.bias.data = bias.detach().clone()
-    return nn.Sequential(first, second)
+    if isinstance(module, nn.Conv2d):
+        return FactorizedConv2d(first, second, module)  # type: ignore[arg-type]
+    return FactorizedLinear(first, second)  # type: ignore[arg-type]
 
 
 def _eligible(module: nn.Module, types: list[str]) -> bool:
@@ -123,7 +158,8 @@ def factorize(model: nn.Module, cfg: Any, adapter: Any, ctx: StageContext) -> nn
     ctx.metrics["factorized_layers"] = float(len(info))
     ctx.metrics["mac_ratio"] = macs_before / max(adapter.macs(model, example), 1)
     ctx.metrics["param_ratio"] = params_before / max(sum(p.numel() for p in model.parameters()), 1)
-    ctx.metrics["val_accuracy_init"] = accuracy(model, ctx.data.val)
+    if ctx.data.val.labels is not None:  # no accuracy (NaN) on data without labels
+        ctx.metrics["val_accuracy_init"] = accuracy(model, ctx.data.val)
     ctx.metrics.update(_finetune(model, cfg, len(info), fallback, ctx))
     ctx.info["layers"] = info
     ctx.info["kept"] = kept

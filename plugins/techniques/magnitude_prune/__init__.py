@@ -3,8 +3,9 @@
 At step ``k`` of ``steps`` the target sparsity is ``s * (1 - (1 - k/steps)**3)`` (the cubic schedule of
 Zhu & Gupta, 2017) or ``s * k/steps`` (linear); the smallest-magnitude weights of the chosen layers
 are masked with ``torch.nn.utils.prune`` and the model is fine-tuned ``finetune_epochs`` epochs with the
-masks held; at the end the masks are made permanent (``prune.remove``), so saved and exported models
-carry real zeros. Dense runtimes gain no speed from these zeros; files compress better (see the
+masks held (on the labels; on data without labels by distilling the outputs of the unpruned model, as
+the stage info's ``note`` says); at the end the masks are made permanent (``prune.remove``), so saved and
+exported models carry real zeros. Dense runtimes gain no speed from these zeros; files compress better (see the
 ``size (zipped)`` row of the report) and the sparse-execution technique turns them into speed.
 
 Scores: ``score=normalized`` (default) ranks ``|w| / rms(output channel) / sqrt(fan_in)``, magnitudes
@@ -45,7 +46,8 @@ class MagnitudePruneConfig(TechniqueConfig):
         ``layer`` prunes each layer to the same sparsity.
     steps: pruning steps (gradual pruning); fine-tuning runs after each.
     schedule: ``cubic`` (prunes fast first, then gently) or ``linear``.
-    finetune_epochs: fine-tuning epochs after each step (0: one-shot, no training).
+    finetune_epochs: fine-tuning epochs after each step (0: one-shot, no training). Without labels in
+        the training data the fine-tuning distils the outputs of the model before compression.
     lr, batch_size: fine-tuning learning rate (SGD, cosine) and batch size.
     layer_types: module class names whose ``weight`` is pruned.
     ignored_layers: module names kept dense (e.g. ``stem.0``, ``fc``).

@@ -1,6 +1,7 @@
 """The torch side of ``magnitude_prune``: masks held by ``torch.nn.utils.prune`` while the model is
-fine-tuned between gradual steps, made permanent (real zeros) at the end; ``pattern=2:4`` keeps the 2
-largest of every 4 consecutive input weights.
+fine-tuned between gradual steps (on the labels, or without labels distilled from the unpruned model),
+made permanent (real zeros) at the end; ``pattern=2:4`` keeps the 2 largest of every 4 consecutive input
+weights.
 """
 
 from __future__ import annotations
@@ -146,22 +147,49 @@ def make_permanent(layers: list[tuple[str, Any]]) -> None:
             prune.remove(module, "weight")
 
 
+def unlabelled_teacher(model: Any, adapter: Any, ctx: StageContext) -> tuple[Any, str]:
+    """The teacher that fine-tuning distils from when the training data has no labels: the model before
+    compression when it is a torch model, else a copy of this stage's input (taken before any pruning),
+    and which of the two it is."""
+    from slimkit.plugins.torch.training import default_teacher
+
+    teacher, source = default_teacher(ctx, None)
+    if teacher is None:
+        return adapter.copy(model), "a copy of this stage's input"
+    return teacher, "the model before compression"
+
+
 def prune(model: Any, cfg: MagnitudePruneConfig, adapter: Any, ctx: StageContext) -> Any:
-    """Prune the torch ``model`` in place in ``cfg.steps`` steps, fine-tuning after each; return it."""
+    """Prune the torch ``model`` in place in ``cfg.steps`` steps, fine-tuning after each; return it.
+
+    Fine-tuning trains cross-entropy on the labels; when the training data has none it distils the
+    outputs of the unpruned model instead (:func:`~slimkit.plugins.torch.training.recover`, every output
+    with its term; the stage info's ``note`` says so)."""
     from slimkit.plugins.torch.train import FitConfig, accuracy, fit
+    from slimkit.plugins.torch.training import recover
 
     layers = select_layers(model, cfg.layer_types, cfg.ignored_layers)
     if cfg.pattern == "2:4":
         layers, skipped = split_nm(layers, 4)
         ctx.info["pattern_skipped"] = skipped
     fit_cfg = FitConfig(epochs=cfg.finetune_epochs, lr=cfg.lr, batch_size=cfg.batch_size)
+    labelled = ctx.data.train.labels is not None
+    val_labelled = ctx.data.val.labels is not None
+    teacher = None
+    if cfg.finetune_epochs and not labelled:
+        teacher, source = unlabelled_teacher(model, adapter, ctx)
+        ctx.info["note"] = (
+            f"the training data has no labels: each fine-tune distils the outputs of {source} "
+            "instead of training on labels"
+        )
     history = []
     for step, target in enumerate(schedule_sparsities(cfg.sparsity, cfg.steps, cfg.schedule)):
         if cfg.pattern == "2:4":
             apply_nm_masks(layers, 2, 4)
         else:
             apply_masks(layers, target, cfg.scope, cfg.score)
-        if cfg.finetune_epochs:
+        entry: dict[str, Any] = {"step": step + 1, "sparsity": target}
+        if cfg.finetune_epochs and labelled:
             fit(
                 model,
                 ctx.data,
@@ -170,13 +198,34 @@ def prune(model: Any, cfg: MagnitudePruneConfig, adapter: Any, ctx: StageContext
                 progress=ctx.progress,
                 task=f"step {step + 1}/{cfg.steps} fine-tune",
             )
-        history.append({"step": step + 1, "sparsity": target, "val_accuracy": accuracy(model, ctx.data.val)})
+        elif cfg.finetune_epochs:
+            result = recover(
+                model,
+                ctx,
+                mode="distill",
+                epochs=cfg.finetune_epochs,
+                lr=cfg.lr,
+                batch_size=cfg.batch_size,
+                alpha=1.0,
+                temperature=1.0,
+                seed=ctx.seed + step,
+                fallback_teacher=teacher,
+                task=f"step {step + 1}/{cfg.steps} distill fine-tune",
+            )
+            if "train_loss" in result:
+                entry["train_loss"] = float(result["train_loss"])
+        if val_labelled:
+            entry["val_accuracy"] = accuracy(model, ctx.data.val)
+        history.append(entry)
     make_permanent(layers)
     per_layer = adapter.layer_sparsity(model)
     zeros = sum(int((m.weight == 0).sum()) for _, m in layers)
     total = sum(m.weight.numel() for _, m in layers)
     ctx.metrics["sparsity"] = zeros / total
-    ctx.metrics["val_accuracy"] = history[-1]["val_accuracy"]
+    if "val_accuracy" in history[-1]:
+        ctx.metrics["val_accuracy"] = history[-1]["val_accuracy"]
+    if "train_loss" in history[-1]:
+        ctx.metrics["train_loss"] = history[-1]["train_loss"]
     ctx.info["schedule"] = history
     ctx.info["layer_sparsity"] = per_layer
     ctx.artifacts["sparsity_plot"] = sparsity_plot(
