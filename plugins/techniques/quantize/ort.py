@@ -647,10 +647,6 @@ def quantize_static_model(src: Path, dst: Path, split: Split, cfg: QuantizeConfi
         "WeightSymmetric": cfg.weight_symmetric,
         "TensorQuantOverrides": overrides,
     }
-    if cfg.calibration == "minmax":
-        # ORT's MinMax calibrator keeps every batch's intermediate outputs until the end unless told to
-        # merge them every N batches (same ranges): 7 GB resident on PP-OCR rec without it
-        extra["CalibMaxIntermediateOutputs"] = 4
     if cfg.activation_bits == 16:
         extra["UseQDQContribOps"] = True
     if plan.dedicated:
