@@ -87,7 +87,10 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def load_file(self, path: Path) -> Any:
-        """Load a model this adapter saved with :meth:`save`."""
+        """Load a model this adapter saved with :meth:`save` (the stage cache reads its entries with it).
+
+        It must not run code from the file (a cache folder may come from anyone): a file it cannot
+        read that way raises, and the cache recomputes the stage."""
 
     @abstractmethod
     def save(self, model: Any, path: Path) -> None:

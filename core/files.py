@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -16,20 +17,25 @@ from typing import Any
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step."""
+    """Yield a path with ``path``'s name inside a temporary folder beside it; on success the file (and
+    any file written beside it there, such as ONNX external data, moved first) replaces ``path`` in one
+    step. The name is the final one, so a format that records its file name (``torch.save``'s archive
+    folder) writes the same bytes every time."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", dir=path.parent))
+    tmp_path = tmp_dir / path.name
     try:
         yield tmp_path
+        mode = 0o666 & ~_umask()
+        for extra in sorted(p for p in tmp_dir.iterdir() if p.name != path.name and p.is_file()):
+            os.chmod(extra, mode)
+            os.replace(extra, path.parent / extra.name)
         if tmp_path.exists():
-            os.chmod(tmp_path, 0o666 & ~_umask())
+            os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def _umask() -> int:
@@ -52,10 +58,12 @@ def write_json(path: Path, obj: Any) -> Path:
 
 @contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary directory beside ``path``; on success it becomes ``path`` in one rename."""
+    """Yield a temporary directory beside ``path`` (named ``.<name>.<pid>.<random>``, so a later
+    process can tell a dead writer's leftovers, see :func:`stale_temporaries`); on success it becomes
+    ``path`` in one rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700
@@ -68,17 +76,65 @@ def atomic_dir(path: Path) -> Iterator[Path]:
 
 
 def copy_tree(src: Path, dst: Path) -> None:
-    """Copy a directory (hard links where possible), atomically."""
+    """Copy a directory, atomically. Real copies, never hard links: a cache entry and a run's stage
+    folder must not share bytes (editing one would change the other)."""
     with atomic_dir(dst) as tmp:
         for item in Path(src).iterdir():
             target = tmp / item.name
             if item.is_dir():
                 shutil.copytree(item, target)
             else:
-                try:
-                    os.link(item, target)
-                except OSError:
-                    shutil.copy2(item, target)
+                shutil.copy2(item, target)
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]+$")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def stale_temporaries(folder: Path) -> list[Path]:
+    """The temporary files and folders :func:`atomic_path` / :func:`atomic_dir` left in ``folder``
+    whose writing process no longer exists (it was killed mid-write)."""
+    out = []
+    if not Path(folder).is_dir():
+        return out
+    for item in Path(folder).iterdir():
+        m = _TEMP_NAME.match(item.name)
+        if m and int(m.group("pid")) != os.getpid() and not pid_alive(int(m.group("pid"))):
+            out.append(item)
+    return sorted(out)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Remove :func:`stale_temporaries` of ``folder``; return what was removed."""
+    removed = stale_temporaries(folder)
+    for item in removed:
+        if item.is_dir():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+    return removed
+
+
+def file_hashes(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` (relative POSIX paths, sorted), but those named in ``skip``."""
+    folder = Path(folder)
+    return {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.relative_to(folder).as_posix() not in skip
+    }
 
 
 def sha256_file(path: Path) -> str:

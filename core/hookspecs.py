@@ -103,7 +103,8 @@ def slimkit_progress(ctx: RunContext, task: str, completed: float, total: float 
 
 @hookspec
 def slimkit_log(ctx: RunContext, message: str, stage: str | None) -> None:
-    """Called for each line a stage (``StageContext.log``) or the run logs; also written to ``run.log``."""
+    """Called for each line a stage (``StageContext.log``) or the run logs; also written to ``run.log``.
+    A line starting ``warning: `` is one the person running slimkit should see (the terminal prints it)."""
 
 
 @hookspec

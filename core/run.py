@@ -239,12 +239,10 @@ class Runner:
         self.ctx.hook.slimkit_stage_start(
             ctx=self.ctx, name=stage.name, technique=stage.technique.name, index=index, total=len(spec.stages)
         )
-        cached = cache_entry is not None and (cache_entry / "stage.json").exists()
-        if cached:
-            assert cache_entry is not None
-            files.copy_tree(cache_entry, stage_dir)
-            meta = _read_json(stage_dir / "stage.json")
-            new_model = out_adapter.load_file(model_file)
+        hit = self._from_cache(cache_entry, key, stage_dir, model_file, out_adapter, stage.name)
+        cached = hit is not None
+        if hit is not None:
+            new_model, meta = hit
         else:
             new_model, meta = self._apply(
                 stage,
@@ -334,8 +332,45 @@ class Runner:
                 "info": sctx.info,
                 "artifacts": {k: Path(v).name for k, v in sctx.artifacts.items()},
             }
+            meta["files"] = files.file_hashes(tmp, skip=("stage.json",))  # checked on every cache hit
             files.write_json(tmp / "stage.json", meta)
         return new_model, meta
+
+    def _from_cache(
+        self,
+        entry: Path | None,
+        key: str,
+        stage_dir: Path,
+        model_file: Path,
+        out_adapter: ModelAdapter,
+        stage: str,
+    ) -> tuple[Any, dict[str, Any]] | None:
+        """The stage's model and ``stage.json`` from cache ``entry``, or None to compute the stage.
+
+        An entry is used only if its ``stage.json`` names this key and the SHA-256 of every file it
+        lists (and no file more); it is loaded without running code from it
+        (:meth:`ModelAdapter.load_file`). A bad entry is dropped with a one-line warning."""
+        if entry is None or not (entry / "stage.json").exists():
+            return None
+        try:
+            meta = _read_json(entry / "stage.json")
+            listed = meta.get("files") if isinstance(meta, dict) else None
+            if not isinstance(listed, dict) or meta.get("key") != key:
+                raise ValueError("its stage.json is not one slimkit wrote for this stage")
+            found = files.file_hashes(entry, skip=("stage.json",))
+            changed = sorted(set(listed) ^ set(found) | {n for n in listed if found.get(n) != listed[n]})
+            if changed:
+                raise ValueError(f"{', '.join(changed[:3])} changed since it was cached")
+            files.copy_tree(entry, stage_dir)
+            return out_adapter.load_file(model_file), meta
+        except Exception as exc:  # corrupt, truncated, edited or untrusted: recompute, never trust
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            self.ctx.log(f"warning: cache entry {entry} dropped ({reason}); computing the stage again", stage)
+            import shutil
+
+            shutil.rmtree(entry, ignore_errors=True)
+            shutil.rmtree(stage_dir, ignore_errors=True)
+            return None
 
     # -- the run ----------------------------------------------------------------------------------
 

@@ -85,6 +85,18 @@ def slimkit_stage_end(ctx: Any, result: Any) -> None:
 
 
 @hookimpl
+def slimkit_log(ctx: Any, message: str, stage: str | None) -> None:
+    """Warnings (lines starting ``warning: ``) to stderr; other lines stay in ``run.log``."""
+    if not message.startswith("warning: "):
+        return
+    from rich.markup import escape
+
+    progress = _state.get("progress")
+    where = f"[{stage}] " if stage else ""
+    (progress.console if progress is not None else _console(stderr=True)).print(escape(f"slimkit: {where}{message}"))
+
+
+@hookimpl
 def slimkit_run_end(ctx: Any, report: Any) -> None:
     _stop_progress()
     if _ui(ctx).get("quiet"):

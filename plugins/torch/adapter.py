@@ -128,10 +128,7 @@ class TorchAdapter(ModelAdapter):
             if not p.is_file():
                 raise ModelError(f"model.path={path} does not exist; give the path of a saved model")
             if not config.trust_pickle:
-                raise ModelError(
-                    f"model.path={path} is a pickled model and unpickling runs arbitrary code; pass "
-                    "model.trust_pickle=true if you trust the file, or use model.factory + model.weights"
-                )
+                return self._load_untrusted(p)
             try:
                 model = torch.load(p, map_location="cpu", weights_only=False)
             except Exception as exc:
@@ -161,6 +158,22 @@ class TorchAdapter(ModelAdapter):
         if config.weights:
             self._load_weights(model, Path(config.weights), config.trust_pickle)
         return model.eval()
+
+    @staticmethod
+    def _load_untrusted(path: Path) -> Any:
+        """A whole-module file without ``trust_pickle``: loaded only if torch's restricted unpickler
+        can (modules, configs and activations: what slimkit's own ``model.pt`` files hold)."""
+        from .safe_load import UnsafeModuleFile, load_module
+
+        try:
+            return load_module(path)
+        except UnsafeModuleFile as exc:
+            raise ModelError(
+                f"model.path={path} is a pickled model naming {exc}, and unpickling that runs arbitrary code; "
+                "pass model.trust_pickle=true if you trust the file, or use model.factory + model.weights"
+            ) from None
+        except Exception as exc:
+            raise ModelError(f"model.path={path} cannot be loaded ({_first_line(exc)}); check the file") from exc
 
     @staticmethod
     def _load_weights(model: Any, path: Path, trust_pickle: bool) -> None:
@@ -207,10 +220,15 @@ class TorchAdapter(ModelAdapter):
             ) from exc
 
     def load_file(self, path: Path) -> Any:
-        import torch
+        """The module in a file :meth:`save` wrote, loaded with torch's restricted unpickler
+        (:mod:`.safe_load`): a file naming anything but modules, configs and activations raises
+        :class:`ModelError` instead of running it."""
+        from .safe_load import UnsafeModuleFile, load_module
 
-        # Files under a run directory or the stage cache were written by slimkit itself.
-        return torch.load(path, map_location="cpu", weights_only=False).eval()
+        try:
+            return load_module(Path(path))
+        except UnsafeModuleFile as exc:
+            raise ModelError(f"{path} names {exc}, which loading it would have to trust") from None
 
     def save(self, model: Any, path: Path) -> None:
         import pickle

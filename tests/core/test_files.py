@@ -27,7 +27,7 @@ def mode(path: Path) -> int:
 def test_atomic_path_replaces_on_success(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "model.bin"
     with files.atomic_path(target) as tmp:
-        assert tmp.parent == target.parent
+        assert tmp.parent.parent == target.parent and tmp.name == target.name  # the final name, beside it
         assert tmp != target
         tmp.write_bytes(b"new")
         assert not target.exists()  # nothing where the result belongs until the body is done
@@ -162,3 +162,57 @@ def test_model_size_counts_the_external_data_file(tmp_path: Path) -> None:
     assert files.model_files(model) == [model, data]
     assert files.model_size(model) == 40_500
     assert files.zipped_size(model) == len(zlib.compress(b"x" * 500 + bytes(40_000), 6))
+
+
+def test_atomic_path_moves_files_written_beside_it(tmp_path: Path) -> None:
+    target = tmp_path / "model.onnx"
+    with files.atomic_path(target) as tmp:
+        (tmp.parent / "model.onnx.data").write_bytes(b"tensors")
+        tmp.write_bytes(b"graph")
+    assert sorted(os.listdir(tmp_path)) == ["model.onnx", "model.onnx.data"]
+
+
+def test_torch_save_through_atomic_path_is_byte_identical(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(3, 2)
+    blobs = []
+    for run in ("a", "b"):
+        out = tmp_path / run / "model.pt"
+        with files.atomic_path(out) as tmp:
+            torch.save(model, tmp)
+        blobs.append(out.read_bytes())
+    assert blobs[0] == blobs[1]  # torch.save names its archive folder after the file
+
+
+def test_copy_tree_copies_rather_than_links(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "model.pt").write_bytes(b"original")
+    files.copy_tree(src, tmp_path / "dst")
+    (tmp_path / "dst" / "model.pt").write_bytes(b"edited")
+    assert (src / "model.pt").read_bytes() == b"original"
+    assert (src / "model.pt").stat().st_nlink == 1
+
+
+def test_stale_temporaries_are_those_of_dead_processes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    (tmp_path / f".00_prune.{dead_pid}.abc123").mkdir()
+    (tmp_path / f".report.json.{dead_pid}.x_y").mkdir()
+    (tmp_path / f".01_quantize.{os.getpid()}.zzz").mkdir()  # this process: still writing
+    (tmp_path / "00_prune").mkdir()
+    removed = files.remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([f".00_prune.{dead_pid}.abc123", f".report.json.{dead_pid}.x_y"])
+    assert sorted(os.listdir(tmp_path)) == sorted(["00_prune", f".01_quantize.{os.getpid()}.zzz"])
+
+
+def test_file_hashes_cover_every_file_but_the_skipped(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.bin").write_bytes(b"x")
+    (tmp_path / "stage.json").write_text("{}")
+    hashes = files.file_hashes(tmp_path, skip=("stage.json",))
+    assert list(hashes) == ["a/x.bin"]
+    assert hashes["a/x.bin"] == files.sha256_file(tmp_path / "a" / "x.bin")

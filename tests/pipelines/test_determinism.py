@@ -3,7 +3,10 @@
 Three runs of one config (pruning with a fine-tuning epoch, so shuffling and SGD are involved),
 each in its own working directory: A without the cache, B with an empty cache (it computes the
 stage and fills the cache), C with B's cache (it reuses the stage). A and B compute independently;
-all three must give the same ONNX bytes and the same weights.
+all three must give the same ONNX bytes and the same weights, and every file they write but those
+holding measurements is byte-identical. Then the cache is damaged three ways (bytes overwritten, a
+garbage ``stage.json``, a hostile pickle with correct hashes): each run warns, recomputes the stage,
+runs no code from the cache and gives the same model.
 """
 
 from __future__ import annotations
@@ -84,3 +87,84 @@ def test_cache_off_writes_no_cache(runs) -> None:
     cwd = run_dir.parents[2]  # <cwd>/outputs/<date>/<time>
     assert (cwd / "outputs").is_dir()
     assert not (cwd / ".slimkit").exists(), "cache=false must not write a stage cache"
+
+
+#: Files that hold measurements (latency, seconds) or the run's own paths and times: not compared.
+MEASURED = {"report.json", "report.md", "run.log", "stage.json", "config.yaml", "overrides.yaml", "hydra.yaml"}
+
+
+def test_every_artifact_byte_identical(runs) -> None:
+    (dir_a, _), (dir_b, _) = runs["A"], runs["B"]
+    names = sorted(p.relative_to(dir_a).as_posix() for p in dir_a.rglob("*") if p.is_file())
+    compared = [n for n in names if Path(n).name not in MEASURED and not n.endswith(".log")]
+    assert "model.pt" in compared and "stages/00_prune/model.pt" in compared and "model.onnx" in compared
+    assert sorted(p.relative_to(dir_b).as_posix() for p in dir_b.rglob("*") if p.is_file()) == names
+    differ = [n for n in compared if (dir_a / n).read_bytes() != (dir_b / n).read_bytes()]
+    assert differ == [], f"same config, different bytes: {differ}"
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _entry(cache: Path) -> Path:
+    entries = [p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(entries) == 1, entries
+    return entries[0]
+
+
+def _damage(how: str, entry: Path, marker: Path) -> None:
+    import json
+
+    import torch
+
+    from slimkit.core import files
+
+    if how == "bytes":
+        with open(entry / "model.pt", "r+b") as fh:
+            fh.seek(4096)
+            fh.write(b"\xff" * 8192)
+    elif how == "stage_json":
+        (entry / "stage.json").write_bytes(b"\x00{not json")
+    else:  # a hostile pickle, and a stage.json whose hashes fit it: only the loader can refuse it
+        model = torch.load(entry / "model.pt", weights_only=False)
+        model.payload = _Payload(marker)
+        torch.save(model, entry / "model.pt")
+        meta = json.loads((entry / "stage.json").read_text())
+        meta["files"] = files.file_hashes(entry, skip=("stage.json",))
+        (entry / "stage.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("how", ["bytes", "stage_json", "hostile_pickle"])
+def test_a_damaged_cache_entry_is_recomputed(how, runs, run_cli, show, fast, one_run_dir, model_digest, tmp_path):
+    import shutil
+
+    cache = tmp_path / "cache"
+    dir_b, _ = runs["B"]
+    shutil.copytree(dir_b.parents[3] / "cache", cache)  # B's cache (run dir: <root>/B/outputs/<date>/<time>)
+    marker = tmp_path / "payload-ran"
+    _damage(how, _entry(cache), marker)
+    config = [*fast, "tracking=none", "pipeline.stages.prune.finetune_epochs=1", "cache=true", f"cache_dir={cache}"]
+    proc = run_cli(config, tmp_path / "run")
+    assert proc.returncode == 0, show(proc)
+    assert "cache entry" in proc.stderr and "dropped" in proc.stderr, show(proc)
+    assert not marker.exists(), "a cache file ran code"
+    run_dir = one_run_dir(tmp_path / "run")
+    report = __import__("json").loads((run_dir / "report.json").read_text())
+    assert report["stages"][0]["cached"] is False
+    dir_a, a = runs["A"]
+    assert model_digest(run_dir / "model.pt") == model_digest(dir_a / a["artifacts"]["model"])
+    assert (run_dir / "model.onnx").read_bytes() == (dir_a / a["artifacts"]["onnx"]).read_bytes()
+    if how != "bytes":
+        return
+    # the recomputed entry replaced the bad one, and it is good
+    proc = run_cli(config, tmp_path / "again")
+    assert proc.returncode == 0 and "dropped" not in proc.stderr, show(proc)
+    again = __import__("json").loads((one_run_dir(tmp_path / "again") / "report.json").read_text())
+    assert again["stages"][0]["cached"] is True

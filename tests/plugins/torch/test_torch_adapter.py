@@ -154,15 +154,47 @@ def test_factory_that_does_not_return_a_module(adapter: TorchAdapter) -> None:
     assert "failed with kwargs {}: TypeError" in message and "check model.kwargs" in message
 
 
+class _Payload:
+    """Unpickling this calls ``os.system``: what a hostile model file does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
 def test_pickled_model_path_needs_trust_pickle(adapter: TorchAdapter, tmp_path: Path) -> None:
     trained = small(seed=3)
+    trained.hook = _Payload(tmp_path / "ran")
     torch.save(trained, tmp_path / "model.pt")
     message = model_error(adapter, {"path": str(tmp_path / "model.pt")})
-    assert "is a pickled model and unpickling runs arbitrary code" in message
+    assert "is a pickled model naming posix.system, and unpickling that runs arbitrary code" in message
     assert "model.trust_pickle=true" in message
+    assert not (tmp_path / "ran").exists()  # refused before anything ran
     model = adapter.load({"path": str(tmp_path / "model.pt"), "trust_pickle": True})
+    assert (tmp_path / "ran").exists()  # trusted: unpickled, payload and all
     assert same_params(model, trained)
     assert not model.training
+
+
+def test_a_whole_module_of_known_classes_loads_without_trust(adapter: TorchAdapter, tmp_path: Path) -> None:
+    trained = small(seed=3)
+    torch.save(trained, tmp_path / "model.pt")  # what slimkit writes: modules and tensors only
+    model = adapter.load({"path": str(tmp_path / "model.pt")})
+    assert same_params(model, trained)
+    assert same_params(adapter.load_file(tmp_path / "model.pt"), trained)
+
+
+def test_load_file_never_runs_code(adapter: TorchAdapter, tmp_path: Path) -> None:
+    trained = small(seed=3)
+    trained.hook = _Payload(tmp_path / "ran")
+    torch.save(trained, tmp_path / "model.pt")
+    with pytest.raises(ModelError, match="names posix.system, which loading it would have to trust"):
+        adapter.load_file(tmp_path / "model.pt")
+    assert not (tmp_path / "ran").exists()
 
 
 def test_pickled_model_path_errors(adapter: TorchAdapter, tmp_path: Path) -> None:
