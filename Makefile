@@ -56,24 +56,29 @@ weights: $(STAMP)
 zoo: $(STAMP)
 	$(PY) benchmarks/_zoo.py fetch
 
-# MLflow tracking server backed by PostgreSQL, shared by search workers (tracking.uri=http://HOST:PORT).
-# MLFLOW_DB: the team's database URL; empty starts a local PostgreSQL cluster in .slimkit/postgres
-# (port 5433, databases mlflow and optuna; the optuna one is for search.storage). See docs/SEARCH.md.
+# MLflow tracking server for a team, shared by search workers (tracking.uri=http://HOST:PORT); see docs/SEARCH.md.
+# The database URL comes from the environment, never a command line (every local user sees those in ps):
+# `export MLFLOW_DB=postgresql://...` (or MLflow's MLFLOW_BACKEND_STORE_URI); what is printed masks the password.
+# With neither, a local PostgreSQL cluster runs in MLFLOW_PG_DIR (port 5433, databases mlflow and optuna owned
+# by the role slimkit, whose password is in MLFLOW_PG_DIR.pgpass, mode 0600; optuna is for search.storage).
+# A host that is not loopback is served with MLflow's basic-auth (MLFLOW_AUTH=auto; off is refused there): the
+# first start needs MLFLOW_AUTH_ADMIN_PASSWORD in the environment; clients set MLFLOW_TRACKING_USERNAME/PASSWORD.
 MLFLOW_DB        ?=
 MLFLOW_HOST      ?= 127.0.0.1
 MLFLOW_PORT      ?= 5000
 MLFLOW_ARTIFACTS ?= mlartifacts
+MLFLOW_PG_DIR    ?= .slimkit/postgres
+MLFLOW_AUTH      ?= auto
+MLFLOW_AUTH_DIR  ?= .slimkit/mlflow-auth
+export MLFLOW_DB
 
 mlflow-server: $(STAMP)
-	@db="$(MLFLOW_DB)"; \
-	if [ -z "$$db" ]; then \
-		urls=$$($(PY) -m slimkit.plugins.search.servers postgres --dir .slimkit/postgres --port 5433) || exit 1; \
-		db=$$(echo "$$urls" | head -1); \
-		echo "search.storage=$$(echo "$$urls" | tail -1)"; \
-	fi; \
-	echo "tracking.uri=http://$(MLFLOW_HOST):$(MLFLOW_PORT) (backend $$db)"; \
-	exec $(PY) -m slimkit.plugins.search.servers mlflow --db "$$db" --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) \
-		--artifacts $(MLFLOW_ARTIFACTS)
+	@case "$(origin MLFLOW_DB):$$MLFLOW_DB" in "command line:"*://*:*@*) \
+		echo "slimkit: warning: the password in MLFLOW_DB on make's command line is visible to every local user" \
+			"(ps) while the server runs; export MLFLOW_DB instead, or use a ~/.pgpass file" >&2;; \
+	esac
+	@exec $(PY) -m slimkit.plugins.search.servers mlflow --postgres-dir "$(MLFLOW_PG_DIR)" --host "$(MLFLOW_HOST)" \
+		--port "$(MLFLOW_PORT)" --artifacts "$(MLFLOW_ARTIFACTS)" --auth "$(MLFLOW_AUTH)" --auth-dir "$(MLFLOW_AUTH_DIR)"
 
 clean:
 	rm -rf outputs multirun .slimkit .pytest_cache

@@ -239,7 +239,8 @@ def main() -> int:
 
     pg = None
     if pg_bin() is not None:
-        pg = start_postgres(root / "pg" / "data")
+        os.chmod(root, 0o711)  # mkdtemp's 0700: the postgres user (when run as root) must reach its data folder
+        pg = start_postgres(root / "pg" / "data", fsync=False)  # a throwaway cluster, as in the tests
     tp = []
     try:
         for workers in (1, 2):

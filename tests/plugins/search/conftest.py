@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -16,13 +17,18 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Any]:
-    """A real PostgreSQL server on a free loopback port in a temp dir (skipped only without binaries)."""
+    """A real PostgreSQL server on a free loopback port in a temp dir (skipped only without binaries).
+
+    Started here, with test-only settings: ``fsync=off``, and the temp dir opened to other users
+    for traversal (as root the cluster runs as the ``postgres`` OS user, which must reach it).
+    """
     from slimkit.plugins.search.servers import pg_bin, start_postgres
 
     if pg_bin() is None:
         pytest.skip("PostgreSQL binaries (initdb, pg_ctl) are not installed; .ci/run installs them")
     root = Path(tempfile.mkdtemp(prefix="slimkit-pg-"))
-    server = start_postgres(root / "data")
+    os.chmod(root, 0o711)  # this fixture's own folder; no other folder's permissions change
+    server = start_postgres(root / "data", fsync=False)
     try:
         yield server
     finally:
