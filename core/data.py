@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,9 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 
 #: Samples read at a time when a :class:`LazyArray` is read whole or hashed.
 CHUNK = 64
+
+log = logging.getLogger(__name__)
+_warned_positional: set[tuple[str, str]] = set()
 
 
 @dataclass
@@ -51,6 +55,31 @@ class InputSpec:
     low: int | None = None
     high: int | None = None
     dims: dict[str, int] = field(default_factory=dict)
+
+
+def match_inputs(model_inputs: Sequence[str], data_inputs: Sequence[str]) -> list[tuple[str, str]] | None:
+    """Pair the model's inputs with the data's arrays: ``[(model input, data array), ...]``.
+
+    By name when every model input has an array of its name. Otherwise, when the model has one input
+    and the data one array (of another name), they are paired by position, with a one-line warning
+    (once per pair and process) naming both, so that a misnamed array is not used unnoticed. Else
+    None: the caller reports the missing inputs.
+    """
+    if all(name in data_inputs for name in model_inputs):
+        return [(name, name) for name in model_inputs]
+    if len(model_inputs) == 1 and len(data_inputs) == 1:
+        pair = (str(model_inputs[0]), str(data_inputs[0]))
+        if pair not in _warned_positional:
+            _warned_positional.add(pair)
+            log.warning(
+                "the data's only array %r is not named like the model's only input %r; "
+                "feeding it to that input by position (name the array %r to silence this)",
+                pair[1],
+                pair[0],
+                pair[0],
+            )
+        return [pair]
+    return None
 
 
 class LazyArray(NDArrayOperatorsMixin):

@@ -7,6 +7,8 @@ traceback and exits with code 2; any other exception is a bug in slimkit or a pl
 
 from __future__ import annotations
 
+from .secrets import redact_text
+
 
 class SlimkitError(Exception):
     """Base class of errors caused by input: config, files, data, unsupported combinations."""
@@ -14,8 +16,8 @@ class SlimkitError(Exception):
     exit_code: int = 2
 
     def __init__(self, message: str) -> None:
-        # Keep the message on one line whatever the caller passed.
-        super().__init__(" ".join(str(message).split()))
+        # Keep the message on one line whatever the caller passed, and no password in it.
+        super().__init__(redact_text(" ".join(str(message).split())))
 
 
 class ConfigError(SlimkitError):
@@ -44,3 +46,13 @@ class TargetError(SlimkitError):
 
 class TrackingError(SlimkitError):
     """The tracking backend cannot be reached or written."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal (SIGINT: Ctrl-C; SIGTERM: ``kill``, a scheduler's cancel) stopped the run: it ends
+    FAILED with this message and a partial report, like any failure."""
+
+    def __init__(self, signal_name: str = "SIGINT") -> None:
+        super().__init__(f"interrupted by {signal_name}")
+        #: The signal's name.
+        self.signal_name = signal_name

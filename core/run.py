@@ -21,6 +21,7 @@ from .data import DataSplits, load_data
 from .errors import DataError, ModelError, SlimkitError, TechniqueError
 from .registry import Registry
 from .report import ModelMetrics, Report, StageResult
+from .secrets import redact
 from .target import BenchmarkRequest, Target, compare_outputs
 from .technique import StageContext, Technique, TechniqueConfig
 
@@ -326,7 +327,7 @@ class Runner:
             meta = {
                 "key": key,
                 "technique": stage.technique.name,
-                "config": asdict(stage.config),
+                "config": redact(asdict(stage.config)),  # no password in a file (the key hashes the real one)
                 "framework": out_adapter.name,
                 "metrics": sctx.metrics,
                 "info": sctx.info,
@@ -377,6 +378,8 @@ class Runner:
     def execute(self, model_obj: Any = None, data_obj: DataSplits | None = None) -> Report:
         spec = self.spec
         spec.run_dir.mkdir(parents=True, exist_ok=True)
+        if spec.cache_dir is not None:  # entries half-written by a run that was killed
+            files.remove_stale_temporaries(spec.cache_dir)
         tracker_cls = self.registry.tracker(spec.tracking.get("name", "none"))
         tracker = tracker_cls(spec.tracking)
         tracker.check()
@@ -386,7 +389,9 @@ class Runner:
             return self._execute(model_obj, data_obj)
         except BaseException as exc:
             self.report.status = "FAILED"
-            self.report.error = str(exc) if isinstance(exc, SlimkitError) else f"{type(exc).__name__}: {exc}"
+            self.report.error = (
+                str(exc) if isinstance(exc, SlimkitError) else _interrupted(exc) or f"{type(exc).__name__}: {exc}"
+            )
             if not isinstance(exc, SlimkitError | KeyboardInterrupt):
                 files.write_text(spec.run_dir / "error.txt", traceback.format_exc())
             self.report.mlflow_run_id = tracker.run_id
@@ -540,6 +545,27 @@ def _keep_failed_stage(tmp: Path, stage_dir: Path) -> None:
     if failed.exists():
         shutil.rmtree(failed)
     os.replace(tmp, failed)
+
+
+def _interrupted(exc: BaseException) -> str:
+    """The report's error for a run stopped by a signal ('' for other errors)."""
+    if not isinstance(exc, KeyboardInterrupt):
+        return ""
+    return str(exc) or "interrupted by SIGINT (Ctrl-C)"
+
+
+def clean_dead_run(run_dir: Path, reason: str, mlflow_run_id: str | None = None) -> list[Path]:
+    """Tidy the folder of a run whose process died (SIGKILL, power loss): remove the temporary files
+    and folders it was writing, and give it a ``report.json`` saying it was killed if it has none.
+    Return what was removed. Finished stages stay (and the stage cache makes a rerun resume)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    removed = files.remove_stale_temporaries(run_dir) + files.remove_stale_temporaries(run_dir / "stages")
+    if not (run_dir / "report.json").exists():
+        report = Report(run_dir=str(run_dir), status="KILLED", error=reason, mlflow_run_id=mlflow_run_id)
+        files.write_text(run_dir / "report.json", report.to_json() + "\n")
+    return removed
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -6,9 +6,11 @@ line on stderr and exits 2 (``SLIMKIT_DEBUG=1`` adds the traceback); a bug exits
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,71 @@ def _debug() -> bool:
     return bool(os.environ.get("SLIMKIT_DEBUG"))
 
 
+def _print_traceback(exc: BaseException) -> None:
+    """``exc``'s traceback on stderr, passwords redacted."""
+    from slimkit.core.secrets import redact_text
+
+    print(redact_text("".join(traceback.format_exception(exc))).rstrip("\n"), file=sys.stderr)
+
+
 def _error(exc: BaseException) -> None:
+    from slimkit.core.secrets import redact_text
+
     if _debug():
-        traceback.print_exception(exc)
-    print(f"slimkit: error: {exc}", file=sys.stderr)
+        _print_traceback(exc)
+    print(f"slimkit: error: {redact_text(str(exc))}", file=sys.stderr)
+
+
+def _redact_hydra_files() -> None:
+    """Rewrite what Hydra saved of the job's config (``.hydra/config.yaml``, ``hydra.yaml``,
+    ``overrides.yaml``, and a sweep's ``multirun.yaml``) with secrets redacted
+    (:func:`slimkit.core.secrets.redact`: URL passwords, keys named like ``password``). Hydra writes
+    them before the job starts; a file with nothing to redact is left as Hydra wrote it."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from slimkit.core.secrets import redact
+
+    hc = HydraConfig.get()
+    paths = []
+    if hc.output_subdir is not None:
+        folder = Path(hc.runtime.output_dir) / str(hc.output_subdir)
+        paths += [folder / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+    if hc.mode == RunMode.MULTIRUN:
+        paths.append(Path(str(hc.sweep.dir)) / "multirun.yaml")
+    for path in paths:
+        try:
+            saved = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        except Exception:  # not written (output_subdir: null) or unreadable: nothing to redact
+            continue
+        clean = redact(saved)
+        if clean != saved:
+            path.write_text(OmegaConf.to_yaml(OmegaConf.create(clean)), encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _plain_warnings() -> Iterator[None]:
+    """During the run, slimkit's own log warnings (loggers ``slimkit.*``) are one plain line on
+    stderr, ``slimkit: warning: ...``, not in Hydra's ``[time][HYDRA]`` format."""
+    import logging
+
+    class Plain(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return f"slimkit: {record.levelname.lower()}: {record.getMessage()}"
+
+    logger = logging.getLogger("slimkit")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(Plain())
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _task(cfg: Any) -> None:
@@ -38,24 +101,54 @@ def _task(cfg: Any) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     plain: dict[str, Any] = {}
     try:
+        _redact_hydra_files()
         plain = to_plain(cfg)
-        run_config(plain, run_dir)
+        with _signals_interrupt(), _plain_warnings():
+            run_config(plain, run_dir)
     except SlimkitError as exc:
         if not plain:  # the config did not resolve: record with its tracking settings, if they do
             record_failure(_tracking_only(cfg), run_dir, exc)
         _error(exc)
         _state["exit"] = max(_state["exit"], exc.exit_code)
-    except KeyboardInterrupt:
-        print("slimkit: interrupted; finished stages are kept in the run directory", file=sys.stderr)
-        _state["exit"] = 130
+    except KeyboardInterrupt as exc:
+        what = str(exc) or "interrupted by SIGINT"
+        print(f"slimkit: {what}; finished stages are kept in the run directory", file=sys.stderr)
+        _state["exit"] = 143 if "SIGTERM" in what else 130
     except Exception as exc:
-        traceback.print_exception(exc)
+        from slimkit.core.secrets import redact_text
+
+        _print_traceback(exc)
         print(
-            f"slimkit: internal error: {type(exc).__name__}: {exc} -- this is a bug in slimkit or a plugin; "
+            f"slimkit: internal error: {type(exc).__name__}: {redact_text(str(exc))} -- this is a bug in slimkit "
+            "or a plugin; "
             "please report it with the traceback above",
             file=sys.stderr,
         )
         _state["exit"] = max(_state["exit"], 1)
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`~slimkit.core.errors.Interrupted` in the run (main thread
+    only), so it ends FAILED with a partial report instead of dying mid-write."""
+    import signal
+    import threading
+
+    from slimkit.core.errors import Interrupted
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupted(signal.Signals(signum).name)
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def _tracking_only(cfg: Any) -> dict[str, Any]:
@@ -124,10 +217,34 @@ def _precheck(args: list[str], *, sweep: bool = False, record: bool = True) -> N
             return
     try:
         compose(overrides)
+        if sweep and record:
+            _check_sweep_dir(overrides)
     except SlimkitError as exc:
         if record:
             _record_config_failure(overrides, exc)
         raise
+
+
+def _check_sweep_dir(overrides: list[str]) -> None:
+    """Raise a one-line :class:`ConfigError` unless a multirun's folder (``hydra.sweep.dir``, default
+    ``multirun/...`` here) can be created: Hydra's sweeper creates it with a traceback on failure.
+
+    A folder is made and removed in its nearest existing parent (a permission check alone would
+    pass for root in ``/proc``)."""
+    import tempfile
+
+    given = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("hydra.sweep.dir=")), None)
+    folder = Path((given or "multirun").split("${", 1)[0] or ".")
+    parent = folder.absolute()
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".slimkit-check-", dir=parent))
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the sweep directory {str(folder)!r} ({exc.strerror or exc}); run slimkit in a "
+            "writable folder or set hydra.sweep.dir=<writable folder>"
+        ) from None
 
 
 def _single_run(args: list[str]) -> list[str] | None:
@@ -208,6 +325,12 @@ def _run_once(overrides: list[str]) -> None:
                 raise
             raise error from exc
 
+        try:
+            _claim_run_dir(cfg)
+        except ConfigError as exc:  # an unwritable run directory: one line, recorded where tracking can
+            _record_config_failure(overrides, exc)
+            raise
+
         def run() -> None:
             callbacks = Callbacks(cfg)
             callbacks.on_run_start(config=cfg, config_name=CONFIG_NAME)
@@ -225,6 +348,31 @@ def _run_once(overrides: list[str]) -> None:
         run_and_report(run)
     finally:
         GlobalHydra.instance().clear()
+
+
+def _claim_run_dir(cfg: Any) -> Path:
+    """Create this run's directory atomically and point ``hydra.run.dir`` at it: the configured one
+    (``outputs/<date>/<time>``), or with ``-1``, ``-2``... when another run took it (two runs started
+    in the same second, or a folder named explicitly and used before). Never two runs in one folder."""
+    from omegaconf import open_dict, read_write
+
+    base = Path(str(cfg.hydra.run.dir))
+    for i in range(10_000):
+        candidate = base if i == 0 else base.with_name(f"{base.name}-{i}")
+        try:
+            candidate.parent.mkdir(parents=True, exist_ok=True)
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the run directory {str(candidate)!r} ({exc.strerror or exc}); "
+                "run slimkit in a writable folder or set hydra.run.dir=<writable folder>"
+            ) from None
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            cfg.hydra.run.dir = str(candidate)
+        return candidate
+    raise ConfigError(f"every run directory {base}[-N] is taken; set hydra.run.dir=<new folder>")
 
 
 GROUPS = ("pipeline", "model", "data", "technique", "target", "tracking", "search")
@@ -339,6 +487,9 @@ def inspect_command(args: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``slimkit`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
+    from slimkit.core.secrets import redact_logs
+
+    redact_logs()  # Hydra's launcher logs the jobs' overrides, passwords included
     try:
         if args and args[0] == "plugins":
             return plugins_command(args[1:])

@@ -33,6 +33,7 @@ from slimkit.core import (
 )
 from slimkit.core.registry import Registry
 from slimkit.core.run import RunSpec, StageSpec
+from slimkit.core.secrets import redact
 
 CONFIG_MODULE = "slimkit.conf"
 CONFIG_NAME = "config"
@@ -266,7 +267,11 @@ def validate_groups(plain: dict[str, Any], registry: Registry) -> None:
 
 
 def build_spec(plain: dict[str, Any], registry: Registry, run_dir: Path) -> RunSpec:
-    """Turn the resolved config into a validated :class:`RunSpec` (before any work starts)."""
+    """Turn the resolved config into a validated :class:`RunSpec` (before any work starts).
+
+    ``RunSpec.config``, which is written and logged, is :func:`~slimkit.core.secrets.redact`-ed;
+    ``model``, ``data``, ``target`` and ``tracking`` keep the real values, to connect with.
+    """
     pipeline = plain.get("pipeline") or {}
     stages = [validate_stage(n, dict(p or {}), registry) for n, p in (pipeline.get("stages") or {}).items()]
     for group in ("model", "data", "target", "tracking"):
@@ -285,7 +290,7 @@ def build_spec(plain: dict[str, Any], registry: Registry, run_dir: Path) -> RunS
         stages=stages,
         cache_dir=cache_dir,
         eval_batch_size=int(plain.get("eval_batch_size", 256)),
-        config=plain,
+        config=redact(plain),  # what the report, the tracker and logs see: no password (the groups keep them)
         pipeline_name=str(pipeline.get("name", "custom")),
     )
 

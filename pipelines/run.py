@@ -9,6 +9,7 @@ from slimkit.core import DataSplits, SlimkitError
 from slimkit.core.plugins import get_plugin_manager, get_registry
 from slimkit.core.report import Report
 from slimkit.core.run import RunContext, Runner, RunSpec, execute
+from slimkit.core.secrets import redact, redact_text
 
 from .config import build_spec
 
@@ -33,10 +34,10 @@ def record_failure(plain: dict[str, Any], run_dir: Path, error: BaseException) -
         target=dict(plain.get("target") or {}),
         tracking=tracking,
         stages=[],
-        config=plain,
+        config=redact(plain),
         pipeline_name=str((plain.get("pipeline") or {}).get("name", "?")),
     )
-    report = Report(config=plain, status="FAILED", error=str(error), run_dir=str(run_dir))
+    report = Report(config=spec.config, status="FAILED", error=redact_text(str(error)), run_dir=str(run_dir))
     ctx = RunContext(spec=spec, hook=pm.hook, registry=registry, report=report, tracker=tracker)
     name = f"tracker-{id(tracker)}"
     try:

@@ -10,9 +10,10 @@ Config (``data=npz``, :class:`NpzDataConfig`)::
 
 Whether the arrays fit the model (name, dtype, rank, fixed dims) is checked when the run starts,
 against the loaded model (:meth:`ModelAdapter.check_inputs`), with a one-line error naming the
-mismatch. Files are read with ``allow_pickle=False``: an .npz cannot run code. The arrays are
-memory-mapped (see :func:`read_npz`): a file larger than the memory streams through a run batch
-by batch.
+mismatch. Arrays match inputs by name; a one-input model and a one-array file of another name are
+paired by position, with a one-line warning (:func:`slimkit.core.data.match_inputs`). Files are
+read with ``allow_pickle=False``: an .npz cannot run code. The arrays are memory-mapped (see
+:func:`read_npz`): a file larger than the memory streams through a run batch by batch.
 """
 
 from __future__ import annotations

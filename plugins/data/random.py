@@ -45,7 +45,12 @@ DEFAULT_INT_RANGE = (0, 100)
 
 
 def onnx_input_specs(path: Path) -> list[InputSpec]:
-    """The inputs of the ONNX file ``path`` (tensors not loaded): dtype and per-sample dims."""
+    """The inputs of the ONNX file ``path`` (tensors not loaded): dtype and per-sample dims.
+
+    The file must be a model before any data is derived from it: an empty, truncated or non-ONNX file
+    (an empty file parses as a model without inputs or outputs) is the one-line :class:`ModelError` of
+    :func:`~slimkit.plugins.onnx.io.read_model` saying what is wrong with it.
+    """
     import onnx
 
     from slimkit.plugins.onnx import graph as g
@@ -57,13 +62,16 @@ def onnx_input_specs(path: Path) -> list[InputSpec]:
         )
     try:
         model = onnx.load(str(path), load_external_data=False)
+        error: Exception | None = None
     except Exception as exc:
+        model, error = None, exc
+    if model is None or model.ir_version <= 0 or not model.HasField("graph") or not model.graph.output:
         from slimkit.plugins.onnx.io import read_model
 
-        read_model(path, f"data.path={path}")  # raises the one-line error that says what is wrong with the file
+        read_model(path, f"the model file data.path={path}")  # raises the one-line error that says what is wrong
         raise DataError(
-            f"data.path={path} cannot be read as ONNX ({type(exc).__name__}); give the model's .onnx file"
-        ) from exc
+            f"data.path={path} cannot be read as ONNX ({type(error).__name__}); give the model's .onnx file"
+        ) from error
     out = []
     for info in g.graph_inputs(model):
         dtype = g.np_dtype(info.type.tensor_type.elem_type)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from slimkit.core import DataError, ModelAdapter, ModelConfig, ModelError, ParamCount, Split, hookimpl
+from slimkit.core.data import match_inputs
 
 from . import graph as g
 from .io import read_model, write_model
@@ -148,23 +149,23 @@ class OnnxAdapter(ModelAdapter):
     def check_inputs(self, model: Any, split: Split) -> None:
         """Raise a one-line :class:`DataError` naming the first input the data cannot feed.
 
-        Inputs match by name (one input each: by position); the data's dtype must be of the input's
+        Inputs match by name; one input and one array of another name match by position, with a warning
+        (:func:`~slimkit.core.data.match_inputs`). The data's dtype must be of the input's
         kind, float, integer or bool (float64 data for a float32 input is cast, float data for int64
         token ids or integer pixels for a float input are refused); the rank must be the input's
         rank and fixed dimensions (after the first, the sample axis) must match.
         """
         wanted = g.graph_inputs(model)
         data = split.inputs
-        if len(wanted) == 1 and len(data) == 1 and wanted[0].name not in data:
-            pairs = [(wanted[0], next(iter(data)))]
-        else:
+        matched = match_inputs([i.name for i in wanted], list(data))
+        if matched is None:
             missing = [i.name for i in wanted if i.name not in data]
-            if missing:
-                raise DataError(
-                    f"the model's input {missing[0]!r} is not in the data (data arrays: {', '.join(data)}); name the "
-                    f"arrays after the model's inputs {[i.name for i in wanted]}"
-                )
-            pairs = [(i, i.name) for i in wanted]
+            raise DataError(
+                f"the model's input {missing[0]!r} is not in the data (data arrays: {', '.join(data)}); name the "
+                f"arrays after the model's inputs {[i.name for i in wanted]}"
+            )
+        by_name = {i.name: i for i in wanted}
+        pairs = [(by_name[name], key) for name, key in matched]
         for info, key in pairs:
             arr = data[key]
             want = g.np_dtype(info.type.tensor_type.elem_type)

@@ -199,8 +199,7 @@ def feed(session: Any, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
                 "feed samples one by one (slimkit.plugins.onnx.runtime.feeds)"
             )
         return {
-            info.name: _cast(info, arr[0] if np.ndim(arr) == len(info.shape or []) + 1 else arr)
-            for info, arr in pairs
+            info.name: _cast(info, arr[0] if np.ndim(arr) == len(info.shape or []) + 1 else arr) for info, arr in pairs
         }
     return {info.name: _cast(info, arr) for info, arr in pairs}
 

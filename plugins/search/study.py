@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from slimkit.core import ConfigError, SlimkitError, StageContext, TechniqueError, hookimpl
 from slimkit.core.run import RunSpec, StageSpec, execute
+from slimkit.core.secrets import redact
 
 from .config import MAXIMIZE, SearchConfig
 from .space import active_space, describe, trial_stages
@@ -138,6 +139,11 @@ def open_storage(cfg: SearchConfig, on_stale: Any = None) -> optuna.storages.RDB
                     grace_period=int(cfg.grace_s),
                     failed_trial_callback=on_stale,
                 )
+        except ModuleNotFoundError as exc:  # the database driver: psycopg for postgresql://
+            raise SearchError(
+                f"the study storage {mask_url(url)} needs the Python package {exc.name!r}; "
+                "pip install 'slimkit[team]' (psycopg for PostgreSQL) or use search.storage=sqlite:///study.db"
+            ) from exc
         except Exception as exc:
             first = " ".join(str(exc).split())[:300]
             # Workers starting together on a fresh database race to create optuna's tables: the
@@ -355,7 +361,7 @@ class Searcher:
             stages=stages,
             cache_dir=spec.cache_dir,
             eval_batch_size=spec.eval_batch_size,
-            config=config,
+            config=redact(config),  # written and logged: no password (``tracking`` keeps the real URI)
             pipeline_name="search-trial",
         )
 

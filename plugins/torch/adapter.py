@@ -108,6 +108,31 @@ def import_object(spec: str, option: str) -> Any:
         raise ModelError(f"{option}={spec!r}: module {module_name!r} has no attribute {attr!r}; fix the name") from None
 
 
+def _intern_strings(model: Any) -> None:
+    """Make every equal string in the modules' attributes one object (``sys.intern``), in place.
+
+    A pickle refers back to a string it already wrote when it is the same object: a module loaded
+    from a file and one built in memory hold the same strings as different objects, so the same
+    weights would pickle to different bytes. Interned, they pickle alike (a resumed run writes the
+    bytes of an uninterrupted one)."""
+    import sys
+    from collections import OrderedDict
+
+    def canon(value: Any) -> Any:
+        if isinstance(value, str):
+            return sys.intern(value)
+        if type(value) in (dict, OrderedDict):
+            return type(value)((canon(k), canon(v)) for k, v in value.items())
+        return value
+
+    for module in model.modules():
+        module.__dict__.update({k: canon(v) for k, v in module.__dict__.items()})
+        keys = dict.fromkeys(module.__dict__)  # the keys themselves, in order
+        state = dict(module.__dict__)
+        module.__dict__.clear()
+        module.__dict__.update({sys.intern(k): state[k] for k in keys})
+
+
 class TorchAdapter(ModelAdapter):
     """Adapter for ``torch.nn.Module`` models."""
 
@@ -235,6 +260,7 @@ class TorchAdapter(ModelAdapter):
 
         import torch
 
+        _intern_strings(model)
         try:
             torch.save(model, path)
         except (pickle.PicklingError, AttributeError, TypeError) as exc:

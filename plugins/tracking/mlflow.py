@@ -32,8 +32,10 @@ What is recorded:
 - one child run per stage (tag ``mlflow.parentRunId``), named after the stage: params = its
   technique and technique config, metrics = the stage's metrics and ``seconds``, tag ``cached``,
   and the stage's artifacts.
-- a failed run ends ``FAILED`` (``KILLED`` on Ctrl-C) with tags ``error`` and ``error_type`` and
-  whatever was measured before the failure.
+- a failed run ends ``FAILED`` (an interrupted one too: ``error_type=Interrupted``) with tags
+  ``error`` and ``error_type`` and whatever was measured before the failure; tag ``slimkit.process``
+  names the process, so the next run in the store ends ``KILLED`` a run left ``RUNNING`` by a
+  process that died (:meth:`MlflowTracker.reap_dead_runs`).
 
 MLflow is driven through :class:`mlflow.MlflowClient` with explicit run ids, so no run is left on
 MLflow's fluent active-run stack between runs in one process. Failing to log something optional
@@ -44,6 +46,7 @@ Importing this module does not import MLflow (about a second); it is imported wh
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -56,6 +59,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from slimkit.core import ConfigError, SlimkitError, Tracker, TrackerConfig, TrackingError, hookimpl
+from slimkit.core.process import process_token, token_dead
+from slimkit.core.secrets import redact, redact_text
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -68,6 +73,8 @@ T = TypeVar("T")
 
 #: The tracking URI used when none is configured (resolved against the current directory).
 DEFAULT_URI = "sqlite:///mlflow.db"
+#: The parent run's tag naming the slimkit process that runs it (``host:pid:start``).
+PROCESS_TAG = "slimkit.process"
 #: The experiment used when none is configured.
 DEFAULT_EXPERIMENT = "slimkit"
 #: Longest param value logged; older MLflow servers refuse more (the full config is in config.yaml).
@@ -98,9 +105,11 @@ def flatten_params(config: Mapping[str, Any], prefix: str = "") -> dict[str, str
     """Flatten a nested config into ``{"a.b.c": "value"}`` with string values.
 
     Mappings nest with dots, lists holding mappings or lists by index (``stages.0.technique``);
-    other lists are written as JSON. Empty mappings give ``"{}"`` so that their key shows.
+    other lists are written as JSON. Empty mappings give ``"{}"`` so that their key shows. Secrets
+    are ``***`` (:func:`slimkit.core.secrets.redact`: URL passwords, keys named like ``password``).
     """
     out: dict[str, str] = {}
+    config = redact(config)
 
     def walk(value: Any, key: str) -> None:
         if isinstance(value, Mapping):
@@ -218,9 +227,32 @@ def _sqlite_path(uri: str) -> Path | None:
     return Path(path)
 
 
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``<database>.lock`` beside a SQLite store (other URIs: no lock), so
+    that runs started together do not both create MLflow's tables (``table ... already exists``)."""
+    path = _sqlite_path(uri) if uri.lower().startswith("sqlite:") else None
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; MLflow's own retry is all there is
+        fcntl = None  # type: ignore[assignment]
+    if path is None or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _error_message(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return str(error) or "interrupted by SIGINT (Ctrl-C)"
     text = str(error) if isinstance(error, SlimkitError) else f"{type(error).__name__}: {error}"
-    return _truncate(_one_line(text) or type(error).__name__, ERROR_TAG_LIMIT)
+    return _truncate(redact_text(_one_line(text)) or type(error).__name__, ERROR_TAG_LIMIT)
 
 
 # -- the tracker ------------------------------------------------------------------------------------
@@ -352,7 +384,7 @@ class MlflowTracker(Tracker):
         except Exception as exc:
             if _strict():
                 raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = redact_text(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
             warnings.warn(
                 f"MLflow: could not {what} (run {self.run_id}): {type(exc).__name__}: {first}",
                 RuntimeWarning,
@@ -363,7 +395,8 @@ class MlflowTracker(Tracker):
     def _log_params(self, run_id: str, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
 
-        items = {clean_key(k): _truncate(str(v), PARAM_VALUE_LIMIT) for k, v in params.items()}
+        # Redacted here too: a stage's technique config (search.storage) holds the real values.
+        items = {clean_key(k): _truncate(str(v), PARAM_VALUE_LIMIT) for k, v in redact(dict(params)).items()}
         entities = [Param(k, v) for k, v in items.items()]
         for chunk in _chunks(entities, _PARAMS_PER_BATCH):
             self._client().log_batch(run_id, params=chunk)
@@ -427,22 +460,25 @@ class MlflowTracker(Tracker):
         spec = ctx.spec
         try:
             mlflow.set_tracking_uri(self.uri)
-            self.experiment_id = self._experiment_id()
+            with store_lock(self.uri):  # the first runs on a new database race its schema creation
+                self.experiment_id = self._experiment_id()
             mlflow.set_experiment(experiment_id=self.experiment_id)
             tags = {
                 "pipeline": str(getattr(spec, "pipeline_name", "") or ""),
                 "target": _target_name(getattr(spec, "target", None)),
                 "slimkit.version": __version__,
                 "slimkit.run_dir": str(getattr(spec, "run_dir", "")),
+                PROCESS_TAG: process_token(),
                 **self.tags,
             }
-            tags = {clean_key(k): v for k, v in tags.items()}
+            tags = {clean_key(k): v for k, v in redact(tags).items()}
             try:  # user, source and git commit, as mlflow.start_run records them
                 from mlflow.tracking.context.registry import resolve_tags
 
                 tags = resolve_tags(tags)
             except Exception:  # best effort only
                 pass
+            self._soft("end runs left RUNNING by killed processes", self.reap_dead_runs)
             run = self._client().create_run(self.experiment_id, tags=tags, run_name=self.run_name)
         except TrackingError:
             raise
@@ -520,7 +556,7 @@ class MlflowTracker(Tracker):
         ok = False
         try:
             self._soft("log the run metrics", self._log_metrics, run_id, report_metrics(report))
-            config = getattr(ctx.spec, "config", None) or {}
+            config = redact(getattr(ctx.spec, "config", None) or {})
             self._soft("log config.yaml", self._client().log_dict, run_id, _jsonable(config), "config.yaml")
             onnx_path = Path(ctx.spec.run_dir) / "model.onnx"
             if self.log_model and onnx_path.is_file():
@@ -546,9 +582,9 @@ class MlflowTracker(Tracker):
 
     @hookimpl
     def slimkit_run_failed(self, ctx: RunContext, error: BaseException, report: Report | None) -> None:
-        """End the run FAILED (KILLED on Ctrl-C) with tags ``error`` and ``error_type`` and what was
+        """End the run FAILED (interrupted ones too) with tags ``error`` and ``error_type`` and what was
         measured; if the failure came before the run started, create a run just to record it."""
-        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        status = "FAILED"  # interrupted (SIGINT/SIGTERM) too: error_type Interrupted says so
         if self._child_run_id is not None:
             child, self._child_run_id = self._child_run_id, None
             self._soft("end the stage run", self._client().set_terminated, child, status)
@@ -560,7 +596,9 @@ class MlflowTracker(Tracker):
             except Exception as exc:
                 if _strict():
                     raise
-                warnings.warn(f"MLflow: could not record the failed run: {exc}", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"MLflow: could not record the failed run: {redact_text(str(exc))}", RuntimeWarning, stacklevel=2
+                )
                 return
             if report is not None and report.mlflow_run_id is None:
                 report.mlflow_run_id = self.run_id
@@ -571,6 +609,33 @@ class MlflowTracker(Tracker):
             self._soft("log the metrics measured", self._log_metrics, run_id, report_metrics(report))
         finally:
             self._soft("end the run", self._client().set_terminated, run_id, status)
+
+    def reap_dead_runs(self) -> list[str]:
+        """End ``KILLED`` every run of this store left ``RUNNING`` by a slimkit process of this host
+        that no longer exists (SIGKILL, a crash, power loss), tagged ``error_type=Killed``; tidy its
+        run folder (:func:`~slimkit.core.run.clean_dead_run`). Return the run ids ended."""
+        from mlflow.entities import RunTag, ViewType
+
+        from slimkit.core.run import clean_dead_run
+
+        client = self._client()
+        experiments = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+        if not experiments:
+            return []
+        runs = client.search_runs(experiments, filter_string="attributes.status = 'RUNNING'", max_results=1000)
+        ended = []
+        for run in runs:
+            token = run.data.tags.get(PROCESS_TAG)
+            if not token or not token_dead(token):
+                continue
+            reason = f"the slimkit process {token.split(':')[1]} ended without finishing the run (killed or crashed)"
+            client.log_batch(run.info.run_id, tags=[RunTag("error", reason), RunTag("error_type", "Killed")])
+            client.set_terminated(run.info.run_id, "KILLED")
+            run_dir = run.data.tags.get("slimkit.run_dir")
+            if run_dir:
+                clean_dead_run(Path(run_dir), reason, run.info.run_id)
+            ended.append(run.info.run_id)
+        return ended
 
     def mark_failed(self, run_id: str, reason: str) -> None:
         """End run ``run_id`` FAILED with tags ``error`` (``reason``) and ``error_type`` if it is still
@@ -588,7 +653,8 @@ class MlflowTracker(Tracker):
     def _tag_error(self, run_id: str, error: BaseException) -> None:
         from mlflow.entities import RunTag
 
-        tags = [RunTag("error", _error_message(error)), RunTag("error_type", type(error).__name__)]
+        kind = "Interrupted" if isinstance(error, KeyboardInterrupt) else type(error).__name__
+        tags = [RunTag("error", _error_message(error)), RunTag("error_type", kind)]
         self._client().log_batch(run_id, tags=tags)
 
 

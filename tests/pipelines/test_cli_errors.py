@@ -6,6 +6,7 @@ be found and checked on its own.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("weights")
     torch.save(digits_resnet(pretrained=False).state_dict(), folder / "resnet_state.pt")
     torch.save(digits_cnn(pretrained=True), folder / "cnn_full.pt")
-    return {"wrong": folder / "resnet_state.pt", "pickle": folder / "cnn_full.pt"}
+    hostile = digits_cnn(pretrained=True)
+    hostile.callback = os.system  # a pickle naming a function that is not a layer's: needs trust
+    torch.save(hostile, folder / "cnn_hostile.pt")
+    return {"wrong": folder / "resnet_state.pt", "pickle": folder / "cnn_full.pt", "hostile": folder / "cnn_hostile.pt"}
 
 
 @pytest.fixture
@@ -92,8 +96,8 @@ def _model_errors(files: dict[str, Path]) -> dict[str, tuple[list[str], list[str
             ["nosuchpkg.mod:fn", "cannot be imported"],
         ),
         "untrusted-pickle": (
-            ["model=torch", f"model.path={files['pickle']}", "model.input_size=8"],
-            [f"model.path={files['pickle']}", "model.trust_pickle=true"],
+            ["model=torch", f"model.path={files['hostile']}", "model.input_size=8"],
+            [f"model.path={files['hostile']}", "naming posix.system", "model.trust_pickle=true"],
         ),
     }
 
@@ -199,3 +203,93 @@ def test_failed_stage_keeps_earlier_stages(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     assert [(c.info.run_name, c.info.status) for c in children] == [("prune", "FINISHED")]
+
+
+# -- errors that used to leak (issue 21) ------------------------------------------------------------
+
+#: The target settings of a short measurement.
+QUICK_TARGET = ["target.repeats=2", "target.warmup=1", "target.batch_sizes=[1]", "target.runtimes=[onnxruntime]"]
+
+
+def _unwritable(tmp_path: Path) -> Path:
+    """A folder that cannot be created: under /proc (even root cannot), else under a read-only folder."""
+    if Path("/proc/self").is_dir():
+        return Path("/proc") / "slimkit-no-such-folder" / "run"
+    parent = tmp_path / "read-only"
+    parent.mkdir()
+    parent.chmod(0o555)
+    return parent / "run"
+
+
+@pytest.mark.parametrize("mode", ["run", "sweep"])
+def test_unwritable_run_dir(mode: str, failing_run, check_user_error, runs_of, tmp_path: Path) -> None:
+    folder = _unwritable(tmp_path)
+    if mode == "run":
+        proc, experiment = failing_run(f"hydra.run.dir={folder}")
+    else:
+        proc, experiment = failing_run("-m", f"hydra.sweep.dir={folder}", "seed=1,2")
+    message = check_user_error(proc, str(folder), f"hydra.{mode}.dir=")
+    _failed_run(runs_of, experiment, message)
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_empty_onnx_file_with_random_data(run_cli, check_user_error, mlflow_uri: str, runs_of, tmp_path: Path) -> None:
+    """The model file is blamed, not the data derived from it (data=random reads the model's inputs)."""
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    overrides = ["pipeline=quantize", "model=onnx", "model.path=empty.onnx", "data=random", *QUICK_TARGET]
+    experiment = "empty-onnx-random"
+    proc = run_cli([*overrides, f"tracking.uri={mlflow_uri}", f"tracking.experiment={experiment}"], tmp_path)
+    message = check_user_error(proc, "empty.onnx", "is empty (0 bytes)")
+    assert "input arrays" not in message
+    _failed_run(runs_of, experiment, message)
+
+
+def test_random_data_checks_the_model_file_first(tmp_path: Path) -> None:
+    """However the data source is reached, an empty or non-ONNX file is named as the model's problem."""
+    from slimkit.core import ModelError
+    from slimkit.plugins.data.random import load
+
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    (tmp_path / "text.onnx").write_text("not a model\n")
+    with pytest.raises(ModelError, match=r"model file data.path=.*empty.onnx is empty \(0 bytes\)"):
+        load({"path": str(tmp_path / "empty.onnx")}, 0)
+    with pytest.raises(ModelError, match="is a text file, not an ONNX model"):
+        load({"path": str(tmp_path / "text.onnx")}, 0)
+
+
+def _one_input_onnx(path: Path) -> None:
+    """A one-input linear classifier ``input [N, 4] -> logits [N, 3]``."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["logits"])],
+        "linear",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("array", ["input", "features"])
+def test_npz_single_array_matched_by_position_warns(array: str, run_cli, show, tmp_path: Path) -> None:
+    """One input, one array: by name silently; of another name by position, with one warning line."""
+    import numpy as np
+
+    _one_input_onnx(tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", **{array: rng.normal(size=(60, 4)).astype(np.float32)}, labels=rng.integers(0, 3, 60))
+    overrides = ["pipeline=none", "model=onnx", "model.path=m.onnx", "data=npz", "data.path=d.npz", "tracking=none"]
+    proc = run_cli([*overrides, *QUICK_TARGET], tmp_path)
+    assert proc.returncode == 0, show(proc)
+    warned = [ln for ln in proc.stderr.splitlines() if ln.startswith("slimkit: warning:")]
+    if array == "input":
+        assert warned == [], show(proc)
+    else:
+        assert len(warned) == 1, show(proc)
+        assert "'features'" in warned[0] and "'input'" in warned[0] and "by position" in warned[0]

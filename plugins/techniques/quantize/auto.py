@@ -302,9 +302,7 @@ def _isa_candidates(job: _Job, notes: list) -> dict[str, Candidate]:
         built = _build(job, name, path, variant_cfg, notes)
         if built is not None:
             tag = "reduce_range" if variant_cfg.reduce_range != job.cfg.reduce_range else "u8 weights"
-            out[name] = Candidate(
-                "static", built[0], built[1], per_channel=variant_cfg.per_channel, path=path, tag=tag
-            )
+            out[name] = Candidate("static", built[0], built[1], per_channel=variant_cfg.per_channel, path=path, tag=tag)
     return out
 
 
