@@ -82,3 +82,18 @@ mlflow-server: $(STAMP)
 
 clean:
 	rm -rf outputs multirun .slimkit .pytest_cache
+
+# Bad input, killed runs, a damaged cache and runs side by side against the real CLI -> docs/RELIABILITY.md.
+.PHONY: faults
+faults: $(STAMP)
+	$(PY) benchmarks/faults.py
+
+# The README's commands without activating .venv: `make run ARGS="pipeline=quantize target=npu"` runs
+# `slimkit pipeline=quantize target=npu`; `make ui` browses the runs in ./mlflow.db (http://127.0.0.1:5000).
+ARGS ?=
+.PHONY: run ui
+run: $(STAMP)
+	$(VENV)/bin/slimkit $(ARGS)
+
+ui: $(STAMP)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db

@@ -51,6 +51,7 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "sparse": "slimkit.plugins.techniques.sparse",
     "depthwise": "slimkit.plugins.techniques.depthwise",
     "search": "slimkit.plugins.search",
+    "mlflow_model": "slimkit.plugins.tracking.model_input",
 }
 
 _manager: pluggy.PluginManager | None = None

@@ -142,8 +142,10 @@ class Runner:
 
     # -- measurement ------------------------------------------------------------------------------
 
-    def measure(self, adapter: ModelAdapter, model: Any, onnx_path: Path | None, label: str) -> ModelMetrics:
-        """Accuracy, size, params, MACs and latency of ``model`` (and its ONNX export)."""
+    def measure(
+        self, adapter: ModelAdapter, model: Any, onnx_path: Path | None, label: str, timed: bool = True
+    ) -> ModelMetrics:
+        """Accuracy, size, params, MACs and (``timed``) latency of ``model`` (and its ONNX export)."""
         data = self.ctx.data
         assert data is not None and self.target is not None
         self.ctx.progress(f"{label}: evaluate", 0, None)
@@ -153,7 +155,7 @@ class Runner:
         macs = adapter.macs(model, example1)
         size = files.model_size(onnx_path) if onnx_path else 0
         zsize = files.zipped_size(onnx_path) if onnx_path else None
-        latencies, latency_ms = self.latency(adapter, model, onnx_path, label)
+        latencies, latency_ms = self.latency(adapter, model, onnx_path, label) if timed else ([], {})
         return ModelMetrics(
             accuracy=metrics.get("accuracy"),
             size_bytes=int(size),
@@ -170,9 +172,14 @@ class Runner:
         self, adapter: ModelAdapter, model: Any, onnx_path: Path | None, label: str
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """All latencies from the target, and the primary one (first runtime, first batch size)."""
+        assert self.target is not None
+        lats = self.target.benchmark(self._request(adapter, model, onnx_path), self._progress(label))
+        return _latencies(lats)
+
+    def _request(self, adapter: ModelAdapter, model: Any, onnx_path: Path | None) -> BenchmarkRequest:
         data = self.ctx.data
         assert data is not None and self.target is not None
-        request = BenchmarkRequest(
+        return BenchmarkRequest(
             onnx_path=onnx_path,
             examples={b: data.test.example(b) for b in self.target.batch_sizes},
             # An ONNX model's "framework" runtime is ONNX Runtime itself: measured once, not twice.
@@ -180,11 +187,9 @@ class Runner:
             framework_runner=adapter.predict,
             framework_name=adapter.name,
         )
-        lats = self.target.benchmark(request, lambda t, c, n: self.ctx.progress(f"{label}: {t}", c, n))
-        primary = (
-            {"p50": lats[0].p50, "p90": lats[0].p90, "batch": lats[0].batch, "runtime": lats[0].runtime} if lats else {}
-        )
-        return [lat.to_dict() for lat in lats], primary
+
+    def _progress(self, label: str) -> Any:
+        return lambda t, c, n: self.ctx.progress(f"{label}: {t}", c, n)
 
     def export(self, adapter: ModelAdapter, model: Any, path: Path) -> Path:
         data = self.ctx.data
@@ -500,12 +505,16 @@ class Runner:
         """Measure the compressed model, the baseline's latency again, fidelity, and the target's report."""
         spec, report, data = self.spec, self.report, self.ctx.data
         assert data is not None and report.baseline is not None and self.target is not None
-        report.compressed = self.measure(adapter, model, onnx_path, "compressed")
-        # Latency drifts on shared machines: measure the baseline again right after the compressed
-        # model, so the two are compared under the same conditions.
-        report.baseline.latencies, report.baseline.latency_ms = self.latency(
-            baseline_adapter, baseline, base_onnx, "baseline (again)"
+        report.compressed = self.measure(adapter, model, onnx_path, "compressed", timed=False)
+        # Latency drifts on shared machines: time the compressed model and the baseline again in
+        # interleaved rounds, so the two are compared under the same conditions and the report can
+        # tell a ratio whose rounds disagree (noise) from a result.
+        compressed_lats, baseline_lats = self.target.benchmark_rounds(
+            [self._request(adapter, model, onnx_path), self._request(baseline_adapter, baseline, base_onnx)],
+            [self._progress("compressed"), self._progress("baseline (again)")],
         )
+        report.compressed.latencies, report.compressed.latency_ms = _latencies(compressed_lats)
+        report.baseline.latencies, report.baseline.latency_ms = _latencies(baseline_lats)
         report.compressed.extra["layer_sparsity"] = adapter.layer_sparsity(model)
         report.baseline.extra["layer_sparsity"] = baseline_adapter.layer_sparsity(baseline)
         compressed_all = adapter.all_outputs(model, data.test, spec.eval_batch_size)
@@ -524,6 +533,14 @@ def fidelity(reference: np.ndarray | list[np.ndarray], output: np.ndarray | list
     """The report's ``fidelity``: :func:`~slimkit.core.target.compare_outputs` without its sample count
     (per output too, for a multi-output model; the totals are the worst output's)."""
     return {k: v for k, v in compare_outputs(reference, output).items() if k != "samples"}
+
+
+def _latencies(lats: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Latencies as report dicts, and the primary one (first runtime, first batch size)."""
+    primary = (
+        {"p50": lats[0].p50, "p90": lats[0].p90, "batch": lats[0].batch, "runtime": lats[0].runtime} if lats else {}
+    )
+    return [lat.to_dict() for lat in lats], primary
 
 
 def _plain(obj: Any) -> Any:

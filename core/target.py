@@ -163,6 +163,44 @@ class Placement:
         return {**asdict(self), "offload": self.offload}
 
 
+def _round_progress(progress: Progress, r: int, rounds: int) -> Progress:
+    """``progress`` counting a task's runs over all ``rounds``: round ``r``'s ``done`` of ``total`` is
+    ``r * total + done`` of ``rounds * total``, so only the last round completes the task."""
+
+    def report(task: str, done: float, total: float | None) -> None:
+        if total is None:
+            progress(task, done, None)
+        else:
+            progress(task, r * total + done, rounds * total)
+
+    return report
+
+
+def _merge_rounds(parts: list[Latency]) -> Latency:
+    """One latency from the same runtime and batch timed in several rounds: all runs pooled,
+    ``rounds_ms`` the median of each round, memory the highest of any round."""
+    first = parts[0]
+    if len(parts) == 1 or not all(p.times_ms for p in parts):
+        first.rounds_ms = [p.p50 for p in parts] if len(parts) > 1 else first.rounds_ms
+        return first
+
+    def most(key: str) -> float | None:
+        values = [getattr(p, key) for p in parts if getattr(p, key) is not None]
+        return max(values) if values else None
+
+    return Latency.from_times(
+        first.runtime,
+        first.batch,
+        [t for p in parts for t in p.times_ms],
+        first.threads,
+        peak_rss_mb=most("peak_rss_mb"),
+        model_rss_mb=most("model_rss_mb"),
+        gpu_mem_mb=most("gpu_mem_mb"),
+        isolated=all(p.isolated for p in parts),
+        rounds_ms=[p.p50 for p in parts],
+    )
+
+
 def compare_outputs(
     reference: np.ndarray | Sequence[np.ndarray], outputs: np.ndarray | Sequence[np.ndarray]
 ) -> dict[str, Any]:
@@ -212,7 +250,14 @@ def compare_outputs(
 
 @dataclass
 class Latency:
-    """Latency of one runtime at one batch size, in milliseconds per batch."""
+    """Latency of one runtime at one batch size, in milliseconds per batch.
+
+    ``p10``/``p90`` and ``mad`` (median absolute deviation) are the spread of the timed runs;
+    ``rounds_ms`` the median of each interleaved round (see :meth:`Target.benchmark_rounds`), from
+    which a speed ratio's noise is judged. ``peak_rss_mb`` is the peak resident memory of the
+    isolated worker that ran this model alone (interpreter and runtime included), ``model_rss_mb``
+    what loading and running the model added to it; both None when measured in this process.
+    """
 
     runtime: str
     batch: int
@@ -224,6 +269,35 @@ class Latency:
     peak_rss_mb: float | None = None
     gpu_mem_mb: float | None = None
     isolated: bool = False
+    p10: float | None = None
+    mad: float | None = None
+    rounds_ms: list[float] = field(default_factory=list)
+    model_rss_mb: float | None = None
+    #: The timed runs (ms); kept in memory to merge rounds, not written to ``report.json``.
+    times_ms: list[float] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_times(
+        cls, runtime: str, batch: int, times_ms: Sequence[float] | np.ndarray, threads: int, **extra: Any
+    ) -> Latency:
+        """A latency from run times in milliseconds: p10/p50/p90, MAD and mean (``extra``: other fields)."""
+        from .timing import spread
+
+        t = np.asarray(times_ms, dtype=np.float64)
+        s = spread(t)
+        return cls(
+            runtime=runtime,
+            batch=int(batch),
+            p50=s["p50"],
+            p90=s["p90"],
+            mean=float(t.mean()),
+            runs=int(t.size),
+            threads=int(threads),
+            p10=s["p10"],
+            mad=s["mad"],
+            times_ms=[float(x) for x in t],
+            **extra,
+        )
 
     @property
     def throughput(self) -> float:
@@ -232,6 +306,7 @@ class Latency:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        del d["times_ms"]
         d["throughput"] = self.throughput
         return d
 
@@ -402,6 +477,43 @@ class Target(ABC):
     @property
     def batch_sizes(self) -> list[int]:
         return [int(b) for b in self.cfg.get("batch_sizes", [1])]
+
+    def benchmark_rounds(
+        self, requests: Sequence[BenchmarkRequest], progress: Sequence[Progress], rounds: int | None = None
+    ) -> list[list[Latency]]:
+        """Measure models to be compared in interleaved rounds; one list of latencies per request.
+
+        Round 1 benchmarks every request in turn, then round 2, ...: load that changes on a shared
+        machine hits every model alike, and each latency's ``rounds_ms`` (the median of each round)
+        shows whether it did (:func:`~slimkit.core.timing.ratio_noise`). Each round gets
+        ``1/rounds`` of the timing options in ``self.options`` (``repeats``, ``min_seconds``,
+        ``max_seconds``; ``warmup`` in full, as each round may start a fresh process), so the total
+        budget stays what the config says; the runs of all rounds are merged into one latency per
+        runtime and batch. ``rounds`` defaults to ``self.options["rounds"]``; with fewer than 2 or no
+        such options (a target that times otherwise) each request is benchmarked once, in order.
+        ``progress[i]`` receives request ``i``'s progress, counted over all rounds.
+        """
+        import math
+
+        opts = getattr(self, "options", None)
+        n = int(rounds if rounds is not None else (opts.get("rounds", 1) if isinstance(opts, dict) else 1))
+        if n < 2 or not isinstance(opts, dict) or "repeats" not in opts:
+            return [self.benchmark(r, p) for r, p in zip(requests, progress, strict=True)]
+        per_round = dict(opts)
+        per_round["repeats"] = max(1, math.ceil(int(opts["repeats"]) / n))
+        for key in ("min_seconds", "max_seconds"):
+            if key in opts:
+                per_round[key] = float(opts[key]) / n
+        found: list[dict[tuple[str, int], list[Latency]]] = [{} for _ in requests]
+        self.options = per_round
+        try:
+            for r in range(n):
+                for i, request in enumerate(requests):
+                    for lat in self.benchmark(request, _round_progress(progress[i], r, n)):
+                        found[i].setdefault((lat.runtime, lat.batch), []).append(lat)
+        finally:
+            self.options = opts
+        return [[_merge_rounds(parts) for parts in per.values()] for per in found]
 
     @abstractmethod
     def benchmark(

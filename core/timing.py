@@ -4,6 +4,10 @@
 in rounds (each round runs every model at every batch size), so load that changes on a shared
 machine hits them all alike. Every latency slimkit compares — a target's :meth:`Target.measure`,
 ``quantize``'s ``auto`` candidates, the benchmarks — goes through these two functions.
+
+:func:`spread` gives a latency's p10/p50/p90 and MAD; :func:`ratio_noise` judges a speed ratio from
+the per-round medians of two models timed in the same interleaved rounds: *noisy* when the per-round
+ratios spread by more than :data:`NOISE_THRESHOLD` (20 %) of their median.
 """
 
 from __future__ import annotations
@@ -19,6 +23,13 @@ Progress = Callable[[str, float, float | None], None]
 Clock = Callable[[], int]
 
 _PROGRESS_EVERY = 10
+
+#: A speed ratio is *noisy* when its per-round ratios (baseline round median / compressed round median,
+#: both timed back to back in each interleaved round) spread by more than this fraction of their median:
+#: ``(max - min) / median > NOISE_THRESHOLD``. On a quiet machine rounds agree within a few per cent;
+#: 20 % apart means the machine's load changed under the measurement, so the ratio says little.
+NOISE_THRESHOLD = 0.2
+NOISY = "noisy: re-run on a quiet machine"
 
 
 def time_runs(
@@ -151,3 +162,47 @@ def interleave(
         if progress is not None:
             progress("timing rounds", r + 1, rounds)
     return out
+
+
+def spread(times_ms: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """The spread of run times (ms): ``p10``, ``p50``, ``p90`` and ``mad`` (median absolute deviation)."""
+    t = np.asarray(times_ms, dtype=np.float64)
+    if t.size == 0:
+        return {}
+    p10, p50, p90 = np.percentile(t, [10, 50, 90])
+    return {"p10": float(p10), "p50": float(p50), "p90": float(p90), "mad": float(np.median(np.abs(t - p50)))}
+
+
+def round_medians(times_ms: Sequence[float] | np.ndarray, rounds: int) -> list[float]:
+    """Medians of ``rounds`` consecutive, nearly equal slices of ``times_ms`` (fewer when there are fewer runs)."""
+    t = np.asarray(times_ms, dtype=np.float64)
+    return [float(np.median(part)) for part in np.array_split(t, max(1, min(rounds, t.size))) if part.size]
+
+
+def ratio_noise(
+    base_rounds: Sequence[float], model_rounds: Sequence[float], threshold: float = NOISE_THRESHOLD
+) -> dict[str, Any] | None:
+    """How far the per-round speed ratios of two models timed in the same interleaved rounds disagree.
+
+    Returns ``{ratio, rounds, spread, threshold, noisy}``: ``rounds`` the per-round ratios (baseline /
+    model: above 1 means ``model`` is faster), ``ratio`` their median, ``spread`` ``(max - min) /
+    median`` and ``noisy`` whether it exceeds ``threshold`` (:data:`NOISE_THRESHOLD`). None with fewer
+    than two rounds on either side (nothing to compare) or a round of zero time.
+    """
+    n = min(len(base_rounds), len(model_rounds))
+    if n < 2:
+        return None
+    b = np.asarray(base_rounds[:n], dtype=np.float64)
+    m = np.asarray(model_rounds[:n], dtype=np.float64)
+    if (m <= 0).any() or (b <= 0).any():
+        return None
+    ratios = b / m
+    median = float(np.median(ratios))
+    width = float((ratios.max() - ratios.min()) / median)
+    return {
+        "ratio": median,
+        "rounds": [float(r) for r in ratios],
+        "spread": width,
+        "threshold": float(threshold),
+        "noisy": bool(width > threshold),
+    }

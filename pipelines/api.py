@@ -10,13 +10,27 @@ from typing import Any
 
 import numpy as np
 
-from slimkit.core import ConfigError, DataSplits, Split
+from slimkit.core import ConfigError, DataSplits, ModelError, Split
 from slimkit.core.report import Report
 
 
-@dataclass
+@dataclass(repr=False)
 class CompressionResult:
-    """What :func:`compress` returns: the report, the compressed model and where files went."""
+    """What :func:`compress` returns: the report, the compressed model and where files went.
+
+    ``model`` is the compressed model in the form the pipeline's last stage left it, the form
+    ``report.json``'s ``artifacts.model`` holds (``adapter.name`` says which):
+
+    - an ``onnx.ModelProto`` after a pipeline that ends in ONNX: ``default``, ``quantize``, ``qat``,
+      ``compact``, ``optimize`` and ``search`` (their last technique writes ONNX), and after any
+      pipeline on an ONNX model (``model=onnx``, or a ``ModelProto`` passed in);
+    - a ``torch.nn.Module`` after a pipeline that keeps a torch model torch (``magnitude``, ``prune``,
+      ``sparse``, ``sparse_exec``, ``finetune``, ``structured``, ``layers``, ``lowrank``, ``cluster``,
+      ``depthwise``, ``none``); a Hugging Face model stays a transformers module.
+
+    Whatever the form, the run directory holds the ONNX export (``model.onnx``), which
+    :meth:`session` runs. ``repr()`` is one line; notebooks render :meth:`_repr_html_` (a table).
+    """
 
     report: Report
     model: Any
@@ -25,14 +39,138 @@ class CompressionResult:
 
     @property
     def ratios(self) -> dict[str, float | None]:
+        """Baseline / compressed size, latency, params, MACs... (above 1 is better)."""
         return self.report.ratios
 
     @property
     def accuracy_drop(self) -> float | None:
+        """Baseline minus compressed accuracy, in percentage points (None without labels)."""
         return self.report.accuracy_drop
+
+    @property
+    def pipeline(self) -> str:
+        """The pipeline's name (``default``, ``quantize``...; ``?`` when the report does not say)."""
+        return str((self.report.config.get("pipeline") or {}).get("name") or "?")
+
+    @property
+    def model_form(self) -> str:
+        """The Python type of :attr:`model`, e.g. ``onnx.ModelProto`` or ``torch DigitsCNN``."""
+        kind = type(self.model)
+        if kind.__module__.split(".")[0] == "onnx":
+            return f"onnx.{kind.__name__}"
+        return f"{getattr(self.adapter, 'name', kind.__module__.split('.')[0])} {kind.__name__}"
+
+    @property
+    def onnx_path(self) -> Path:
+        """The compressed model's ONNX file in the run directory."""
+        return Path(self.run_dir) / self.report.artifacts.get("onnx", "model.onnx")
+
+    def _summary(self) -> list[tuple[str, str]]:
+        """(name, value) pairs of :meth:`__repr__` and the head of :meth:`_repr_html_`."""
+        r = self.ratios
+        parts = [("pipeline", self.pipeline), ("model", self.model_form)]
+        if self.report.status != "FINISHED":
+            parts.append(("status", self.report.status))
+        if self.accuracy_drop is not None:
+            parts.append(("accuracy", f"{-self.accuracy_drop:+.2f} pt"))
+        for key in ("size", "latency"):
+            if r.get(key) is not None:
+                parts.append((key, f"{r[key]:.2f}x"))
+        parts.append(("run_dir", str(self.run_dir)))
+        return parts
+
+    def __repr__(self) -> str:
+        """One line: pipeline, model form, accuracy change, size and latency ratios, run directory."""
+        return "CompressionResult(" + ", ".join(f"{k}={v}" for k, v in self._summary()) + ")"
 
     def _repr_markdown_(self) -> str:  # notebooks render the report table
         return self.report.to_markdown()
+
+    def _repr_html_(self) -> str:
+        """An HTML table for notebooks: the summary, then baseline vs compressed, metric by metric."""
+        from html import escape
+
+        head = ", ".join(f"{escape(k)} <code>{escape(v)}</code>" for k, v in self._summary())
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in self.report.rows()
+        )
+        notes = "".join(
+            f"<p><b>{escape(str(n.get('kind', '')).replace('_', ' '))}</b>: {escape(str(n.get('message', '')))}</p>"
+            for n in getattr(self.report, "notes", None) or []
+        )
+        return (
+            f"<div><p>CompressionResult: {head}</p>"
+            "<table><thead><tr><th>metric</th><th>baseline</th><th>compressed</th><th>ratio / change</th></tr>"
+            f"</thead><tbody>{rows}</tbody></table>{notes}</div>"
+        )
+
+    def save(self, directory: str | Path) -> Path:
+        """Write :attr:`model` in its form (``model.onnx`` or ``model.pt``, as the run's
+        ``artifacts.model``) and ``report.json`` into ``directory``; returns the model file's path.
+
+        Atomic: a new folder appears complete or not at all; in an existing one (empty, or holding an
+        earlier ``save``: ``model*`` and ``report.json`` only) each file is replaced whole and a model
+        file of another form is removed. A folder holding anything else is refused
+        (:class:`~slimkit.core.ConfigError`): ``save`` never deletes what it did not write."""
+        import os
+        import shutil
+        import tempfile
+
+        from slimkit.core import files
+
+        directory = Path(directory).resolve()
+        suffixes = getattr(self.adapter, "suffixes", ()) or (".bin",)
+        name = f"model{suffixes[0]}"
+        if not directory.exists():
+            with files.atomic_dir(directory) as tmp:
+                self._write(tmp, name)
+            return directory / name
+        if not directory.is_dir():
+            raise ConfigError(f"cannot save into {directory}: it is a file; pass a folder")
+        earlier = list(directory.iterdir())
+        other = sorted(p.name for p in earlier if not _saved_file(p))
+        if other:
+            raise ConfigError(
+                f"cannot save into {directory}: it holds {', '.join(other[:3])}{' ...' if len(other) > 3 else ''}"
+                " (not an earlier save); pass a new or empty folder"
+            )
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.{os.getpid()}.", dir=directory.parent))
+        try:
+            written = self._write(tmp, name)
+            for path in earlier:
+                if path.name not in written:
+                    path.unlink()
+            for item in written:  # report.json last: it describes the model beside it
+                os.replace(tmp / item, directory / item)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return directory / name
+
+    def _write(self, folder: Path, name: str) -> list[str]:
+        """Write the model as ``folder/name`` and ``report.json``; the names written, report last."""
+        self.adapter.save(self.model, folder / name)
+        (folder / "report.json").write_text(self.report.to_json() + "\n", encoding="utf-8")
+        return sorted((p.name for p in folder.iterdir()), key=lambda n: n == "report.json")
+
+    def session(self, providers: list[Any] | None = None, options: Any = None) -> Any:
+        """An ``onnxruntime.InferenceSession`` of the compressed model's ONNX file (``model.onnx`` in
+        the run directory, or :attr:`model` itself when it is a ``ModelProto`` and the file is gone),
+        ready to run: ``s.run(None, {s.get_inputs()[0].name: x})``. ``providers`` default to ONNX
+        Runtime's CPU provider; ``options`` is an ``onnxruntime.SessionOptions``."""
+        import onnxruntime as ort
+
+        providers = providers or ["CPUExecutionProvider"]
+        path = self.onnx_path
+        if path.is_file():
+            return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        if type(self.model).__module__.split(".")[0] == "onnx":
+            return ort.InferenceSession(self.model.SerializeToString(), sess_options=options, providers=providers)
+        raise ModelError(f"{path} is missing and the model is a {self.model_form}; re-run, or export it to ONNX")
+
+
+def _saved_file(path: Path) -> bool:
+    """Whether ``path`` is a file :meth:`CompressionResult.save` writes."""
+    return path.is_file() and (path.name == "report.json" or path.name.startswith("model"))
 
 
 def arrays_to_splits(
@@ -82,7 +220,9 @@ def compress(
     params: more overrides as keywords, ``__`` standing for ``.``:
         ``compress(m, d, pipeline__stages__prune__ratio=0.3)``.
 
-    Returns a :class:`CompressionResult`; raises a :class:`~slimkit.core.SlimkitError` for bad input.
+    Returns a :class:`CompressionResult` (its ``model`` is an ``onnx.ModelProto`` after a pipeline that
+    ends in ONNX, such as ``default``, else the framework's model; see there); raises a
+    :class:`~slimkit.core.SlimkitError` for bad input.
     """
     from .config import compose, to_plain
     from .run import run_config

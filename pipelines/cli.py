@@ -204,9 +204,11 @@ def _first_job(overrides: list[str]) -> list[str] | None:
 
 
 def _precheck(args: list[str], *, sweep: bool = False, record: bool = True) -> None:
-    """Compose once before Hydra runs, so bad overrides give one line and a FAILED tracker run.
+    """Compose once before Hydra runs, so bad overrides give one line (``did you mean ...?``) and
+    touch nothing: no tracker store, no run directory.
 
-    ``sweep``: check a multirun's first job; ``record``: record the failure (not for ``--cfg``).
+    ``sweep``: check a multirun's first job; ``record``: the sweep would start (not ``--cfg``), so
+    also check that its folder can be made, recording a FAILED tracker run when it cannot.
     """
     from .config import compose
 
@@ -215,14 +217,13 @@ def _precheck(args: list[str], *, sweep: bool = False, record: bool = True) -> N
         overrides = _first_job(overrides)
         if overrides is None:
             return
-    try:
-        compose(overrides)
-        if sweep and record:
+    compose(overrides)
+    if sweep and record:
+        try:
             _check_sweep_dir(overrides)
-    except SlimkitError as exc:
-        if record:
-            _record_config_failure(overrides, exc)
-        raise
+        except SlimkitError as exc:
+            _record_run_dir_failure(overrides, exc, _sweep_dir(overrides))
+            raise
 
 
 def _check_sweep_dir(overrides: list[str]) -> None:
@@ -233,8 +234,7 @@ def _check_sweep_dir(overrides: list[str]) -> None:
     pass for root in ``/proc``)."""
     import tempfile
 
-    given = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("hydra.sweep.dir=")), None)
-    folder = Path((given or "multirun").split("${", 1)[0] or ".")
+    folder = _sweep_dir(overrides)
     parent = folder.absolute()
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -245,6 +245,13 @@ def _check_sweep_dir(overrides: list[str]) -> None:
             f"cannot create the sweep directory {str(folder)!r} ({exc.strerror or exc}); run slimkit in a "
             "writable folder or set hydra.sweep.dir=<writable folder>"
         ) from None
+
+
+def _sweep_dir(overrides: list[str]) -> Path:
+    """A multirun's folder as far as it is known before Hydra resolves it (``hydra.sweep.dir`` up to
+    its first interpolation; default ``multirun``)."""
+    given = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("hydra.sweep.dir=")), None)
+    return Path((given or "multirun").split("${", 1)[0] or ".")
 
 
 def _single_run(args: list[str]) -> list[str] | None:
@@ -268,9 +275,9 @@ def _single_run(args: list[str]) -> list[str] | None:
     return overrides
 
 
-def _record_config_failure(overrides: list[str], exc: SlimkitError) -> None:
-    """Record a config that does not compose as a FAILED tracker run, with whatever tracking
-    settings the valid overrides give (under ``outputs/failed``)."""
+def _record_run_dir_failure(overrides: list[str], exc: SlimkitError, folder: Path) -> None:
+    """Record a run or sweep whose folder cannot be made as a FAILED tracker run, with the tracking
+    settings of its (composing) overrides. Config errors are not recorded: they open no store."""
     from .config import compose, to_plain
     from .run import record_failure
 
@@ -279,14 +286,14 @@ def _record_config_failure(overrides: list[str], exc: SlimkitError) -> None:
         plain = to_plain(compose(tracking))
     except SlimkitError:
         plain = {}
-    record_failure(plain, Path("outputs") / "failed", exc)
+    record_failure(plain, folder, exc)
 
 
 def _run_once(overrides: list[str]) -> None:
     """One run, its config composed once: what ``hydra.main`` does for it (``Hydra.run``: the run
     directory, ``.hydra/``, logging, callbacks, the job), without composing twice more first (the
     precheck, then Hydra's ``get_mode``). A config that does not compose raises a one-line
-    :class:`~slimkit.core.ConfigError`, recorded as a FAILED tracker run, as the precheck does.
+    :class:`~slimkit.core.ConfigError` before any tracker store is opened, as the precheck does.
     """
     from hydra import version
     from hydra._internal.callbacks import Callbacks
@@ -319,16 +326,14 @@ def _run_once(overrides: list[str]) -> None:
                 from_shell=False,  # the precheck's wording of errors
             )
         except Exception as exc:
-            error = exc if isinstance(exc, SlimkitError) else ConfigError(hydra_error_line(exc))
-            _record_config_failure(overrides, error)
-            if error is exc:
+            if isinstance(exc, SlimkitError):
                 raise
-            raise error from exc
+            raise ConfigError(hydra_error_line(exc)) from exc
 
         try:
             _claim_run_dir(cfg)
         except ConfigError as exc:  # an unwritable run directory: one line, recorded where tracking can
-            _record_config_failure(overrides, exc)
+            _record_run_dir_failure(overrides, exc, Path(str(cfg.hydra.run.dir)))
             raise
 
         def run() -> None:
@@ -384,7 +389,8 @@ Usage:
   slimkit [group=option ...] [key=value ...]      one run (an MLflow run in ./mlflow.db)
   slimkit -m key=a,b,c ...                        a sweep: one run per combination
   slimkit plugins                                 list plugins, versions and hooks
-  slimkit inspect model=onnx model.path=FILE.onnx  opsets, inputs/outputs, size, ops of an ONNX file
+  slimkit inspect FILE.onnx                       opsets, inputs/outputs, size, ops and weights of an ONNX file
+  slimkit compare RUN_ID ... [--out DIR]          MLflow runs side by side: a table and accuracy/latency/size plots
   slimkit --cfg job                               print the composed config and exit
 
 Examples:
@@ -393,27 +399,121 @@ Examples:
   slimkit pipeline=quantize target=npu             int8 that runs wholly on the Qualcomm HTP
   slimkit pipeline=magnitude technique@pipeline.stages.prune=finetune   swap a stage's technique
   slimkit pipeline=search search.n_trials=20       search techniques under constraints (optuna)
-  slimkit model=torch model.factory=my.pkg:build model.weights=w.pt data=digits
+  slimkit model=torch model.factory=mynet:build model.weights=w.pt data=digits   your module (see README)
+  slimkit model=mlflow model.uri=models:/NAME/1 tracking.register=NAME   a registered model in, a version out
   slimkit model=onnx model.path=m.onnx data=npz data.path=d.npz pipeline=sparse
   slimkit -m pipeline.stages.prune.ratio=0.3,0.5,0.7
   slimkit tracking.uri=http://mlflow:5000 tracking.experiment=team-a
-Outputs go to outputs/DATE/TIME/ (report.json, report.md, model.onnx, model.pt, stages/).
+Outputs go to outputs/DATE/TIME/ (report.json, report.md, model.onnx, stages/; model.pt when the result is torch).
 Errors print one line and exit 2; SLIMKIT_DEBUG=1 shows the traceback.
 """
+
+
+def _description(yaml_text: str) -> str:
+    """The first whole sentence of a YAML file's leading comment block (its description in ``--help``).
+
+    A sentence ends at ``.``, ``!`` or ``?`` followed by a space or the end, outside parentheses and
+    not after an abbreviation (``e.g.``); the lines of the block are joined first.
+    """
+    comment = []
+    for line in yaml_text.splitlines():
+        if not line.startswith("#"):
+            break
+        comment.append(line.lstrip("#").strip())
+    text = " ".join(c for c in comment if c)
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        end = i + 1 == len(text) or text[i + 1] == " "
+        if ch in ".!?" and depth <= 0 and end and not text[: i + 1].endswith(("e.g.", "i.e.", "etc.", "vs.")):
+            return text[: i + 1]
+    return text
+
+
+def _help_cache(args: list[str], registry: Any) -> tuple[Path, str]:
+    """Where ``slimkit ARGS --help`` is cached (``$XDG_CACHE_HOME/slimkit/help/``, one file per ARGS)
+    and the key its first line must be: a hash of the Python, ARGS, what the plugins registered
+    (``registry.owners``: ``SLIMKIT_DISABLED_PLUGINS`` changes it) and the size and mtime of every
+    file the text comes from (``conf/``'s YAML files and every module outside the standard library
+    imported once the plugins are loaded: slimkit, third-party plugins; Hydra's and OmegaConf's
+    ``__init__.py``), so editing or installing anything recomputes it."""
+    import hashlib
+    import importlib.resources
+    import importlib.util
+
+    from .config import CONFIG_MODULE
+
+    stdlib = os.path.dirname(os.__file__) + os.sep  # covered by sys.version
+    files = {
+        str(m.__file__)
+        for name, m in list(sys.modules.items())
+        if getattr(m, "__file__", None) and name != "__main__" and not str(m.__file__).startswith(stdlib)
+    }
+    files.add(__file__)  # this module: `__main__` under `python -m`, not under the console script
+    for package in ("hydra", "omegaconf"):  # not imported on a cache hit; an upgrade rewrites __init__.py
+        with contextlib.suppress(ImportError, ValueError):
+            spec = importlib.util.find_spec(package)
+            files.add(str(spec.origin if spec is not None else ""))
+    try:
+        root = importlib.resources.files(CONFIG_MODULE)
+        files |= {str(p) for d in root.iterdir() for p in (d.iterdir() if d.is_dir() else [d])}
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
+        pass
+    key = hashlib.sha256(repr((sys.executable, sys.version, args, sorted(registry.owners.items()))).encode())
+    for name in sorted(files):
+        with contextlib.suppress(OSError):
+            stat = os.stat(name)
+            key.update(f"{name}\0{stat.st_mtime_ns}\0{stat.st_size}\n".encode())
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slimkit" / "help"
+    return base / f"{hashlib.sha256(repr(args).encode()).hexdigest()[:16]}.txt", key.hexdigest()
+
+
+def _write_help_cache(cache: Path, content: str) -> None:
+    """Write ``content`` to ``cache`` atomically; a cache that cannot be written (read-only home) is
+    skipped: the next ``--help`` composes again."""
+    import tempfile
+
+    tmp = None
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=cache.parent, delete=False) as f:
+            tmp = f.name
+            f.write(content)
+        os.replace(tmp, cache)
+    except OSError:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _print_help(text: str) -> None:
+    try:
+        print(text)
+    except BrokenPipeError:  # `slimkit --help | head`: the reader stopped early, which is fine
+        sys.stdout = None
 
 
 def help_command(args: list[str]) -> int:
     """``slimkit --help``: usage, config groups and their options, and the composed config.
 
     Hydra's own help lists groups by copying its whole config repository once per group (seconds);
-    this reads the group folders and the ConfigStore directly and composes once.
+    this reads the group folders and the ConfigStore directly and composes once. The text is cached
+    (:func:`_help_cache`): a second ``--help`` loads the plugins but neither Hydra nor the configs.
     """
     import importlib.resources
 
+    from slimkit.core.plugins import get_registry
+
+    registry = get_registry()
+    cache, key = _help_cache(args, registry)
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        cached_key, _, text = cache.read_text(encoding="utf-8").partition("\n")
+        if cached_key == key:
+            _print_help(text)
+            return 0
+
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
-
-    from slimkit.core.plugins import get_registry
 
     from .config import CONFIG_MODULE, compose
 
@@ -422,15 +522,11 @@ def help_command(args: list[str]) -> int:
     root = importlib.resources.files(CONFIG_MODULE)
     store = ConfigStore.instance().repo
     lines = [HELP_HEADER.rstrip(), "", "== Config groups (choose one option each: group=option) =="]
-    registry = get_registry()
     for group in GROUPS:
         options: dict[str, str] = {}
         for path in root.joinpath(group).iterdir():
             if path.name.endswith(".yaml"):
-                first = path.read_text().splitlines()[:1]
-                options[path.name[: -len(".yaml")]] = (
-                    first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""
-                )
+                options[path.name[: -len(".yaml")]] = _description(path.read_text())
         for name in store.get(group, {}):
             stem = name[: -len(".yaml")]
             if group == "technique" and stem not in options:
@@ -440,10 +536,9 @@ def help_command(args: list[str]) -> int:
         lines += [f"  {n.ljust(width)}  {d}" for n, d in sorted(options.items())]
     lines += ["", "== Composed config (override any value: key=value) ==", "", OmegaConf.to_yaml(cfg).rstrip(), ""]
     lines.append("Hydra's own options: slimkit --hydra-help")
-    try:
-        print("\n".join(lines))
-    except BrokenPipeError:  # `slimkit --help | head`: the reader stopped early, which is fine
-        sys.stdout = None
+    text = "\n".join(lines)
+    _write_help_cache(cache, f"{key}\n{text}")
+    _print_help(text)
     return 0
 
 
@@ -476,12 +571,32 @@ def plugins_command(args: list[str]) -> int:
 
 
 def inspect_command(args: list[str]) -> int:
-    """``slimkit inspect model=onnx model.path=FILE``: opsets, inputs/outputs, sizes, ops and params."""
+    """``slimkit inspect FILE.onnx`` (or ``model=onnx model.path=FILE``): opsets, inputs/outputs, sizes,
+    ops and params. A plain path is read as it is (no Hydra grammar: spaces and commas are fine)."""
     from slimkit.plugins.onnx.inspect import inspect_command as inspect_model_command
 
+    args = [a for a in args if not a.startswith("-")]
+    paths = [a for a in args if "=" not in a or Path(a).is_file()]
+    overrides = [a for a in args if a not in paths]
+    if len(paths) > 1:
+        raise ConfigError(f"slimkit inspect reads one model file, got {len(paths)}; run it once per file")
+    if paths and not overrides:  # nothing to compose: the file is all there is
+        return inspect_model_command({"adapter": "onnx", "path": paths[0]})
     from .config import compose, to_plain
 
-    return inspect_model_command(to_plain(compose([a for a in args if not a.startswith("-")]))["model"])
+    if paths and not any(o.startswith("model=") for o in overrides):
+        overrides.insert(0, "model=onnx")
+    model = to_plain(compose(overrides))["model"]
+    if paths:
+        model["path"] = paths[0]
+    return inspect_model_command(model)
+
+
+def compare_command(args: list[str]) -> int:
+    """``slimkit compare RUN_ID... [--experiment NAME] [--out DIR]``: runs side by side (:mod:`.compare`)."""
+    from .compare import compare_command as run_compare
+
+    return run_compare(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -495,18 +610,20 @@ def main(argv: list[str] | None = None) -> int:
             return plugins_command(args[1:])
         if args and args[0] == "inspect":
             return inspect_command(args[1:])
+        if args and args[0] == "compare":
+            return compare_command(args[1:])
         if args and args[0] in ("--version", "-V"):
             from slimkit import __version__
 
             print(f"slimkit {__version__}")
             return 0
+        if any(a in ("--help", "-h") for a in args):
+            return help_command(args)
         from slimkit.core.plugins import get_registry
 
         from .config import register_schemas
 
         register_schemas(get_registry())
-        if any(a in ("--help", "-h") for a in args):
-            return help_command(args)
         single = _single_run(args)
         # A single run composes its config once, in _run_once; anything else (a sweep, --cfg, Hydra's
         # options) is checked here first, then composed by hydra.main.

@@ -11,11 +11,12 @@ file gets its config group option (``technique=``, ``target=``, ``tracking=``, `
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slimkit.core import (
     ConfigError,
@@ -32,8 +33,10 @@ from slimkit.core import (
     build_config,
 )
 from slimkit.core.registry import Registry
-from slimkit.core.run import RunSpec, StageSpec
 from slimkit.core.secrets import redact
+
+if TYPE_CHECKING:  # slimkit.core.run (files, processes) is not needed to compose: `slimkit --help` skips it
+    from slimkit.core.run import RunSpec, StageSpec
 
 CONFIG_MODULE = "slimkit.conf"
 CONFIG_NAME = "config"
@@ -137,11 +140,45 @@ def register_schemas(registry: Registry) -> None:
             node = cfg_cls(**ids)
         except SlimkitError as exc:
             raise PluginError(f"{_kind(group)} {name!r}: its Config defaults are invalid ({exc})") from exc
-        node = _open_mappings(group, node)
-        cs.store(group=f"schema/{group}", name=name, node=node)
+        _store_lazily(cs, f"schema/{group}", name, group, node)
         if not _has_yaml(group, name):
-            cs.store(group=group, name=name, node=node)
+            _store_lazily(cs, group, name, group, node)
     _registered = True
+
+
+def _store_lazily(cs: Any, store_group: str, name: str, group: str, node: Any) -> None:
+    """Put ``node`` (a plugin's ``Config`` instance) in the ConfigStore as ``store_group/name``, made an
+    OmegaConf node only when Hydra first loads it: a composition reads a few of the dozens of schemas,
+    and converting them all up front took a quarter of ``slimkit --help``."""
+    folder = cs.repo
+    for part in store_group.split("/"):
+        folder = folder.setdefault(part, {})
+    folder[f"{name}.yaml"] = _lazy_config_node()(f"{name}.yaml", store_group, lambda: _open_mappings(group, node))
+
+
+@functools.cache
+def _lazy_config_node() -> type:
+    """A subclass of Hydra's ``ConfigNode`` whose ``node`` is built on first read, then kept: Hydra's
+    ``ConfigStore.load`` hands out a deep copy of it, so the kept node never changes."""
+    from hydra.core.config_store import ConfigNode
+    from omegaconf import OmegaConf
+
+    class LazyConfigNode(ConfigNode):
+        def __init__(self, name: str, group: str, make: Any) -> None:
+            # Shared with the shallow copies ConfigStore.load makes, so the node is built once.
+            self.__dict__.update(name=name, group=group, package=None, provider=None, _built=[], _make=make)
+
+        @property  # type: ignore[override]
+        def node(self) -> Any:
+            if not self._built:
+                self._built.append(OmegaConf.structured(self._make()))
+            return self._built[0]
+
+        @node.setter
+        def node(self, value: Any) -> None:
+            self.__dict__["_built"] = [value]
+
+    return LazyConfigNode
 
 
 def _open_mappings(group: str, node: Any) -> Any:
@@ -163,8 +200,38 @@ def _open_mappings(group: str, node: Any) -> Any:
 _HYDRA_NOISE = re.compile(r"\s*(Set the environment variable HYDRA_FULL_ERROR=1.*|Config search path:.*)$")
 
 
+def _did_you_mean(word: str, choices: Any) -> str | None:
+    """The choice closest to ``word`` (``difflib``), or None when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, [str(c) for c in choices], n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _unknown_key_line(exc: BaseException, key: str, override: str | None) -> str:
+    """``unknown config key 'model.pth'; did you mean model.path=x?``: the keys of the level where the
+    key is missing (the parent node OmegaConf names) are the candidates; no OmegaConf wording."""
+    errors = [e for e in (exc.__cause__, exc) if getattr(e, "parent_node", None) is not None]
+    parent = errors[0].parent_node if errors else None  # type: ignore[union-attr]
+    keys = [str(k) for k in parent.keys() if not str(k).startswith("_")] if parent is not None else []
+    bad = key.rsplit(".", 1)[-1]
+    keys = [k for k in keys if k != "hydra" or key.startswith("hydra")]
+    best = _did_you_mean(bad, keys)
+    if best is None:
+        where = f"keys under {key.rsplit('.', 1)[0]!r}" if "." in key else "top-level keys"
+        listed = f" ({where}: {', '.join(keys)})" if keys else ""
+        return f"unknown config key '{key}'{listed}; check the spelling with `slimkit --help`"
+    fixed = key[: len(key) - len(bad)] + best
+    if override and "=" in override:  # the whole override, corrected: model.pth=x -> model.path=x
+        name, value = override.lstrip("+").split("=", 1)
+        if name.startswith(key):
+            return f"unknown config key '{key}'; did you mean {fixed}{name[len(key) :]}={value}?"
+    return f"unknown config key '{key}'; did you mean '{fixed}'?"
+
+
 def hydra_error_line(exc: BaseException) -> str:
-    """Fold a Hydra/OmegaConf composition error into one line with a fix."""
+    """Fold a Hydra/OmegaConf composition error into one line with a fix: a misspelt key or group
+    option gets ``did you mean ...?`` (``difflib`` over the valid keys or options of that level)."""
     text = str(exc).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     lines = [ln for ln in lines if not _HYDRA_NOISE.match(ln)]
@@ -178,20 +245,23 @@ def hydra_error_line(exc: BaseException) -> str:
             elif ln.strip():
                 break
     if options:
-        group = re.search(r"Could not find '([^/']+)/", first)
-        g = group.group(1) if group else "the group"
-        return f"{first}; available options for {g}: {', '.join(options)}"
+        missing = re.search(r"Could not find '([^']+)/([^'/]+)'", first)
+        g, option = missing.groups() if missing else ("the group", "")
+        best = _did_you_mean(option, options)
+        top = first.startswith("In 'config':")  # chosen as group=option (else in a pipeline's defaults)
+        hint = (f"did you mean {g}={best}? " if top else f"did you mean '{best}'? ") if best else ""
+        problem = f"unknown option '{g}/{option}'" if missing else first
+        return f"{problem}; {hint}available options for {g}: {', '.join(options)}"
     cause = exc.__cause__
     cause_lines = [ln.strip() for ln in str(cause).strip().splitlines()] if cause is not None else []
     full_key = next((ln.split(":", 1)[1].strip() for ln in cause_lines if ln.startswith("full_key:")), None)
     if first.startswith("Could not override"):
         key = full_key or (first.split("'")[1] if "'" in first else "?")
-        why = f" ({cause_lines[0]})" if cause_lines else ""
         append = re.search(r"To append to your config use (\S+)", text)
         if append and cause_lines and cause_lines[0].endswith("is not in struct"):
             # A free-form mapping (model.kwargs, tracking.tags): new keys need Hydra's "+".
-            return f"config key '{key}' does not exist yet{why}; to add it, use {append.group(1)}"
-        return f"unknown config key '{key}'{why}; check the spelling with `slimkit --help`"
+            return f"config key '{key}' does not exist yet; to add it to this mapping, use {append.group(1)}"
+        return _unknown_key_line(exc, key, append.group(1) if append else None)
     if first.startswith("Error merging override") and cause_lines:
         return f"{first}: {cause_lines[0]}; fix the value (see `slimkit --help`)"
     rest = [ln for ln in lines[1:] if not ln.startswith(("full_key", "object_type", "reference_type"))]
@@ -239,6 +309,8 @@ def validate_stage(name: str, params: dict[str, Any], registry: Registry) -> Sta
         raise ConfigError(f"pipeline.stages.{name}.{exc}") from exc
     except OmegaConfBaseException as exc:
         raise ConfigError(f"pipeline.stages.{name}: {hydra_error_line(exc)}") from exc
+    from slimkit.core.run import StageSpec
+
     return StageSpec(name=name, technique=tech, config=config)  # type: ignore[arg-type]
 
 
@@ -272,6 +344,8 @@ def build_spec(plain: dict[str, Any], registry: Registry, run_dir: Path) -> RunS
     ``RunSpec.config``, which is written and logged, is :func:`~slimkit.core.secrets.redact`-ed;
     ``model``, ``data``, ``target`` and ``tracking`` keep the real values, to connect with.
     """
+    from slimkit.core.run import RunSpec
+
     pipeline = plain.get("pipeline") or {}
     stages = [validate_stage(n, dict(p or {}), registry) for n, p in (pipeline.get("stages") or {}).items()]
     for group in ("model", "data", "target", "tracking"):

@@ -13,6 +13,12 @@ saving, the inputs ``data=random`` makes, the ONNX export and its TorchScript fa
 adapter's: a Transformers model is an ``nn.Module``. The export makes the sequence length dynamic too
 and exports attention in its eager form.
 
+A finished ``model=hf`` run also writes ``hf/`` in its run directory: the compressed ``model.onnx``
+with the ``config.json`` (the compressed model's own when it is a torch module, else the input's)
+and the tokenizer files, a directory that loads back (``AutoConfig`` and ``AutoTokenizer.from_pretrained``,
+the ONNX file with ONNX Runtime). It is one artifact (kind ``model_dir``): the MLflow tracker puts its
+files beside ``model.onnx`` in the logged model ``model``.
+
 transformers is imported inside the methods, and only when an ``hf`` model is used.
 """
 
@@ -26,10 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from slimkit.core import ConfigError, ModelConfig, ModelError, hookimpl
+from slimkit.core import ConfigError, ModelConfig, ModelError, files, hookimpl
 from slimkit.plugins.torch.adapter import TorchAdapter, _first_line, _in_signature_order
 
 TASKS = ("auto", "sequence-classification", "feature-extraction")
+#: The run directory's folder that holds the compressed model as a Hugging Face directory.
+HF_DIR = "hf"
+#: Files of a Hugging Face directory that are weights, not copied into :data:`HF_DIR` (its model is ONNX).
+WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".onnx", ".onnx.data", ".index.json")
 
 
 @dataclass
@@ -157,7 +167,60 @@ def _eager_attention(model: Any) -> Iterator[None]:
         model.set_attn_implementation(before)
 
 
+def write_hf_dir(
+    out: Path, onnx_path: Path, source: Path, tokenizer: Path | None = None, torch_model: Path | None = None
+) -> Path:
+    """Write ``out`` (atomically): ``model.onnx`` (and its external data) from ``onnx_path``, and the
+    files of the Hugging Face directory ``source`` but its weights (config, tokenizer, generation
+    config), plus those of ``tokenizer`` that ``source`` lacks. ``torch_model``: the compressed model
+    (``torch.save``-d, read with the restricted loader), whose ``config`` replaces ``config.json``
+    (a technique that removes layers updates it). Returns ``out``."""
+    import shutil
+
+    with files.atomic_dir(out) as tmp:
+        for folder in (source, tokenizer):
+            if folder is None or not Path(folder).is_dir():
+                continue
+            for path in sorted(Path(folder).iterdir()):
+                if path.is_file() and not path.name.endswith(WEIGHT_FILES) and not (tmp / path.name).exists():
+                    shutil.copy2(path, tmp / path.name)
+        for path in files.model_files(onnx_path):
+            shutil.copy2(path, tmp / ("model.onnx" if path == Path(onnx_path) else path.name))
+        if torch_model is not None and Path(torch_model).suffix == ".pt":
+            with contextlib.suppress(Exception):  # the input's config.json stays
+                from slimkit.plugins.torch.safe_load import load_module
+
+                config = getattr(load_module(Path(torch_model)), "config", None)
+                if config is not None and hasattr(config, "to_json_file"):
+                    config.to_json_file(tmp / "config.json")
+    return Path(out)
+
+
 @hookimpl
 def slimkit_register_adapters(registry: Any) -> None:
     """Register the ``hf`` adapter."""
     registry.add_adapter(HfAdapter)
+
+
+@hookimpl(tryfirst=True)
+def slimkit_run_end(ctx: Any, report: Any) -> None:
+    """After a ``model=hf`` run: write ``hf/`` (:func:`write_hf_dir`) and log it as one artifact of kind
+    ``model_dir`` (before the tracker ends the run: ``tryfirst``)."""
+    spec = ctx.spec
+    model = spec.model or {}
+    run_dir = Path(spec.run_dir)
+    onnx_rel = report.artifacts.get("onnx")
+    if model.get("adapter") != "hf" or not model.get("path") or not onnx_rel or not (run_dir / onnx_rel).is_file():
+        return
+    data = spec.data or {}
+    tokenizer = Path(data["tokenizer"]) if data.get("tokenizer") else None
+    torch_rel = report.artifacts.get("model")
+    out = write_hf_dir(
+        run_dir / HF_DIR,
+        run_dir / onnx_rel,
+        Path(model["path"]),
+        tokenizer=tokenizer,
+        torch_model=run_dir / torch_rel if torch_rel else None,
+    )
+    report.artifacts["hf"] = HF_DIR
+    ctx.artifact(out, "model_dir")

@@ -23,17 +23,8 @@ if TYPE_CHECKING:
 
 
 def latency(runtime: str, batch: int, times_ms: np.ndarray, threads: int) -> Latency:
-    """A :class:`Latency` from run times in milliseconds (p50, p90, mean via numpy)."""
-    p50, p90 = np.percentile(times_ms, [50, 90])
-    return Latency(
-        runtime=runtime,
-        batch=int(batch),
-        p50=float(p50),
-        p90=float(p90),
-        mean=float(np.mean(times_ms)),
-        runs=len(times_ms),
-        threads=int(threads),
-    )
+    """A :class:`Latency` from run times in milliseconds (:meth:`Latency.from_times`: p10/p50/p90, MAD, mean)."""
+    return Latency.from_times(runtime, batch, times_ms, threads)
 
 
 def measure_session(

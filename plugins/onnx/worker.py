@@ -2,11 +2,12 @@
 
 A target measures an ONNX model in a fresh Python process so that nothing of the parent (torch's
 thread pool, a training run's memory, imported libraries) shares its cores or inflates its memory,
-and so that the process's peak RSS is the model's. The parent writes the inputs to an ``.npz`` file
-and a JSON request naming a *session factory* (``module:function`` taking the model path and the
-request's ``session`` mapping, returning an ``onnxruntime.InferenceSession``); the worker creates the
-session, runs warm-up and timed runs with :func:`slimkit.core.timing.time_runs` and writes
-the times, its peak RSS and (with ``gpu: true``) the GPU memory it holds to a JSON result file.
+and so that the process's peak RSS (``VmHWM``) is that of this model alone. The parent writes the
+inputs to an ``.npz`` file and a JSON request naming a *session factory* (``module:function`` taking
+the model path and the request's ``session`` mapping, returning an ``onnxruntime.InferenceSession``);
+the worker creates the session, runs warm-up and timed runs with :func:`slimkit.core.timing.time_runs`
+and writes the times, its peak RSS, what the model added to its RSS and (with ``gpu: true``) the GPU
+memory it holds to a JSON result file.
 Progress goes to stdout as lines starting with :data:`PROGRESS_PREFIX`; anything else a native
 library prints there is ignored.
 
@@ -105,6 +106,7 @@ def run_isolated(
         raise cls(result["error"]["message"])
     lat = latency(runtime, batch, np.asarray(result["times_ms"], dtype=np.float64), threads)
     lat.peak_rss_mb = result.get("peak_rss_mb")
+    lat.model_rss_mb = result.get("model_rss_mb")
     lat.gpu_mem_mb = result.get("gpu_mem_mb")
     lat.isolated = True
     return lat
@@ -150,14 +152,34 @@ def _run_worker(tmpdir: Path, limit: float, progress: Progress | None) -> tuple[
 # -- the worker side ----------------------------------------------------------------------------------
 
 
+def _proc_status_mb(field: str) -> float | None:
+    """``VmHWM`` (peak) or ``VmRSS`` (now) of this process in MiB from ``/proc/self/status``; None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _peak_rss_mb() -> float | None:
+    """This worker's own peak RSS in MiB.
+
+    Linux's ``getrusage`` ``ru_maxrss`` survives ``execve``: a worker started by a parent holding a
+    gigabyte (torch, a training run) reports the parent's peak for every model. ``VmHWM`` belongs to
+    the worker's own address space, so it is read first.
+    """
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     try:
         import resource
     except ImportError:  # not on Linux/macOS
         return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports kibibytes, macOS bytes.
-    return float(peak) / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
+    return float(maxrss) / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
 
 
 def gpu_memory_mb(pid: int | None = None) -> float | None:
@@ -195,6 +217,11 @@ def _work(request: Mapping[str, Any]) -> dict[str, Any]:
         print(PROGRESS_PREFIX + json.dumps({"task": task, "done": done, "total": total}), flush=True)
 
     factory = load_factory(request["factory"])
+    try:  # the runtime's own memory is not the model's
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        pass
+    before = _proc_status_mb("VmRSS")  # interpreter, numpy and the runtime loaded: the model's share is the rest
     session = factory(request["onnx"], request["session"])
     with np.load(request["inputs"]) as npz:
         example = {k: npz[k] for k in npz.files}
@@ -207,7 +234,10 @@ def _work(request: Mapping[str, Any]) -> dict[str, Any]:
         progress,
         request.get("task") or f"onnxruntime b{request['batch']}",
     )
-    out: dict[str, Any] = {"times_ms": [float(t) for t in times], "peak_rss_mb": _peak_rss_mb()}
+    peak = _peak_rss_mb()
+    out: dict[str, Any] = {"times_ms": [float(t) for t in times], "peak_rss_mb": peak}
+    if peak is not None and before is not None:
+        out["model_rss_mb"] = max(peak - before, 0.0)
     if request.get("gpu"):
         out["gpu_mem_mb"] = gpu_memory_mb()
     return out

@@ -1,17 +1,26 @@
-"""The terminal reporter: progress bars while a run works, a baseline-vs-compressed table at the end.
+"""The terminal reporter: progress while a run works, a baseline-vs-compressed table at the end.
 
-It observes the lifecycle hooks like any plugin. Progress goes to stderr, the table to stdout. Set
-``ui.progress=false`` (or run with no terminal) for plain output; ``ui.quiet=true`` prints nothing.
+It observes the lifecycle hooks like any plugin. Progress goes to stderr, the table to stdout. On a
+terminal progress is a rich progress bar; when stderr is not one (CI, a pipe, ``| tee``, a notebook)
+it is plain lines: one when a stage starts, one per task at most every :data:`PLAIN_EVERY` seconds
+(done/total, elapsed, ETA) and one when a task completes. ``ui.progress=false`` turns progress off;
+``ui.quiet=true`` prints nothing.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from slimkit.core import hookimpl
 
 _state: dict[str, Any] = {}
+
+#: Seconds between two plain progress lines of one task (its completion is always printed).
+PLAIN_EVERY = 10.0
+#: The clock of plain progress lines, in seconds (tests replace it).
+_clock = time.monotonic
 
 
 def _ui(ctx: Any) -> dict[str, Any]:
@@ -29,6 +38,54 @@ def _stop_progress() -> None:
     if progress is not None:
         progress.stop()
     _state.pop("tasks", None)
+    _state.pop("plain", None)
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def plain_progress(plain: dict[str, Any], task: str, completed: float, total: float | None) -> str | None:
+    """The plain progress line to print for this update, or None (throttled).
+
+    ``plain`` holds the tasks seen (``{"tasks": {name: {start, first, last}}}``). A task of unknown
+    length gets one line when first seen; any task then at most one every :data:`PLAIN_EVERY`
+    seconds, with its elapsed time and (known length) an ETA from its rate so far; its completion
+    always gets one.
+    """
+    now = _clock()
+    tasks = plain.setdefault("tasks", {})
+    finished = plain.setdefault("finished", set())
+    complete = total is not None and completed >= total
+    entry = tasks.get(task)
+    if entry is None:
+        if complete and task in finished:  # the same completion reported twice (an epoch's end and the loop's)
+            return None
+        finished.discard(task)
+        entry = tasks[task] = {"start": now, "first": completed, "last": now}
+        if total is None:
+            return f"{task} ..."
+    elapsed = now - entry["start"]
+    if complete:
+        tasks.pop(task, None)
+        finished.add(task)
+        return f"{task}: done in {duration(elapsed)}"
+    if now - entry["last"] < PLAIN_EVERY:
+        return None
+    entry["last"] = now
+    if total is None:
+        return f"{task}: {completed:.0f} done, {duration(elapsed)} elapsed"
+    line = f"{task}: {completed:.0f}/{total:.0f} ({100.0 * completed / total:.0f} %), {duration(elapsed)} elapsed"
+    rate = (completed - entry["first"]) / elapsed if elapsed > 0 else 0.0
+    if rate > 0:
+        line += f", ETA {duration((total - completed) / rate)}"
+    return line
 
 
 @hookimpl
@@ -58,10 +115,18 @@ def slimkit_run_start(ctx: Any) -> None:
         progress.start()
         _state["progress"] = progress
         _state["tasks"] = {}
+    elif ui.get("progress", True):
+        _state["plain"] = {"tasks": {}, "console": err, "start": _clock()}
 
 
 @hookimpl
 def slimkit_progress(ctx: Any, task: str, completed: float, total: float | None) -> None:
+    plain = _state.get("plain")
+    if plain is not None:
+        line = plain_progress(plain, task, completed, total)
+        if line is not None:
+            plain["console"].print(line, markup=False)
+        return
     progress = _state.get("progress")
     if progress is None:
         return
@@ -74,12 +139,29 @@ def slimkit_progress(ctx: Any, task: str, completed: float, total: float | None)
 
 
 @hookimpl
+def slimkit_stage_start(ctx: Any, name: str, technique: str, index: int, total: int) -> None:
+    """On plain (non-terminal) progress, a line when a stage starts."""
+    plain = _state.get("plain")
+    if plain is not None and not _ui(ctx).get("quiet"):
+        so_far = duration(_clock() - plain.get("start", _clock()))
+        plain["console"].print(
+            f"stage {index + 1}/{total} {name} ({technique}) ... [run: {so_far} so far]", markup=False
+        )
+
+
+@hookimpl
 def slimkit_stage_end(ctx: Any, result: Any) -> None:
     if _ui(ctx).get("quiet"):
         return
-    metrics = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
+    from rich.markup import escape
+
+    names = [s.name for s in ctx.spec.stages]
+    later = names[result.index + 1 :] if result.index < len(names) else []
     how = "cached" if result.cached else f"{result.seconds:.1f} s"
-    line = f"stage {result.index + 1} [bold]{result.name}[/bold] ({result.technique}, {how}) {metrics}"
+    line = (
+        f"stage {result.index + 1}/{len(names)} [bold]{escape(result.name)}[/bold] ({escape(result.technique)}, "
+        f"{how}): {escape(result.summary(later))}"
+    )
     progress = _state.get("progress")
     (progress.console if progress is not None else _console(stderr=True)).print(line)
 
@@ -101,6 +183,7 @@ def slimkit_run_end(ctx: Any, report: Any) -> None:
     _stop_progress()
     if _ui(ctx).get("quiet"):
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"slimkit: {ctx.spec.pipeline_name} on {report.target.get('name')}", title_justify="left")
@@ -109,9 +192,11 @@ def slimkit_run_end(ctx: Any, report: Any) -> None:
     table.add_column("compressed", justify="right")
     table.add_column("ratio / change", justify="right")
     for row in report.rows():
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))
     out = _console()
     out.print(table)
+    for note in report.notes:
+        out.print(f"note ({note['kind'].replace('_', ' ')}): {note['message']}", markup=False)
     if report.fidelity:
         f = report.fidelity
         out.print(

@@ -23,10 +23,17 @@ Config (the ``target`` group, :class:`CpuConfig`, where the defaults live; every
 ``isolate``
     Measure ONNX Runtime in a fresh Python process per batch size (default ``true``; see
     :mod:`slimkit.plugins.onnx.worker`): nothing of this process (torch's threads, a training
-    run's memory) shares its cores, and the latencies carry the worker's peak RSS. The framework
+    run's memory) shares its cores, and the latencies carry the worker's peak RSS (``peak_rss_mb``)
+    and what the model added to it (``model_rss_mb``), per model. The framework
     runtime is always measured in this process, where its model object lives: pickling an
     arbitrary model and its runner to another process is fragile, and torch eager shares nothing
     with ONNX Runtime's thread pool anyway.
+``rounds``
+    When the run compares the compressed model with the baseline, both are timed in this many
+    interleaved rounds (default ``3``; each round gets ``1/rounds`` of ``repeats`` and of the time
+    budget, see :meth:`~slimkit.core.target.Target.benchmark_rounds`). A speed ratio whose rounds
+    disagree by more than :data:`~slimkit.core.timing.NOISE_THRESHOLD` is flagged noisy; ``1`` turns
+    rounds (and the flag) off.
 
 Importing this module imports neither ONNX Runtime nor torch; they are imported when used.
 """
@@ -140,7 +147,8 @@ class TimingConfig(TargetConfig):
     threads: intra-op threads, 0 for the runtime's default (all physical cores); batch_sizes: the
     batch sizes to measure, in order; warmup / repeats: untimed runs, then timed runs per (runtime,
     batch); min_seconds / max_seconds: keep timing until both ``repeats`` runs and ``min_seconds``
-    are done, stop once ``max_seconds`` is spent; isolate: measure ONNX Runtime in a worker process.
+    are done, stop once ``max_seconds`` is spent; isolate: measure ONNX Runtime in a worker process;
+    rounds: interleaved rounds when models are compared (:meth:`Target.benchmark_rounds`).
     """
 
     threads: int = 0
@@ -150,6 +158,7 @@ class TimingConfig(TargetConfig):
     min_seconds: float = 0.0
     max_seconds: float = 10.0
     isolate: bool = True
+    rounds: int = 3
 
     def __post_init__(self) -> None:
         self.threads = check_int("threads", self.threads, 0, example="0 (all physical cores) or 4")
@@ -172,6 +181,7 @@ class TimingConfig(TargetConfig):
                 "raise max_seconds or lower min_seconds"
             )
         self.isolate = check_bool("isolate", self.isolate)
+        self.rounds = check_int("rounds", self.rounds, 1, example=3)
 
 
 @dataclass

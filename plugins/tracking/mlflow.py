@@ -13,8 +13,15 @@ Config (the ``tracking`` group, :class:`MlflowConfig`; every key optional):
 ``run_name``
     The parent run's name (default: MLflow picks one).
 ``log_model``
-    Log the compressed ``model.onnx`` as an MLflow model with ``mlflow.onnx.log_model``
-    (default ``true``).
+    Log the compressed model once, as the MLflow model ``model`` (default ``true``): the ONNX file in
+    MLflow's ``onnx`` flavor with a signature and an input example (servable with ``mlflow models
+    serve -m runs:/RUN_ID/model``), plus the ``pytorch`` flavor when the result is a torch module and
+    the files that load it back (a Hugging Face directory's config and tokenizer); see
+    :mod:`slimkit.plugins.tracking.model_logging`. ``false``: the model files are plain artifacts.
+``register``
+    A registered model name: the baseline and the compressed model become versions of it, tagged
+    (role, pipeline, target, ISA, accuracy, accuracy drop, ratios) and the compressed version linked
+    to its baseline version and run (default ``null``: nothing is registered). Needs ``log_model``.
 ``tags``
     Extra tags for the parent run, a mapping.
 ``artifact_location``
@@ -26,9 +33,13 @@ What is recorded:
 
 - parent run: params = the resolved config flattened to dotted keys (``stages.0.sparsity``); tags
   ``pipeline``, ``target``, ``slimkit.version``, ``slimkit.run_dir``; metrics ``baseline_*``,
-  ``compressed_*``, ``ratio_*``, ``accuracy_drop``, ``fidelity_*`` and ``<stage>.<metric>``;
-  artifacts under their kind (``onnx/``, ``model/``, ``report/``...), ``config.yaml`` and the
-  logged ONNX model ``model``.
+  ``compressed_*``, ``ratio_*``, ``accuracy_drop``, ``fidelity_*``, ``latency_noisy`` and
+  ``latency_*ratio_spread`` (tags ``slimkit.latency_noisy`` ``true``/``false`` and, when true,
+  ``slimkit.latency_note``: a speed ratio whose interleaved rounds disagree, see
+  :attr:`Report.latency_noise`) and ``<stage>.<metric>``;
+  artifacts under their kind (``report/``, ``log/``...), ``config.yaml`` and the logged model
+  ``model`` (the compressed model's files are not logged a second time as artifacts); with
+  ``register``, the tag ``registered`` (``NAME/VERSION``) and the report's section ``registry``.
 - one child run per stage (tag ``mlflow.parentRunId``), named after the stage: params = its
   technique and technique config, metrics = the stage's metrics and ``seconds``, tag ``cached``,
   and the stage's artifacts.
@@ -90,6 +101,10 @@ _PARAMS_PER_BATCH = 100  # MLflow's limit on params (and tags) in one log_batch
 _METRICS_PER_BATCH = 1000  # and on metrics
 _BAD_KEY_CHARS = re.compile(r"[^\w.\- /]")
 _PARENT_TAG = "mlflow.parentRunId"  # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID
+#: Artifact kinds that are the compressed model itself, logged once as the MLflow model ``model``:
+#: ``onnx`` (the ONNX file), ``model`` (the framework's file: ``model.pt`` becomes the pytorch flavor)
+#: and ``model_dir`` (a folder of files that load the model back: config, tokenizer).
+MODEL_KINDS = ("model", "onnx", "model_dir")
 
 
 @hookimpl
@@ -176,6 +191,7 @@ def report_metrics(report: Report | None) -> dict[str, float]:
             out[f"ratio_{name}"] = float(ratio)
     if report.accuracy_drop is not None:
         out["accuracy_drop"] = float(report.accuracy_drop)
+    out.update(report.noise_metrics())
     for name, value in report.fidelity.items():
         if name == "per_output":
             for i, per in enumerate(value):
@@ -268,19 +284,30 @@ class MlflowConfig(TrackerConfig):
     log_model: bool = True
     tags: dict[str, str] = field(default_factory=dict)
     artifact_location: str | None = None
+    register: str | None = None
 
     def __post_init__(self) -> None:
         self.log_model = _flag(self.log_model, "log_model")
         if not isinstance(self.tags, Mapping):
             raise ConfigError(f"tags must be a mapping, not {self.tags!r}; use e.g. tracking.tags={{team: ml}}")
         self.tags = {str(k): str(v) for k, v in self.tags.items()}
+        self.register = str(self.register).strip() if self.register not in (None, "") else None
+        if self.register and not self.log_model and "search.trial" in self.tags:
+            self.register = None  # a search's trials log no model; the search run registers its result
+        if self.register and not self.log_model:
+            raise ConfigError(
+                f"register={self.register!r} registers the logged model, but log_model is false; "
+                "drop tracking.log_model=false or tracking.register"
+            )
+        if self.register and ("/" in self.register or ":" in self.register):
+            raise ConfigError(f"register={self.register!r}: a registered model name has no '/' or ':'; use e.g. digits")
 
 
 class MlflowTracker(Tracker):
     """Records a slimkit run in MLflow: a parent run for the run, a child run per stage.
 
     Config: :class:`MlflowConfig` (``uri``, ``experiment``, ``run_name``, ``log_model``, ``tags``,
-    ``artifact_location``; see the module docstring). Registered into the plugin manager for one
+    ``artifact_location``, ``register``; see the module docstring). Registered into the plugin manager for one
     run; its lifecycle hooks are methods.
     """
 
@@ -297,8 +324,16 @@ class MlflowTracker(Tracker):
         self.experiment: str = str(config.experiment or DEFAULT_EXPERIMENT)
         #: The parent run's name, or None to let MLflow pick one.
         self.run_name: str | None = str(config.run_name) if config.run_name else None
-        #: Whether to log the compressed ONNX model with ``mlflow.onnx.log_model``.
+        #: Whether to log the compressed model as the MLflow model ``model``.
         self.log_model: bool = config.log_model
+        #: The registered model the baseline and compressed model become versions of (None: none).
+        self.register: str | None = config.register
+        #: The model's files by artifact kind (:data:`MODEL_KINDS`), logged once at the end of the run.
+        self._model_files: dict[str, Path] = {}
+        #: The URI of the logged model (``models:/m-...``) once logged.
+        self.model_uri: str | None = None
+        #: What :meth:`_register` registered (``model``, ``baseline_version``, ``compressed_version``...).
+        self.registered: dict[str, Any] = {}
         #: Extra tags of the parent run.
         self.tags: dict[str, str] = dict(config.tags)
         #: Artifact location of a newly created experiment (None: beside a SQLite file, or the
@@ -542,10 +577,22 @@ class MlflowTracker(Tracker):
 
     @hookimpl
     def slimkit_log_artifact(self, ctx: RunContext, path: Path, kind: str) -> None:
-        """Log the file (or directory) ``path`` to the parent run under the artifact path ``kind``."""
+        """Log the file (or directory) ``path`` to the parent run under the artifact path ``kind``.
+
+        The model's own files (kinds :data:`MODEL_KINDS`) are kept for the MLflow model logged at the
+        end of the run; without ``log_model`` they are logged here, each file once (an ONNX result's
+        ``model`` and ``onnx`` are one file), a ``model_dir`` under its own name."""
         if self.run_id is None:
             return
-        self._soft(f"log artifact {path}", self._log_path, self.run_id, Path(path), clean_key(kind))
+        path = Path(path)
+        if kind in MODEL_KINDS:
+            logged = {p.resolve() for p in self._model_files.values()}
+            self._model_files[kind] = path
+            if self.log_model or path.resolve() in logged:
+                return
+            if kind == "model_dir":
+                kind = path.name
+        self._soft(f"log artifact {path}", self._log_path, self.run_id, path, clean_key(kind))
 
     @hookimpl
     def slimkit_run_end(self, ctx: RunContext, report: Report) -> None:
@@ -556,29 +603,77 @@ class MlflowTracker(Tracker):
         ok = False
         try:
             self._soft("log the run metrics", self._log_metrics, run_id, report_metrics(report))
+            if report.latency_noise["pairs"]:  # "true" with tag slimkit.latency_note "... noisy: re-run on a quiet ..."
+                tags = {"slimkit.latency_noisy": str(report.latency_noise["noisy"]).lower()}
+                for note in report.notes:
+                    if note["kind"] == "noisy":
+                        tags["slimkit.latency_note"] = note["message"]
+                for key, value in tags.items():
+                    self._soft("tag latency noise", self._client().set_tag, run_id, key, value)
             config = redact(getattr(ctx.spec, "config", None) or {})
             self._soft("log config.yaml", self._client().log_dict, run_id, _jsonable(config), "config.yaml")
-            onnx_path = Path(ctx.spec.run_dir) / "model.onnx"
+            onnx_path = self._model_files.get("onnx") or Path(ctx.spec.run_dir) / "model.onnx"
             if self.log_model and onnx_path.is_file():
-                self._soft("log the ONNX model", self._log_onnx_model, onnx_path)
+                info = self._soft("log the model", self._log_model, ctx, onnx_path)
+                if info is None:  # not logged (warned): keep its files as plain artifacts
+                    for kind, path in self._model_files.items():
+                        self._soft(f"log artifact {path}", self._log_path, run_id, path, clean_key(kind))
+                elif self.register:
+                    self._soft(f"register the model as {self.register!r}", self._register, ctx, report, info)
             ok = True
         finally:
             self._soft("end the run", self._client().set_terminated, run_id, "FINISHED" if ok else "FAILED")
 
-    def _log_onnx_model(self, path: Path) -> None:
+    def _log_model(self, ctx: RunContext, onnx_path: Path) -> Any:
+        """Log the model once as the MLflow model ``model``; its ``ModelInfo``."""
         import mlflow
-        import mlflow.onnx
-        import onnx
 
-        # log_model resolves the tracking URI and experiment through MLflow's fluent state.
+        from .model_logging import companion_files, log_model
+
+        # Model.log resolves the tracking URI and experiment through MLflow's fluent state.
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_experiment(experiment_id=self.experiment_id)
-        mlflow.onnx.log_model(
-            onnx.load(str(path)),
-            name="model",
+        assert self.run_id is not None
+        info = log_model(
             run_id=self.run_id,
-            pip_requirements=mlflow.onnx.get_default_pip_requirements(),  # skip slow inference
+            onnx_path=onnx_path,
+            torch_path=self._model_files.get("model"),
+            companions=companion_files(self._model_files.get("model_dir")),
+            data=getattr(ctx, "data", None),
+            warn=lambda message: _warn_line(ctx, message),
         )
+        self.model_uri = info.model_uri
+        return info
+
+    def _register(self, ctx: RunContext, report: Report, info: Any) -> None:
+        """Register the baseline and the logged model as versions of :attr:`register`
+        (:func:`~slimkit.plugins.tracking.model_logging.register`); tag the run, fill the report."""
+        from .model_logging import register
+
+        assert self.run_id is not None and self.register is not None
+        spec = ctx.spec
+        run_dir = Path(spec.run_dir)
+        model_cfg = (getattr(spec, "config", None) or {}).get("model") or {}
+        source = str(model_cfg.get("uri") or "") if model_cfg.get("adapter") == "mlflow" else ""
+        self.registered = register(
+            self._client(),
+            self.register,
+            run_id=self.run_id,
+            model_info=info,
+            report=report,
+            pipeline=str(getattr(spec, "pipeline_name", "") or ""),
+            target=_target_name(getattr(spec, "target", None)),
+            baseline_onnx=run_dir / "baseline" / "model.onnx",
+            compressed_onnx=self._model_files.get("onnx") or run_dir / "model.onnx",
+            source_uri=source or None,
+            data=getattr(ctx, "data", None),
+        )
+        reg = self.registered
+        self._client().set_tag(self.run_id, "registered", f"{reg['model']}/{reg['compressed_version']}")
+        report.sections["registry"] = dict(reg)
+        log = getattr(ctx, "log", None)
+        if callable(log):
+            log(f"registered {reg['uri']} (compressed; baseline: version {reg['baseline_version']} of {reg['model']})")
 
     @hookimpl
     def slimkit_run_failed(self, ctx: RunContext, error: BaseException, report: Report | None) -> None:
@@ -656,6 +751,15 @@ class MlflowTracker(Tracker):
         kind = "Interrupted" if isinstance(error, KeyboardInterrupt) else type(error).__name__
         tags = [RunTag("error", _error_message(error)), RunTag("error_type", kind)]
         self._client().log_batch(run_id, tags=tags)
+
+
+def _warn_line(ctx: Any, message: str) -> None:
+    """A ``warning:`` line in the run's log (the terminal shows it), or a Python warning without one."""
+    log = getattr(ctx, "log", None)
+    if callable(log):
+        log(f"warning: MLflow: {message}")
+    else:
+        warnings.warn(f"MLflow: {message}", RuntimeWarning, stacklevel=2)
 
 
 def _stage_config(ctx: RunContext, result: StageResult) -> dict[str, Any]:

@@ -1,7 +1,10 @@
-"""Bad input on the command line: one ``slimkit: error:`` line, exit 2, no traceback, a FAILED MLflow run.
+"""Bad input on the command line: one ``slimkit: error:`` line, exit 2, no traceback.
 
-Every case records into the module's MLflow database under its own experiment, so each failure can
-be found and checked on its own.
+A config that does not compose (a misspelt key or option, a value of the wrong type) is refused
+before anything is opened: no MLflow store, no run directory, and a ``did you mean ...?`` where a
+valid key or option is close. Errors found once the run has started (a value out of range, a model
+that does not load, an unwritable run directory) end a FAILED MLflow run. Every case records into
+the module's MLflow database under its own experiment, so each can be checked on its own.
 """
 
 from __future__ import annotations
@@ -63,22 +66,97 @@ def _failed_run(runs_of, experiment: str, message: str) -> Any:
     return run
 
 
-# Errors found while composing or validating the config, before any work starts.
-CONFIG_ERRORS = {
-    "unknown-option": (["foo=1"], ["'foo'"]),
+def _nothing_opened(cwd: Path, mlflow_client: Any = None, experiment: str = "") -> None:
+    """A config error opens no tracker store and starts no run: nothing in ``cwd`` (no ``mlflow.db``,
+    ``mlruns/``, ``outputs/``, ``multirun/``), no experiment in the module's MLflow database."""
+    assert sorted(p.name for p in cwd.iterdir()) == [], "a config error must leave nothing behind"
+    if mlflow_client is not None:
+        assert mlflow_client.get_experiment_by_name(experiment) is None, "a config error records no run"
+
+
+# Errors found while composing the config: refused before any store or run directory is opened.
+COMPOSE_ERRORS = {
+    "unknown-option": (["foo=1"], ["'foo'", "top-level keys: seed"]),
     "unknown-technique": (["technique@pipeline.stages.prune=nope"], ["nope", "magnitude_prune", "finetune"]),
-    "sparsity-out-of-range": (["pipeline.stages.prune.sparsity=1.5"], ["sparsity=1.5", "[0.0, 1.0)"]),
     "wrong-type": (["pipeline.stages.prune.steps=many"], ["steps", "many"]),
+}
+
+# Errors found once the run has its directory (validating the stages, resolving interpolations): a FAILED run.
+RUN_CONFIG_ERRORS = {
+    "sparsity-out-of-range": (["pipeline.stages.prune.sparsity=1.5"], ["sparsity=1.5", "[0.0, 1.0)"]),
     "bad-interpolation": (["pipeline.description=${nosuch.key}"], ["nosuch.key"]),
 }
 
 
-@pytest.mark.parametrize("case", list(CONFIG_ERRORS))
-def test_config_error(case: str, failing_run, check_user_error, runs_of, tmp_path: Path) -> None:
-    overrides, fragments = CONFIG_ERRORS[case]
+@pytest.mark.parametrize("case", list(COMPOSE_ERRORS))
+def test_compose_error_opens_nothing(case: str, failing_run, check_user_error, mlflow_client, tmp_path: Path) -> None:
+    overrides, fragments = COMPOSE_ERRORS[case]
+    proc, experiment = failing_run(*overrides)
+    check_user_error(proc, *fragments)
+    _nothing_opened(tmp_path, mlflow_client, experiment)
+
+
+@pytest.mark.parametrize("case", list(RUN_CONFIG_ERRORS))
+def test_config_error_in_the_run(case: str, failing_run, check_user_error, runs_of, tmp_path: Path) -> None:
+    overrides, fragments = RUN_CONFIG_ERRORS[case]
     proc, experiment = failing_run(*overrides)
     message = check_user_error(proc, *fragments)
     _failed_run(runs_of, experiment, message)
+
+
+#: A new user's typos (issue 22), with the default tracking (./mlflow.db): the suggestion, the
+#: valid options where there are few, and nothing left behind.
+TYPOS = {
+    "group-name": (["pipline=quantize"], "unknown config key 'pipline'; did you mean pipeline=quantize?"),
+    "group-option": (["pipeline=quantise"], "unknown option 'pipeline/quantise'; did you mean pipeline=quantize?"),
+    "nested-key": (["model.pth=x"], "unknown config key 'model.pth'; did you mean model.path=x?"),
+    "model-option": (["model=resnet"], "unknown option 'model/resnet'; did you mean model=digits_resnet?"),
+    "stage-key": (
+        ["pipeline=magnitude", "pipeline.stages.prune.sparsty=0.5"],
+        "unknown config key 'pipeline.stages.prune.sparsty'; did you mean pipeline.stages.prune.sparsity=0.5?",
+    ),
+    "sweep": (["-m", "seed=1,2", "modl=onnx"], "unknown config key 'modl'; did you mean model=onnx?"),
+    "cfg": (["--cfg", "job", "trackng=none"], "unknown config key 'trackng'; did you mean tracking=none?"),
+}
+
+
+@pytest.mark.parametrize("case", list(TYPOS))
+def test_typo_suggests_and_opens_nothing(case: str, run_cli, check_user_error, tmp_path: Path) -> None:
+    args, expected = TYPOS[case]
+    proc = run_cli(args, tmp_path / "cwd")
+    message = check_user_error(proc)
+    assert message.startswith(expected), message
+    for internal in ("SlimkitConfig", "not in struct", "Key '", "In 'config'", "object_type"):
+        assert internal not in message, message  # OmegaConf's and Hydra's wording stays out
+    if case == "group-option":
+        assert message.endswith("available options for pipeline: " + ", ".join(sorted(_options("pipeline"))))
+    _nothing_opened(tmp_path / "cwd")
+
+
+def _options(group: str) -> list[str]:
+    import importlib.resources
+
+    return [p.name[: -len(".yaml")] for p in importlib.resources.files("slimkit.conf").joinpath(group).iterdir()]
+
+
+def test_typo_imports_no_tracker_or_framework(tmp_path: Path) -> None:
+    """A typo is refused after composing, without importing MLflow or an ML framework: that is what
+    keeps it under a second (it took 7-12 s, most of it opening the MLflow store)."""
+    import json
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from slimkit.pipelines.cli import main\n"
+        "rc = main(['pipline=quantize'])\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'torch', 'onnxruntime', 'sqlalchemy'})\n"
+        "print('RESULT ' + json.dumps({'rc': rc, 'heavy': heavy}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = json.loads(proc.stdout.strip().splitlines()[-1].removeprefix("RESULT "))
+    assert result == {"rc": 2, "heavy": []}, proc.stderr
+    assert "did you mean pipeline=quantize?" in proc.stderr
+    _nothing_opened(tmp_path)
 
 
 def _model_errors(files: dict[str, Path]) -> dict[str, tuple[list[str], list[str]]]:
@@ -142,16 +220,17 @@ def test_trusted_pickle_runs(run_cli, show, fast, files, one_run_dir, load_repor
     assert report["stages"][0]["metrics"]["sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
-def test_free_form_mapping_key_needs_plus(failing_run, check_user_error, runs_of) -> None:
+def test_free_form_mapping_key_needs_plus(failing_run, check_user_error, mlflow_client, tmp_path: Path) -> None:
     proc, experiment = failing_run("model=torch", "model.kwargs.pretrained=false")
     message = check_user_error(proc, "model.kwargs.pretrained", "+model.kwargs.pretrained=false")
-    _failed_run(runs_of, experiment, message)
+    assert "not in struct" not in message
+    _nothing_opened(tmp_path, mlflow_client, experiment)
 
 
-def test_sweep_with_unknown_option(failing_run, check_user_error, tmp_path: Path) -> None:
-    proc, _ = failing_run("-m", "pipeline.stages.prune.sparsity=0.3,0.6", "foo=1")
+def test_sweep_with_unknown_option(failing_run, check_user_error, mlflow_client, tmp_path: Path) -> None:
+    proc, experiment = failing_run("-m", "pipeline.stages.prune.sparsity=0.3,0.6", "foo=1")
     check_user_error(proc, "'foo'")
-    assert not (tmp_path / "multirun").exists()
+    _nothing_opened(tmp_path, mlflow_client, experiment)
 
 
 def test_cfg_with_unknown_option(run_cli, check_user_error, mlflow_uri: str, mlflow_client, tmp_path: Path) -> None:

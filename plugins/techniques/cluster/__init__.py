@@ -89,12 +89,38 @@ class Cluster(Technique):
         if adapter.name == "onnx":
             from .onnx_backend import cluster
 
-            return cluster(model, self.config, adapter, ctx)  # type: ignore[arg-type]
-        if adapter.name == "torch":
+            out = cluster(model, self.config, adapter, ctx)  # type: ignore[arg-type]
+        elif adapter.name == "torch":
             from .torch_backend import cluster as cluster_torch
 
-            return cluster_torch(model, self.config, adapter, ctx)
-        raise TechniqueError(f"cluster does not support {adapter.name} models yet; export the model to ONNX first")
+            out = cluster_torch(model, self.config, adapter, ctx)
+        else:
+            raise TechniqueError(f"cluster does not support {adapter.name} models yet; export the model to ONNX first")
+        ctx.info["hint"] = size_hint(ctx.stage, ctx.metrics)
+        return out
+
+
+def size_hint(stage: str, metrics: dict[str, float]) -> str:
+    """Where a clustered model's saving is, for the report's note when the target sees no change: the
+    ONNX file holds the weights dequantized (float32, same size and speed); the packed form is smaller."""
+    head = f"{stage} keeps the ONNX weights dequantized to float32 (same file, same speed)"
+    if "packed_bytes" in metrics and "fp32_bytes" in metrics:  # torch: the clustered.npz artifact
+        zipped = f", {metrics['packed_zip_bytes'] / 1024:.1f} KiB zipped" if "packed_zip_bytes" in metrics else ""
+        return (
+            f"{head}; its saving is the packed clustered.npz artifact: {metrics['packed_bytes'] / 1024:.1f} KiB"
+            f"{zipped} vs {metrics['fp32_bytes'] / 1024:.1f} KiB of float32 weights "
+            f"({metrics['fp32_bytes'] / max(metrics['packed_bytes'], 1.0):.1f}x smaller); ship that, "
+            "or follow it with quantize for a smaller, faster ONNX"
+        )
+    if "packed_bytes" in metrics:  # onnx: an estimate of the packed size
+        zipped = (
+            f" (the ONNX zipped: {metrics['size_zip_bytes'] / 1024:.1f} KiB)" if "size_zip_bytes" in metrics else ""
+        )
+        return (
+            f"{head}; packed as codes + codebook it would take {metrics['packed_bytes'] / 1024:.1f} KiB{zipped}; "
+            "follow it with quantize for a smaller, faster ONNX"
+        )
+    return f"{head}; follow it with quantize for a smaller, faster ONNX"
 
 
 @hookimpl

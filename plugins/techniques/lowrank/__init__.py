@@ -79,12 +79,30 @@ class LowRank(Technique):
         if adapter.name == "onnx":
             from .onnx_backend import factorize
 
-            return factorize(model, self.config, adapter, ctx)  # type: ignore[arg-type]
-        if adapter.name == "torch":
+            out = factorize(model, self.config, adapter, ctx)  # type: ignore[arg-type]
+        elif adapter.name == "torch":
             from .torch_backend import factorize as factorize_torch
 
-            return factorize_torch(model, self.config, adapter, ctx)
-        raise TechniqueError(f"lowrank does not support {adapter.name} models yet; export the model to ONNX first")
+            out = factorize_torch(model, self.config, adapter, ctx)
+        else:
+            raise TechniqueError(f"lowrank does not support {adapter.name} models yet; export the model to ONNX first")
+        ctx.info["hint"] = rank_hint(ctx.stage, self.config, ctx.metrics)
+        return out
+
+
+def rank_hint(stage: str, cfg: LowRankConfig, metrics: dict[str, float]) -> str:
+    """The knob of a factorisation that saved little, for the report's note when the target sees no
+    change (or a slower, bigger model): which setting chose the ranks, and the one that cuts deeper."""
+    ratio = metrics.get("param_ratio", metrics.get("weight_params_ratio"))
+    got = f" cut the parameters {ratio:.2f}x" if ratio is not None else ""
+    key = f"pipeline.stages.{stage}"
+    if cfg.rank is not None:
+        how, knob = f"rank={cfg.rank}", f"a lower {key}.rank"
+    elif cfg.rank_ratio is not None:
+        how, knob = f"rank_ratio={cfg.rank_ratio}", f"a lower {key}.rank_ratio (e.g. {cfg.rank_ratio / 2:g})"
+    else:
+        how, knob = f"energy={cfg.energy}", f"{key}.rank_ratio=0.5 (or a lower energy, e.g. {key}.energy=0.8)"
+    return f"{stage} ({how}){got}, and every factorised layer becomes two (more work per layer on a CPU); set {knob}"
 
 
 @hookimpl

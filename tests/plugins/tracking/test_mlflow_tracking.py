@@ -181,14 +181,20 @@ def test_full_run_is_recorded(db_uri: str, tmp_path: Path, request: pytest.Fixtu
     assert tags["team"] == "ml"
 
     artifacts = {a.path for a in client.list_artifacts(tracker.run_id)}
-    assert {"onnx", "report", "config.yaml"} <= artifacts
-    assert [a.path for a in client.list_artifacts(tracker.run_id, "onnx")] == ["onnx/model.onnx"]
+    assert {"report", "config.yaml"} <= artifacts
+    assert not {"onnx", "model"} & artifacts  # the model is logged once: as the MLflow model below
     config = client.download_artifacts(tracker.run_id, "config.yaml", str(tmp_path))
     assert "digits_mlp" in Path(config).read_text()
 
-    # the ONNX model is an MLflow logged model of this run
+    # the ONNX model is the one MLflow logged model of this run, with a signature and an example
     models = client.search_logged_models(experiment_ids=[tracker.experiment_id])
     assert [(m.name, m.source_run_id) for m in models] == [("model", tracker.run_id)]
+    from mlflow.models import Model
+
+    logged = Model.load(f"runs:/{tracker.run_id}/model")
+    assert set(logged.flavors) == {"onnx", "python_function"}
+    assert logged.signature.inputs.input_names() == ["x"]
+    assert logged.saved_input_example_info is not None
 
     # the stage is a finished child run
     (child,) = _children(client, tracker)
@@ -218,6 +224,20 @@ def test_log_model_false_logs_no_model(db_uri: str, tmp_path: Path, request: pyt
     client = _client(db_uri)
     assert client.get_run(tracker.run_id).info.status == "FINISHED"
     assert client.search_logged_models(experiment_ids=[tracker.experiment_id]) == []
+
+
+def test_log_model_false_logs_each_model_file_once(db_uri: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Without the MLflow model the files are plain artifacts, an ONNX result's one file once."""
+    _tiny_onnx(tmp_path / "model.onnx")
+    tracker = _tracker(db_uri, request, log_model=False)
+    ctx = _ctx(tmp_path, _report())
+    tracker.slimkit_run_start(ctx=ctx)
+    tracker.slimkit_log_artifact(ctx=ctx, path=tmp_path / "model.onnx", kind="model")
+    tracker.slimkit_log_artifact(ctx=ctx, path=tmp_path / "model.onnx", kind="onnx")
+    tracker.slimkit_run_end(ctx=ctx, report=ctx.report)
+    client = _client(db_uri)
+    top = {a.path for a in client.list_artifacts(tracker.run_id)}
+    assert "model" in top and "onnx" not in top
 
 
 # -- failures -----------------------------------------------------------------------------------------
@@ -277,11 +297,11 @@ def test_optional_logging_errors_only_warn_outside_pytest(
     tracker = _tracker(db_uri, request)
     tracker.slimkit_run_start(ctx=ctx)
     with pytest.raises(FileNotFoundError):
-        tracker.slimkit_log_artifact(ctx=ctx, path=tmp_path / "missing.onnx", kind="onnx")
+        tracker.slimkit_log_artifact(ctx=ctx, path=tmp_path / "missing.json", kind="report")
 
     monkeypatch.delenv("PYTEST_CURRENT_TEST")
     with pytest.warns(RuntimeWarning, match="could not log artifact"):
-        tracker.slimkit_log_artifact(ctx=ctx, path=tmp_path / "missing.onnx", kind="onnx")
+        tracker.slimkit_log_artifact(ctx=ctx, path=tmp_path / "missing.json", kind="report")
     tracker.slimkit_run_end(ctx=ctx, report=ctx.report)
     assert _client(db_uri).get_run(tracker.run_id).info.status == "FINISHED"
 
@@ -434,4 +454,5 @@ def test_through_the_plugin_manager(db_uri: str, tmp_path: Path, request: pytest
     assert run.info.status == "FINISHED"
     assert run.data.metrics["ratio_size"] == pytest.approx(2.0)
     assert len(_children(client, tracker)) == 1
-    assert "onnx" in {a.path for a in client.list_artifacts(tracker.run_id)}
+    models = client.search_logged_models(experiment_ids=[tracker.experiment_id])
+    assert [m.name for m in models] == ["model"]  # the onnx artifact became the logged model, not a copy
