@@ -43,11 +43,13 @@ def machine() -> str:
     )
 
 
-def write_section(name: str, command: str, body: str) -> Path:
-    """Replace (or append) the section ``name`` of docs/BENCHMARKS.md, atomically."""
+def write_section(name: str, command: str, body: str, doc: Path | None = None, header: str = "") -> Path:
+    """Replace (or append) the section ``name`` of ``doc`` (docs/BENCHMARKS.md; a new file starts with
+    ``header``), atomically."""
     from slimkit.core.files import write_text
 
-    text = DOC.read_text() if DOC.exists() else HEADER
+    doc = doc or DOC
+    text = doc.read_text() if doc.exists() else (header or HEADER)
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     section = f"{begin}\n{body.rstrip()}\n\nCommand: `{command}` — run {stamp} on: {machine()}.\n{end}"
@@ -55,9 +57,9 @@ def write_section(name: str, command: str, body: str) -> Path:
         text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: section, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    write_text(DOC, text)
-    return DOC
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    write_text(doc, text)
+    return doc
 
 
 class Latencies(dict):

@@ -49,7 +49,7 @@ from typing import Any
 _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE))
 
-from _common import machine  # noqa: E402
+from _common import write_section  # noqa: E402
 
 # benchmarks/ holds scripts named like packages: keep it off the import path from here on.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
@@ -813,17 +813,7 @@ def render(rows: list[Row], seconds: float) -> str:
 
 def write_doc(body: str) -> Path:
     """Replace (or append) the ``faults`` section of docs/RELIABILITY.md, atomically."""
-    from slimkit.core.files import write_text
-
-    text = DOC.read_text() if DOC.exists() else HEADER
-    begin, end = f"<!-- BEGIN {SECTION} -->", f"<!-- END {SECTION} -->"
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    section = f"{begin}\n{body.rstrip()}\n\nCommand: `{COMMAND}` — run {stamp} on: {machine()}.\n{end}"
-    if begin in text:
-        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: section, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    return write_text(DOC, text)
+    return write_section(SECTION, COMMAND, body, doc=DOC, header=HEADER)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

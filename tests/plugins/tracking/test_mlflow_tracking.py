@@ -7,7 +7,6 @@ read back with ``MlflowClient``. All tests share one SQLite database under a pyt
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import types
@@ -42,23 +41,9 @@ def db_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _restore_mlflow_globals() -> Any:
-    """Undo the process-wide state the tracker sets (tracking URI, active experiment, their env vars)."""
-    with pytest.MonkeyPatch.context() as mp:
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID"):
-            if var in os.environ:
-                mp.setenv(var, os.environ[var])
-            else:
-                mp.delenv(var, raising=False)
-        try:
-            import mlflow.tracking._tracking_service.utils as tracking_utils
-            import mlflow.tracking.fluent as fluent
-        except ImportError:  # pragma: no cover - internals moved; the env vars are restored anyway
-            yield
-            return
-        mp.setattr(tracking_utils, "_tracking_uri", tracking_utils._tracking_uri, raising=False)
-        mp.setattr(fluent, "_active_experiment_id", fluent._active_experiment_id, raising=False)
-        yield
+def _restore_mlflow_globals(mlflow_globals: Any) -> Any:
+    """Undo the process-wide state the tracker sets (``mlflow_globals`` in this folder's conftest)."""
+    yield
 
 
 def _tiny_onnx(path: Path) -> None:
