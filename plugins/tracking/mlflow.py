@@ -721,11 +721,18 @@ class MlflowTracker(Tracker):
         ended = []
         for run in runs:
             token = run.data.tags.get(PROCESS_TAG)
-            if not token or not token_dead(token):
+            # A search trial (a child with its own process tag) is ended by the study, which knows more:
+            # its heartbeats stopped (error_type WorkerLost).
+            if not token or _PARENT_TAG in run.data.tags or not token_dead(token):
                 continue
             reason = f"the slimkit process {token.split(':')[1]} ended without finishing the run (killed or crashed)"
-            client.log_batch(run.info.run_id, tags=[RunTag("error", reason), RunTag("error_type", "Killed")])
-            client.set_terminated(run.info.run_id, "KILLED")
+            tags = [RunTag("error", reason), RunTag("error_type", "Killed")]
+            stages = [
+                r for r in runs if r.data.tags.get(_PARENT_TAG) == run.info.run_id and PROCESS_TAG not in r.data.tags
+            ]
+            for target in [run, *stages]:  # the run and its stage runs
+                client.log_batch(target.info.run_id, tags=tags)
+                client.set_terminated(target.info.run_id, "KILLED")
             run_dir = run.data.tags.get("slimkit.run_dir")
             if run_dir:
                 clean_dead_run(Path(run_dir), reason, run.info.run_id)

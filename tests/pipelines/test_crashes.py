@@ -32,6 +32,7 @@ TWO_STAGES = [
     "target.warmup=1",
     "target.batch_sizes=[1]",
     "target.runtimes=[onnxruntime]",
+    "target.isolate=false",
     "pipeline.stages.prune.steps=1",
     "pipeline.stages.prune.finetune_epochs=0",
     "pipeline.stages.distill.epochs=2",
@@ -137,7 +138,8 @@ def test_four_runs_at_once_in_one_folder_and_store(tmp_path: Path) -> None:
     uri = f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}"
     args = [
         "pipeline=none", "model=digits_cnn", "target.repeats=2", "target.warmup=1", "target.batch_sizes=[1]",
-        "target.runtimes=[onnxruntime]", f"tracking.uri={uri}", "tracking.experiment=together",
+        "target.runtimes=[onnxruntime]", "target.isolate=false", "data.limit=200", f"tracking.uri={uri}",
+        "tracking.experiment=together",
         "hydra.run.dir=outputs/same",
     ]  # fmt: skip
     procs = [_start(args, tmp_path) for _ in range(4)]
