@@ -263,6 +263,14 @@ def hydra_error_line(exc: BaseException) -> str:
             return f"config key '{key}' does not exist yet; to add it to this mapping, use {append.group(1)}"
         return _unknown_key_line(exc, key, append.group(1) if append else None)
     if first.startswith("Error merging override") and cause_lines:
+        typed = re.match(r"Value '(.*)' of type '\w+' could not be converted to (\w+)", cause_lines[0])
+        override = first.removeprefix("Error merging override").strip()
+        if typed and "=" in override:  # a value of the wrong type: say which type, in our words
+            kind = {"Float": "a number", "Integer": "a whole number", "Boolean": "true or false"}.get(
+                typed.group(2), typed.group(2).lower()
+            )
+            key = override.split("=", 1)[0]
+            return f"{override} is not {kind}; give {key}=<{kind}> (see `slimkit --help`)"
         return f"{first}: {cause_lines[0]}; fix the value (see `slimkit --help`)"
     rest = [ln for ln in lines[1:] if not ln.startswith(("full_key", "object_type", "reference_type"))]
     extra = f" ({'; '.join(rest[:2])})" if rest else ""
