@@ -52,6 +52,8 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "depthwise": "slimkit.plugins.techniques.depthwise",
     "search": "slimkit.plugins.search",
     "mlflow_model": "slimkit.plugins.tracking.model_input",
+    "llm": "slimkit.plugins.llm",
+    "weight_only": "slimkit.plugins.techniques.weight_only",
 }
 
 _manager: pluggy.PluginManager | None = None
