@@ -72,6 +72,9 @@ class ModelAdapter(ABC):
     suffixes: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
     Config: ClassVar[type[ModelConfig]] = ModelConfig
+    #: True when a model object names files on disk rather than holding its weights (``llm_onnx``): a
+    #: stage's result is then read back from the stage directory once that is in place.
+    file_backed: ClassVar[bool] = False
 
     @abstractmethod
     def load(self, cfg: Mapping[str, Any]) -> Any:
@@ -141,6 +144,16 @@ class ModelAdapter(ABC):
         Called once before a run measures anything. The default checks nothing: a mismatch then
         shows as the model failing to run on the data.
         """
+
+    def complete_feeds(self, onnx_path: Path, inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        """The feeds that run the ONNX file ``onnx_path`` (this adapter's export) on the data's ``inputs``.
+
+        The run builds the target's benchmark examples and validation feeds with it. The default
+        returns ``inputs`` as they are; an adapter whose ONNX graph takes inputs the data does not
+        hold adds them (a decoder LM with KV cache: an empty past, so the target times a prefill of
+        the data's length). Every array keeps the samples on its first axis.
+        """
+        return inputs
 
     def copy(self, model: Any) -> Any:
         """An independent copy of ``model`` (techniques never modify their input in place)."""

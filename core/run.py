@@ -179,11 +179,15 @@ class Runner:
     def _request(self, adapter: ModelAdapter, model: Any, onnx_path: Path | None) -> BenchmarkRequest:
         data = self.ctx.data
         assert data is not None and self.target is not None
+        examples = {b: data.test.example(b) for b in self.target.batch_sizes}
+        if onnx_path is not None:
+            examples = {b: adapter.complete_feeds(onnx_path, ex) for b, ex in examples.items()}
         return BenchmarkRequest(
             onnx_path=onnx_path,
-            examples={b: data.test.example(b) for b in self.target.batch_sizes},
-            # An ONNX model's "framework" runtime is ONNX Runtime itself: measured once, not twice.
-            framework_model=None if adapter.name == "onnx" else model,
+            examples=examples,
+            # An ONNX model's "framework" runtime (an adapter whose files are .onnx: onnx, llm_onnx) is
+            # ONNX Runtime itself: measured once, not twice.
+            framework_model=None if adapter.suffixes[:1] == (".onnx",) else model,
             framework_runner=adapter.predict,
             framework_name=adapter.name,
         )
@@ -340,6 +344,8 @@ class Runner:
             }
             meta["files"] = files.file_hashes(tmp, skip=("stage.json",))  # checked on every cache hit
             files.write_json(tmp / "stage.json", meta)
+        if out_adapter.file_backed:  # the model named files in the temporary folder: read back the saved one
+            new_model = out_adapter.load_file(model_file)
         return new_model, meta
 
     def _from_cache(
@@ -526,13 +532,22 @@ class Runner:
             self.ctx.artifact(spec.run_dir / "run.log", "log")
         # The target runs the shipped ONNX model and compares it with the compressed model's own outputs.
         self.ctx.progress("target: placement and validation", 0, None)
-        report.target.update(self.target.report(onnx_path, compressed_outputs, data.test.inputs))
+        feeds = adapter.complete_feeds(onnx_path, data.test.inputs)
+        report.target.update(self.target.report(onnx_path, _per_sample(compressed_outputs, len(data.test)), feeds))
 
 
 def fidelity(reference: np.ndarray | list[np.ndarray], output: np.ndarray | list[np.ndarray]) -> dict[str, Any]:
     """The report's ``fidelity``: :func:`~slimkit.core.target.compare_outputs` without its sample count
     (per output too, for a multi-output model; the totals are the worst output's)."""
     return {k: v for k, v in compare_outputs(reference, output).items() if k != "samples"}
+
+
+def _per_sample(outputs: np.ndarray, samples: int) -> np.ndarray:
+    """``outputs`` with one row per sample, as the target's own outputs come: an adapter may give
+    fidelity one row per position (a language model's logits ``[N * T, V]`` become ``[N, T * V]``)."""
+    if len(outputs) != samples and samples > 0 and outputs.size % samples == 0:
+        return outputs.reshape(samples, -1)
+    return outputs
 
 
 def _latencies(lats: list[Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
