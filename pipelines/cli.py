@@ -391,6 +391,7 @@ Usage:
   slimkit plugins                                 list plugins, versions and hooks
   slimkit inspect FILE.onnx                       opsets, inputs/outputs, size, ops and weights of an ONNX file
   slimkit compare RUN_ID ... [--out DIR]          MLflow runs side by side: a table and accuracy/latency/size plots
+  slimkit generate RUN_DIR "prompt"               a greedy completion from an LLM run's model (onnxruntime-genai)
   slimkit --cfg job                               print the composed config and exit
 
 Examples:
@@ -599,6 +600,13 @@ def compare_command(args: list[str]) -> int:
     return run_compare(args)
 
 
+def generate_command(args: list[str]) -> int:
+    """``slimkit generate RUN_DIR PROMPT [--max-new-tokens N] [--threads N]``: a completion (:mod:`.generate`)."""
+    from .generate import generate_command as run_generate
+
+    return run_generate(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``slimkit`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -612,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
             return inspect_command(args[1:])
         if args and args[0] == "compare":
             return compare_command(args[1:])
+        if args and args[0] == "generate":
+            return generate_command(args[1:])
         if args and args[0] in ("--version", "-V"):
             from slimkit import __version__
 

@@ -203,6 +203,10 @@ def slimkit_run_end(ctx: Any, report: Any) -> None:
             f"fidelity to baseline: top-1 agreement {f['top1_agreement']:.4f}, mean cosine {f['mean_cosine']:.4f}, "
             f"max |diff| {f['max_abs_diff']:.4g}"
         )
+    llm = report.sections.get("llm")
+    if isinstance(llm, dict):  # a language model's numbers (slimkit.plugins.llm.report)
+        for line in llm.get("summary") or []:
+            out.print(line, markup=False)
     out.print(f"report: {ctx.run_dir / 'report.json'}")
     if report.mlflow_run_id:
         out.print(

@@ -175,7 +175,8 @@ def _numeric(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def report_metrics(report: Report | None) -> dict[str, float]:
-    """The run-level metrics of ``report``: baseline, compressed, ratios, accuracy drop, fidelity.
+    """The run-level metrics of ``report``: baseline, compressed, ratios, accuracy drop, fidelity, and
+    the ``metrics`` mapping of any report section (``llm_token_agreement``...).
 
     Whatever is missing (a run that failed before the compressed model was measured) is left out.
     """
@@ -198,6 +199,9 @@ def report_metrics(report: Report | None) -> dict[str, float]:
                 out.update({f"fidelity_output{i}_{k}": v for k, v in per.items()})
         else:
             out[f"fidelity_{name}"] = value
+    for name, section in report.sections.items():  # a plugin's numbers (the llm section): {name}_{key}
+        if isinstance(section, Mapping) and isinstance(section.get("metrics"), Mapping):
+            out.update({f"{name}_{k}": v for k, v in section["metrics"].items()})
     return _numeric(out)
 
 
