@@ -41,6 +41,7 @@ NOT_RUN: dict[str, str] = {
     "make demo": "set-up: creates .venv and runs the full demo (minutes); the test runs in that .venv",
     "make test": "set-up: runs the whole test suite, this file included",
     "source .venv/bin/activate": "set-up: the test runs .venv's interpreter and the slimkit CLI through it",
+    "make llm-model": "trains the benchmark's language model (about 15 minutes); a slow test trains a small one",
 }
 
 #: Blocks that are not commands or code, by their first line, with what they are.
@@ -57,6 +58,7 @@ STAGE_BUDGETS: dict[str, dict[str, Any]] = {
     "distill": {"epochs": 0},
     "finetune": {"epochs": 0},
     "quantize": {"calibration_samples": 32, "latency_repeats": 2, "finish_rounds": 0, "qat_epochs": 0},
+    "weight_only": {"eval_samples": 8, "sensitivity_samples": 4, "calibration_samples": 8},
 }
 
 #: Target settings that keep the timing short (set only where the target has the key).
@@ -74,10 +76,13 @@ TARGET_BUDGET: dict[str, Any] = {
 SMALL_MODEL = "digits_cnn"
 
 #: Per data option: settings that keep it small.
-DATA_BUDGETS: dict[str, dict[str, Any]] = {"digits": {"limit": 100}}
+DATA_BUDGETS: dict[str, dict[str, Any]] = {"digits": {"limit": 100}, "text": {"max_length": 32}}
+
+#: Environment of every command: short language-model measurements (slimkit.plugins.llm.measure).
+ENV_BUDGET: dict[str, str] = {"SLIMKIT_LLM_BENCH": "prompt=16,new=8,gen=8,prompts=2,rounds=2,repeats=2"}
 
 #: Subcommands and flags of the CLI that run no pipeline (no budget appended).
-NO_RUN_ARGS = ("--help", "-h", "plugins", "inspect")
+NO_RUN_ARGS = ("--help", "-h", "plugins", "inspect", "generate", "compare")
 
 
 @dataclass
@@ -283,6 +288,7 @@ def test_readme_block_runs(block: Block, workdir: Path, monkeypatch: pytest.Monk
         else:
             assert cmd[0] == "python", f"README.md:{line}: `{text}` is not run by this test; list it in NOT_RUN"
             argv = [sys.executable, *cmd[1:]]
-        proc = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, env=cli_env(**env), timeout=600)
+        env = cli_env(**{**ENV_BUDGET, **env})
+        proc = subprocess.run(argv, cwd=workdir, capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 0, f"README.md:{line}: `{text}` failed\n{shlex.join(argv)}\n{describe(proc)}"
         assert "Traceback" not in proc.stderr, f"README.md:{line}: `{text}`\n{describe(proc)}"
