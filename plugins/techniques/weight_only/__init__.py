@@ -78,7 +78,10 @@ class WeightOnlyConfig(TechniqueConfig):
         VNNI/AVX512-VNNI/AMX; 1 = fp32, 2 = fp16, 3 = bf16, 0 = ONNX Runtime's default.
     lm_head: quantize the logits layer too (default: ``auto`` measures it like any layer and raises it
         when it is sensitive; ONNX Runtime's quantizer also quantizes it by default).
-    embeddings: quantize the token embedding table (4-bit GatherBlockQuantized, ORT's RTN).
+    embeddings: quantize the token embedding table (4-bit GatherBlockQuantized, ORT's RTN). Default
+        (unset): ``auto`` tries it once the layers meet the budget and keeps it when the budget still
+        holds (a table of vocabulary x hidden floats is a large part of a small model; decoding reads
+        one row per token, so it costs no speed); ``fixed`` leaves it float.
     scale_estimation: NNCF's scale estimation after AWQ (algorithm=awq).
     max_ppl_increase: ``auto``: the relative perplexity increase allowed on the validation windows
         (0.05 = 5 %).
@@ -100,7 +103,7 @@ class WeightOnlyConfig(TechniqueConfig):
     symmetric: bool = True
     accuracy_level: int = 4
     lm_head: bool = True
-    embeddings: bool = False
+    embeddings: bool | None = None
     scale_estimation: bool = False
     max_ppl_increase: float = 0.05
     candidates: list[str] = field(default_factory=lambda: list(DEFAULT_CANDIDATES))
@@ -222,6 +225,8 @@ class Job:
         if not self.layers:
             raise TechniqueError(f"{src} has no MatMul with a constant weight to quantize; give a decoder LM export")
         self.notes: list[str] = []
+        #: Whether :meth:`quantize` quantizes the embedding table (``auto`` may turn it on).
+        self.embeddings = bool(cfg.embeddings)
         self._evals = 0
         self._calibration: list[dict[str, np.ndarray]] | None = None
 
@@ -284,7 +289,7 @@ class Job:
 
         cfg = self.cfg
         needs_data = cfg.algorithm == "gptq" and any(p.bits == 4 for p in plan.values())
-        emb = ob.Precision(4, cfg.group_size) if cfg.embeddings else None
+        emb = ob.Precision(4, cfg.group_size) if self.embeddings else None
         return ob.quantize(
             self.fp32, plan, cfg.algorithm, cfg.symmetric, cfg.accuracy_level,
             self.calibration() if needs_data else None, emb,
@@ -323,7 +328,7 @@ class Job:
         )  # fmt: skip
         self.ctx.info["awq_layers"] = rescaled
         self.notes.append(f"AWQ rescaled {len(rescaled)} of {len(self.layers)} layers (the others: plain int4)")
-        if cfg.embeddings:
+        if self.embeddings:
             model = ob.quantize(
                 model, {}, "rtn", cfg.symmetric, cfg.accuracy_level, None, ob.Precision(4, cfg.group_size)
             )

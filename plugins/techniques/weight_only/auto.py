@@ -10,7 +10,9 @@
    sensitivity there is measured too), and the whole assignment is measured again. The result is the
    first assignment that meets the budget — always a measured one. Decoding is memory-bound, so the
    smallest weights are also the fastest on a CPU.
-4. At most ``max_float_fraction`` of the weights may go back to fp32; when the budget cannot be met
+4. With ``embeddings`` unset, the token embedding table at int4 is tried on the result and kept when
+   the budget still holds (measured).
+5. At most ``max_float_fraction`` of the weights may go back to fp32; when the budget cannot be met
    within it, the best measured candidate is written to ``best_candidate/`` in the stage directory and
    the stage fails with one line naming the layer that blocks it.
 
@@ -142,11 +144,32 @@ def search(job: Job, out: Path) -> Path:
         state.level[name] += 1
         sensitivity(job, state, name, rank_base)
         steps.append(f"{name} -> {_label(state.precision(name))}: ppl {ppl:.4f} before")
+    ppl, model = _try_embeddings(job, state, base, ppl, model, steps)
     job.save(model, out)
     layers = {n: _label(state.precision(n)) for n in names}
+    if job.embeddings:
+        layers["embeddings"] = f"int4_g{cfg.group_size}"
     _record(job, state, base, steps)
     job.report(out, layers, base, ppl)
     return out
+
+
+def _try_embeddings(job: Job, state: State, base: float, ppl: float, model: Any, steps: list[str]) -> tuple[float, Any]:
+    """With ``embeddings`` unset: the assignment again with the embedding table at int4, kept when the
+    budget still holds (measured); else ``ppl`` and ``model`` as they are."""
+    cfg = job.cfg
+    if cfg.embeddings is not None or not ob.embedding_nodes(job.fp32):
+        return ppl, model
+    job.embeddings = True
+    job.ctx.progress("embedding table at int4", 0, None)
+    with_table, quantized = measure(job, state.plan())
+    kept = with_table / base - 1 <= cfg.max_ppl_increase
+    verdict = "kept" if kept else "over budget: fp32"
+    steps.append(f"embeddings -> int4_g{cfg.group_size}: ppl {with_table:.4f} ({verdict})")
+    if kept:
+        return with_table, quantized
+    job.embeddings = False
+    return ppl, model
 
 
 def _can_raise(state: State, name: str, cap: float) -> bool:

@@ -127,7 +127,10 @@ def test_auto_meets_a_loose_budget(tiny_llm_onnx, llm_onnx_adapter, wo_ctx):
 
     ctx = wo_ctx()
     out = technique(mode="auto", max_ppl_increase=0.05).apply(LlmOnnxModel(tiny_llm_onnx), llm_onnx_adapter, ctx)
-    layers = ctx.info["layers"]
+    layers = dict(ctx.info["layers"])
+    # embeddings unset: the table at int4 was tried on the result and kept (the budget still held)
+    assert layers.pop("embeddings") == "int4_g32", ctx.info["search"]
+    assert ops(out.path)["GatherBlockQuantized"] == 1
     assert len(layers) == LAYERS
     # the cheapest rung each layer allows: g128 where 128 divides its inputs (down_proj), else g64
     assert {n: p for n, p in layers.items() if "down_proj" in n} == {
@@ -155,7 +158,8 @@ def test_auto_raises_sensitive_layers(tiny_llm_onnx, llm_onnx_adapter, wo_ctx):
         LlmOnnxModel(tiny_llm_onnx), llm_onnx_adapter, ctx
     )
     assert ctx.info["search"], ctx.info
-    assert set(ctx.info["layers"].values()) - {"int4_g64", "int4_g128"}, ctx.info["layers"]
+    moved = {p for n, p in ctx.info["layers"].items() if n != "embeddings"} - {"int4_g64", "int4_g128"}
+    assert moved, ctx.info["layers"]
     val = ctx.data.val.inputs["input_ids"]
     ppl, base = perplexity(out.path, val), perplexity(tiny_llm_onnx, val)
     assert ppl / base - 1 <= budget
