@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from slimkit.core import ModelConfig, ModelError, ParamCount, Split, files
+from slimkit.core import DataError, ModelConfig, ModelError, ParamCount, Split, files
 from slimkit.core.adapter import ModelAdapter
 from slimkit.core.data import InputSpec
 from slimkit.plugins.hf.adapter import HfAdapter, import_transformers
@@ -108,6 +108,16 @@ class CausalLmMixin:
 
     def _perplexity(self, model: Any, split: Split, rows: int) -> float:
         raise NotImplementedError
+
+    def check_inputs(self, model: Any, split: Split) -> None:
+        """A one-line :class:`DataError` when the data has no integer ``input_ids`` (token windows)."""
+        ids = split.inputs.get("input_ids")
+        if ids is None or not np.issubdtype(ids.dtype, np.integer):
+            given = {k: f"{v.dtype}{list(v.shape[1:])}" for k, v in split.inputs.items()}
+            raise DataError(
+                f"a language model reads token windows (int input_ids); the data gives {given}: "
+                "use data=text data.path=FILE.txt (or a folder of .txt files)"
+            )
 
     def all_outputs(self, model: Any, split: Split, batch_size: int = 256) -> list[np.ndarray]:
         """The logits of every position as rows, ``[N * s, V]``: fidelity's top-1 agreement is then greedy

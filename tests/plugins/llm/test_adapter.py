@@ -164,3 +164,16 @@ def test_hf_causal_save_and_load_file_round_trip(hf: HfCausalAdapter, lm, split:
     assert type(again.generation_config).__name__ == "GenerationConfig" and lm.generation_config is not None
     assert hf.fingerprint(again) == hf.fingerprint(lm)
     np.testing.assert_array_equal(hf.predict(again, split.inputs), hf.predict(lm, split.inputs))
+
+
+def test_data_without_token_windows_is_refused_in_one_line() -> None:
+    """The run's default data (digits images) with model=hf_causal: one line pointing at data=text."""
+    from slimkit.core import DataError, Split
+    from slimkit.plugins.llm.adapter import HfCausalAdapter, LlmOnnxAdapter
+
+    images = Split({"input": np.zeros((4, 1, 32, 32), np.float32)})
+    for adapter in (HfCausalAdapter(), LlmOnnxAdapter()):
+        with pytest.raises(DataError) as err:
+            adapter.check_inputs(None, images)
+        assert "\n" not in str(err.value) and "data=text data.path=" in str(err.value)
+    adapter.check_inputs(None, Split({"input_ids": np.zeros((4, 8), np.int64)}))  # token windows pass
