@@ -18,6 +18,10 @@
   teacher's (:func:`fit_projections`), and dropped after training; :func:`stage_hints` picks hint pairs
   at the end of each spatial stage of a CNN. Without labels the CE term is left out: pure distillation
   on unlabeled data;
+- causal LMs (``hf_causal``, token windows without labels): :func:`lm_loss` / :func:`lm_fit` (next-token
+  cross-entropy), token-level distillation (the KL term over every position's next-token distribution),
+  :func:`val_metrics` (validation perplexity where a classifier has accuracy), inputs passed by name
+  (:func:`by_name`);
 - :func:`recover`: the fine-tuning step after a pruning step or a layer swap (``finetune: distill``
   from the model before compression, ``plain`` cross-entropy, or ``none``) of ``channel_prune``,
   ``layer_prune``, ``depthwise`` and ``lowrank``; the ``distill`` technique trains with the same loss.
@@ -39,8 +43,9 @@ from slimkit.core import ConfigError, DataSplits, Split, StageContext, Technique
 # -- running models -------------------------------------------------------------------------------
 
 
-#: Adapters whose models are ``torch.nn.Module`` objects: plain torch and Hugging Face transformers.
-TORCH_FRAMEWORKS: tuple[str, ...] = ("torch", "hf")
+#: Adapters whose models are ``torch.nn.Module`` objects: plain torch, Hugging Face transformers and
+#: Hugging Face decoder-only causal LMs (``hf_causal``).
+TORCH_FRAMEWORKS: tuple[str, ...] = ("torch", "hf", "hf_causal")
 
 
 def first_line(exc: BaseException) -> str:
@@ -487,9 +492,11 @@ class TeacherOutputs:
     augmentation a sample's input, and so its (eval-mode) teacher output, is the same every epoch. Keys
     hash the sample's bytes; outputs without a batch axis are not cached."""
 
-    def __init__(self, teacher: Any, cache: bool = True) -> None:
+    def __init__(self, teacher: Any, cache: bool = True, max_bytes: int = 512 << 20) -> None:
         self.teacher = teacher
         self.cache = cache
+        self.max_bytes = max_bytes  # a causal LM's logits are [tokens, vocab] per sample: cache what fits
+        self.bytes = 0
         self.store: dict[bytes, dict[str, Any]] = {}
         self.hits = self.misses = 0
 
@@ -518,7 +525,9 @@ class TeacherOutputs:
             out = {name: t.detach() for name, t in named_outputs(self.teacher(*inputs)).items()}
         n = len(inputs[0])
         self.misses += n
-        if keys and all(t.dim() > 0 and len(t) == n for t in out.values()):
+        size = sum(t.numel() * t.element_size() for t in out.values())
+        if keys and all(t.dim() > 0 and len(t) == n for t in out.values()) and self.bytes + size <= self.max_bytes:
+            self.bytes += size
             for i, k in enumerate(keys):
                 self.store[k] = {name: t[i] for name, t in out.items()}
         return out
@@ -562,11 +571,14 @@ def distill_fit(
         if hint_layers:
             s_feats, t_feats = _hook_features(student, teacher, hint_layers)
             hints = _hints(student, teacher, hint_layers, s_feats, t_feats, data.train, seed)
-        trainable = _trainable(student, [h.projection for h in hints])
+        causal = is_causal_lm(student)  # inputs by name (fit passes them positionally)
+        names = list(data.train.inputs)
+        trainable = _trainable(by_name(student, names) if causal else student, [h.projection for h in hints])
 
         # With hints the teacher must run every batch (its features are needed); with augmentation
         # every batch is new.
-        teacher_outputs = TeacherOutputs(teacher, cache=not hints and not fit_cfg.augment)
+        teacher_call = by_name(teacher, names) if causal else teacher
+        teacher_outputs = TeacherOutputs(teacher_call, cache=not hints and not fit_cfg.augment)
 
         def loss_fn(logits: Any, labels: Any, inputs: list[Any]) -> Any:
             t_out = teacher_outputs(inputs)
@@ -631,6 +643,76 @@ def _hint_loss(h: Hint, s_feats: _Features, t_feats: _Features) -> Any:
     return F.mse_loss(s, t) / t.pow(2).mean().clamp_min(1e-8)
 
 
+# -- causal language models -----------------------------------------------------------------------
+
+
+def is_causal_lm(model: Any) -> bool:
+    """True for a Hugging Face decoder-only causal LM (``...ForCausalLM``, ``...LMHeadModel``)."""
+    return hasattr(model, "config") and type(model).__name__.endswith(("ForCausalLM", "LMHeadModel"))
+
+
+def lm_loss(logits: Any, input_ids: Any, attention_mask: Any = None) -> Any:
+    """Mean next-token cross-entropy of ``logits [b, T, V]`` on ``input_ids [b, T]`` (positions whose
+    target ``attention_mask`` is 0 left out)."""
+    from torch.nn import functional as F
+
+    target = input_ids[:, 1:].clone()
+    if attention_mask is not None:
+        target[attention_mask[:, 1:] == 0] = -100
+    pred = logits[:, :-1].float()
+    return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), target.reshape(-1), ignore_index=-100)
+
+
+def by_name(model: Any, names: list[str]) -> Any:
+    """``model`` behind a module that takes the inputs positionally (as :func:`~slimkit.plugins.torch.train.fit`
+    calls models) and passes them by ``names``: causal LMs differ in their forward's argument order
+    (GPT-2's second argument is the past, not the attention mask)."""
+    from torch import nn
+
+    class ByName(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args: Any) -> Any:
+            return self.model(**dict(zip(names, args, strict=True)))
+
+    return ByName()
+
+
+def lm_fit(model: Any, data: DataSplits, cfg: Any, seed: int, progress: Any = None, task: str = "fine-tune") -> Any:
+    """Train a causal LM in place on the training windows with next-token cross-entropy (:func:`lm_loss`);
+    return fit's history."""
+    from slimkit.plugins.torch.train import fit
+
+    names = list(data.train.inputs)
+    if "input_ids" not in names:
+        raise TechniqueError(f"a causal LM trains on input_ids and the data gives {names}; use data=text")
+    ids_at, mask_at = names.index("input_ids"), names.index("attention_mask") if "attention_mask" in names else None
+
+    def loss_fn(logits: Any, labels: Any, inputs: list[Any]) -> Any:
+        return lm_loss(logits, inputs[ids_at], inputs[mask_at] if mask_at is not None else None)
+
+    return fit(by_name(model, names), data, cfg, seed, loss_fn=loss_fn, progress=progress, task=task)
+
+
+def val_metrics(model: Any, split: Split, prefix: str = "val_", batch: int = 8) -> dict[str, float]:
+    """The validation measure of ``model`` on ``split``: ``{prefix}accuracy`` with labels, ``{prefix}perplexity``
+    for a causal LM on token windows, else nothing."""
+    if split.labels is not None:
+        from slimkit.plugins.torch.train import accuracy
+
+        return {f"{prefix}accuracy": accuracy(model, split)}
+    if is_causal_lm(model) and "input_ids" in split.inputs:
+        from slimkit.plugins.llm.runtime import torch_perplexity
+
+        was = model.training
+        ppl = torch_perplexity(model, split.inputs["input_ids"], split.inputs.get("attention_mask"), batch)
+        model.train(was)
+        return {f"{prefix}perplexity": ppl}
+    return {}
+
+
 # -- the fine-tuning step of the pruning techniques -----------------------------------------------
 
 
@@ -684,21 +766,26 @@ def recover(
     beta: float = 1.0,
     losses: Mapping[Any, str] | None = None,
 ) -> dict[str, float]:
-    """Fine-tune ``model`` in place after a pruning step: ``plain`` (cross-entropy) or ``distill``
-    (from :func:`default_teacher`, every output with its term, :func:`output_losses`; ``losses`` sets
-    them; feature hints for ``hints=stages``). Returns ``{train_loss, val_accuracy}`` (empty for 0 epochs)."""
+    """Fine-tune ``model`` in place after a pruning step: ``plain`` (cross-entropy; next-token cross-entropy
+    for a causal LM) or ``distill`` (from :func:`default_teacher`, every output with its term,
+    :func:`output_losses`, token-level KL for a causal LM; ``losses`` sets them; feature hints for
+    ``hints=stages``). Returns ``{train_loss, val_accuracy}`` (``val_perplexity`` and ``train_seconds`` for a
+    causal LM; empty for 0 epochs)."""
     from slimkit.plugins.torch.train import FitConfig, fit
 
     if epochs <= 0 or mode == "none":
         return {}
     cfg = FitConfig(epochs=epochs, lr=lr, batch_size=batch_size)
-    if mode == "plain":
+    causal = is_causal_lm(model) and ctx.data.train.labels is None
+    if mode == "plain" and causal:
+        hist = lm_fit(model, ctx.data, cfg, seed, progress=ctx.progress, task=task)
+    elif mode == "plain":
         check_plain(model, ctx.data.train)
         hist = fit(model, ctx.data, cfg, seed, progress=ctx.progress, task=task)
     else:
         teacher, _ = default_teacher(ctx, fallback_teacher)
         check_outputs_match(model, teacher, ctx.data.train)
-        pairs = resolve_hints(model, teacher, ctx.data.train, hints, [])
+        pairs = resolve_hints(model, teacher, ctx.data.train, hints, []) if not causal else []
         hist = distill_fit(
             model,
             teacher,
@@ -716,4 +803,7 @@ def recover(
     out = {"train_loss": hist.loss[-1]} if hist.loss else {}
     if hist.val_accuracy and not np.isnan(hist.val_accuracy[-1]):
         out["val_accuracy"] = hist.val_accuracy[-1]
+    if causal:
+        out.update(val_metrics(model, ctx.data.val))
+        out["train_seconds"] = hist.seconds
     return out

@@ -1,8 +1,11 @@
 """``channel_prune``: structured pruning that makes models smaller and faster in every runtime.
 
-Two algorithms, one config (:class:`ChannelPruneConfig`), chosen by the model's structure, not by the
+Three algorithms, one config (:class:`ChannelPruneConfig`), chosen by the model's structure, not by the
 library that built it:
 
+- :mod:`.decoder`: decoder LLMs (``model=hf_causal``, LLaMA-style layers) lose MLP neurons (``ratio``)
+  and attention heads in whole key/value groups (``head_ratio``), the same number in every layer, and
+  their ``config`` says the new widths (the ONNX export reads it);
 - :mod:`.transformer`: models with transformer encoder layers (query/key/value/output projections and an
   FFN pair laid out as in BERT, RoBERTa, ELECTRA, ViT/DeiT, DistilBERT: :data:`.transformer.LAYOUTS`)
   lose attention heads (``head_ratio``) and feed-forward neurons (``ratio``);
@@ -28,13 +31,14 @@ from slimkit.core import (
     StageContext,
     Technique,
     TechniqueConfig,
+    TechniqueError,
     check_choice,
     check_range,
     hookimpl,
 )
 from slimkit.plugins.torch.training import HINT_MODES, TORCH_FRAMEWORKS, check_kd, check_losses, check_training
 
-IMPORTANCE = ("l1", "l2", "taylor", "bn_scale")
+IMPORTANCE = ("l1", "l2", "taylor", "bn_scale", "activation")
 
 
 @dataclass
@@ -45,6 +49,8 @@ class ChannelPruneConfig(TechniqueConfig):
     importance: ``l2`` (default, as in Torch-Pruning) | ``l1`` | ``taylor`` | ``bn_scale``. l2 kept more
         accuracy than l1 on ``pipeline=structured`` (bundled ResNet, 50 %) across seeds;
         ``pipeline=compact`` (75 % of what 6 removed blocks leave) sets l1, which kept more there.
+        ``activation`` (decoder LLMs only): a unit's weights times the RMS of the input it reads on
+        calibration windows (Wanda-style, Sun et al. 2023; the input of ``down_proj`` / ``o_proj``).
     scope: ``uniform`` (each layer loses ``ratio``) or ``global`` (one ranking over all layers; no
         layer loses more than ``max_layer_ratio``).
     steps: pruning steps (ratio grows linearly); fine-tuning runs after each.
@@ -111,10 +117,20 @@ class ChannelPrune(Technique):
     Config = ChannelPruneConfig
 
     def apply(self, model: Any, adapter: Any, ctx: StageContext) -> Any:
+        from slimkit.plugins.torch.training import is_causal_lm
+
         from .cnn import prune_channels
+        from .decoder import prune_decoder
         from .transformer import is_transformer, prune_transformer
 
         cfg: ChannelPruneConfig = self.config  # type: ignore[assignment]
+        if is_causal_lm(model):  # decoder LLMs: MLP width and KV groups, never the dependency graph
+            return prune_decoder(model, adapter, ctx, cfg)
+        if cfg.importance == "activation":
+            raise TechniqueError(
+                "importance=activation is for decoder LLMs (model=hf_causal: MLP neurons and KV groups); "
+                "use l2, l1 or taylor"
+            )
         if is_transformer(model):  # encoder layers it knows, whatever library built the model
             return prune_transformer(model, adapter, ctx, cfg)
         return prune_channels(model, adapter, ctx, cfg)

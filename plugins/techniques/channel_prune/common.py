@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from slimkit.core import StageContext, TechniqueError
-from slimkit.plugins.torch.training import calibration_batches, recover, run, run_outputs
+from slimkit.plugins.torch.training import calibration_batches, recover, run, run_outputs, val_metrics
 
 if TYPE_CHECKING:
     from . import ChannelPruneConfig
@@ -121,6 +121,10 @@ def plan_keep(
 
 # -- the step loop --------------------------------------------------------------------------------
 
+#: The last step's entries that become the stage's metrics.
+STEP_METRICS = ("val_accuracy_pruned", "val_accuracy", "val_perplexity_pruned", "val_perplexity", "train_loss")
+STEP_METRICS += ("train_seconds",)
+
 
 def run_shape(model: Any, example: Any) -> list[tuple[int, ...]]:
     """The shapes of the model's outputs on ``example`` (eval mode, no gradients)."""
@@ -148,22 +152,18 @@ def prune_in_steps(
     the model before compression, or from a copy of this stage's input when there is none). Records the
     MACs and parameter ratios, the last step's accuracies and loss, and ``ctx.info["steps"]``.
     """
-    from slimkit.plugins.torch.train import accuracy
-
     example = ctx.data.train.example(1)
     out_shape = run_shape(model, example)
     macs0 = adapter.macs(model, example)
     params0 = adapter.count_params(model).total
     teacher_fallback = adapter.copy(model) if cfg.finetune == "distill" and ctx.baseline is None else None
-    labelled = ctx.data.val.labels is not None
     history: list[dict[str, Any]] = []
     for step in range(cfg.steps):
         ratios = prune_step(step)
         if run_shape(model, example) != out_shape:
             raise TechniqueError(shape_error)
         entry: dict[str, Any] = {"step": step + 1, **ratios}
-        if labelled:
-            entry["val_accuracy_pruned"] = accuracy(model, ctx.data.val)
+        entry.update({f"{k}_pruned": v for k, v in val_metrics(model, ctx.data.val).items()})
         entry.update(
             recover(
                 model,
@@ -187,7 +187,7 @@ def prune_in_steps(
     model.eval()
     ctx.metrics["macs_ratio"] = macs0 / max(adapter.macs(model, example), 1)
     ctx.metrics["params_ratio"] = params0 / max(adapter.count_params(model).total, 1)
-    for key in ("val_accuracy_pruned", "val_accuracy", "train_loss"):
+    for key in STEP_METRICS:
         if key in history[-1]:
             ctx.metrics[key] = float(history[-1][key])
     ctx.info["steps"] = history

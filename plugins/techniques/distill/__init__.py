@@ -28,11 +28,17 @@ distillation on unlabeled data.
 
 The same loss is the fine-tuning step of ``channel_prune`` and ``layer_prune`` (``finetune: distill``):
 see :func:`slimkit.plugins.torch.training.recover`.
+
+A decoder LLM (``model=hf_causal``, ``data=text``: token windows, no labels) is distilled token by
+token: the KL term over the next-token distributions of every position of the training windows (at
+``temperature``); the stage reports the student's and the teacher's validation perplexity
+(``val_perplexity_before``, ``val_perplexity``, ``teacher_val_perplexity``), the next-token agreement
+with the teacher and the training wall time (``train_seconds``). Hints do not apply to it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from slimkit.core import (
@@ -56,10 +62,12 @@ from slimkit.plugins.torch.training import (
     default_teacher,
     distill_fit,
     distillation_loss,
+    is_causal_lm,
     label_output,
     output_losses,
     resolve_hints,
     run_outputs,
+    val_metrics,
 )
 
 MODEL_KEYS = ("factory", "kwargs", "weights", "path", "trust_pickle")
@@ -85,6 +93,8 @@ class DistillConfig(TechniqueConfig):
     losses: per output (name or position) ``kl``, ``mse`` or ``smooth_l1``, e.g. ``{0: mse, 2: kl}``
         (``+pipeline.stages.distill.losses={0: mse, 2: kl}`` on the command line: a free-form mapping);
         outputs not named follow the rule in the module docstring.
+    max_samples: train on the first ``max_samples`` training samples only (null: all of them); bounds the
+        wall time of distilling a language model on a CPU (each sample is a window of tokens).
     """
 
     epochs: int = 3
@@ -101,9 +111,12 @@ class DistillConfig(TechniqueConfig):
     hints: str = "stages"
     beta: float = 1.0
     losses: dict[Any, str] = field(default_factory=dict)
+    max_samples: int | None = None
 
     def __post_init__(self) -> None:
         check_training(self.epochs, self.lr, self.batch_size)
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"max_samples={self.max_samples} must be >= 1 (or null for all); use e.g. 256")
         check_losses(self.losses)
         check_choice("hints", self.hints, HINT_MODES)
         check_choice("optimizer", self.optimizer, ("sgd", "adam"))
@@ -198,16 +211,7 @@ class Distill(Technique):
         from slimkit.plugins.torch.train import FitConfig, accuracy
 
         cfg: DistillConfig = self.config  # type: ignore[assignment]
-        if cfg.teacher:
-            teacher, source = adapter.load(cfg.teacher), f"configured ({cfg.teacher.get('factory') or 'path'})"
-        else:
-            base = ctx.baseline_adapter
-            if ctx.baseline is not None and base is not None and base.name not in TORCH_FRAMEWORKS:
-                raise TechniqueError(
-                    f"the model before compression is a {base.name} model and cannot teach a torch student; "
-                    "configure a torch teacher with teacher.factory"
-                )
-            teacher, source = default_teacher(ctx, adapter.copy(model))
+        teacher, source = _teacher(model, adapter, ctx, cfg)
         if cfg.student:
             student = adapter.load(cfg.student)
             student_source = f"configured ({cfg.student.get('factory') or 'path'})"
@@ -216,22 +220,31 @@ class Distill(Technique):
         check_outputs_match(student, teacher, ctx.data.train)
         labelled = ctx.data.train.labels is not None
         _describe_loss(teacher, ctx, cfg)  # also a one-line ConfigError for losses naming no output
-        hint_layers = resolve_hints(student, teacher, ctx.data.train, cfg.hints, cfg.hint_layers)
-        if cfg.hints == "stages" and len(hint_layers) == len(cfg.hint_layers):
+        causal = is_causal_lm(student) and not labelled
+        hints = "none" if causal else cfg.hints  # no feature maps in a decoder
+        hint_layers = resolve_hints(student, teacher, ctx.data.train, hints, cfg.hint_layers)
+        if hints == "stages" and len(hint_layers) == len(cfg.hint_layers):
             ctx.log("hints=stages found no feature-map stage shared by student and teacher; no stage hints")
-        before = kd_divergence(student, teacher, ctx.data.val, cfg.temperature, losses=cfg.losses)
+        eval_batch = cfg.batch_size if causal else 256  # [batch, tokens, vocab] logits
+        before = kd_divergence(student, teacher, ctx.data.val, cfg.temperature, eval_batch, cfg.losses)
+        if causal:
+            ctx.metrics["val_perplexity_before"] = val_metrics(student, ctx.data.val)["val_perplexity"]
+        data = ctx.data
+        if cfg.max_samples is not None and cfg.max_samples < len(data.train):
+            data = replace(data, train=data.train.rows(slice(0, cfg.max_samples)))
+        fit_cfg = FitConfig(
+            epochs=cfg.epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            optimizer=cfg.optimizer,
+            weight_decay=cfg.weight_decay,
+            augment=cfg.augment,
+        )
         hist = distill_fit(
             student,
             teacher,
-            ctx.data,
-            FitConfig(
-                epochs=cfg.epochs,
-                lr=cfg.lr,
-                batch_size=cfg.batch_size,
-                optimizer=cfg.optimizer,
-                weight_decay=cfg.weight_decay,
-                augment=cfg.augment,
-            ),
+            data,
+            fit_cfg,
             ctx.seed,
             alpha=cfg.alpha if labelled else 1.0,
             temperature=cfg.temperature,
@@ -242,10 +255,10 @@ class Distill(Technique):
             task="distill",
         )
         student.eval()
-        after = kd_divergence(student, teacher, ctx.data.val, cfg.temperature, losses=cfg.losses)
+        after = kd_divergence(student, teacher, ctx.data.val, cfg.temperature, eval_batch, cfg.losses)
         ctx.metrics["kd_divergence_before"] = before
         ctx.metrics["kd_divergence_after"] = after
-        agree = agreement(student, teacher, ctx.data.val, losses=cfg.losses)
+        agree = agreement(student, teacher, ctx.data.val, eval_batch, cfg.losses)
         if agree is not None:
             ctx.metrics["teacher_agreement"] = agree
         if hist.loss:
@@ -253,11 +266,27 @@ class Distill(Technique):
         if ctx.data.val.labels is not None:
             ctx.metrics["val_accuracy"] = accuracy(student, ctx.data.val)
             ctx.metrics["teacher_val_accuracy"] = accuracy(teacher, ctx.data.val)
-        ctx.info["teacher"] = source
-        ctx.info["student"] = student_source
-        ctx.info["epoch_loss"] = hist.loss
-        ctx.info["hint_layers"] = hint_layers
+        if causal:
+            ctx.metrics["val_perplexity"] = val_metrics(student, ctx.data.val)["val_perplexity"]
+            ctx.metrics["teacher_val_perplexity"] = val_metrics(teacher, ctx.data.val)["val_perplexity"]
+            ctx.metrics["train_seconds"] = hist.seconds
+        ctx.info.update(teacher=source, student=student_source, epoch_loss=hist.loss, hint_layers=hint_layers)
+        ctx.info["train_samples"] = len(data.train)
         return student
+
+
+def _teacher(model: Any, adapter: Any, ctx: StageContext, cfg: DistillConfig) -> tuple[Any, str]:
+    """The configured teacher, else the model before compression (a copy of ``model`` without one), and
+    where it came from; a one-line TechniqueError when the model before compression is not a torch model."""
+    if cfg.teacher:
+        return adapter.load(cfg.teacher), f"configured ({cfg.teacher.get('factory') or 'path'})"
+    base = ctx.baseline_adapter
+    if ctx.baseline is not None and base is not None and base.name not in TORCH_FRAMEWORKS:
+        raise TechniqueError(
+            f"the model before compression is a {base.name} model and cannot teach a torch student; "
+            "configure a torch teacher with teacher.factory"
+        )
+    return default_teacher(ctx, adapter.copy(model))
 
 
 def _describe_loss(teacher: Any, ctx: StageContext, cfg: DistillConfig) -> None:

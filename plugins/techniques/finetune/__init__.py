@@ -4,6 +4,10 @@ On training data without labels it distils the outputs of the model before compr
 output with its term, :func:`~slimkit.plugins.torch.training.distill_fit`; the stage info's ``note`` says
 so): the way to recover after an earlier stage compressed the model. When the model is still the one
 before compression there is nothing to learn from, and the stage refuses with a one-line error.
+
+A decoder LLM (``model=hf_causal`` on ``data=text`` windows) is trained on the text itself: next-token
+cross-entropy; the stage reports the validation perplexity before and after (``val_perplexity_before``,
+``val_perplexity``) and the training wall time (``train_seconds``).
 """
 
 from __future__ import annotations
@@ -49,11 +53,12 @@ class Finetune(Technique):
 
     name = "finetune"
     description = "supervised fine-tuning (SGD/AdamW, cosine schedule)"
-    frameworks = ("torch",)
+    frameworks = ("torch", "hf_causal")
     Config = FinetuneConfig
 
     def apply(self, model: Any, adapter: Any, ctx: StageContext) -> Any:
         from slimkit.plugins.torch.train import FitConfig, fit
+        from slimkit.plugins.torch.training import is_causal_lm, lm_fit, val_metrics
 
         cfg: FinetuneConfig = self.config  # type: ignore[assignment]
         fit_cfg = FitConfig(
@@ -64,7 +69,13 @@ class Finetune(Technique):
             weight_decay=cfg.weight_decay,
             augment=cfg.augment,
         )
-        if cfg.epochs > 0 and ctx.data.train.labels is None:
+        causal = is_causal_lm(model) and ctx.data.train.labels is None
+        if causal:
+            ctx.metrics["val_perplexity_before"] = val_metrics(model, ctx.data.val)["val_perplexity"]
+            hist = lm_fit(model, ctx.data, fit_cfg, ctx.seed, progress=ctx.progress, task="fine-tune (next token)")
+            ctx.metrics["val_perplexity"] = val_metrics(model, ctx.data.val)["val_perplexity"]
+            ctx.metrics["train_seconds"] = hist.seconds
+        elif cfg.epochs > 0 and ctx.data.train.labels is None:
             hist = distill_unlabelled(model, fit_cfg, ctx)
         else:
             hist = fit(model, ctx.data, fit_cfg, ctx.seed, progress=ctx.progress, task="fine-tune")

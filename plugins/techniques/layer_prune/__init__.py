@@ -11,6 +11,13 @@ until ``n_layers`` (or ``ratio`` of the removable blocks) are gone; then the mod
 
 A block in an ``nn.Sequential`` is replaced by ``nn.Identity`` (module names stay stable); a layer in
 an ``nn.ModuleList`` is deleted, and ``model.config.num_hidden_layers`` follows when the model has one.
+
+Decoder LLMs (``model=hf_causal``: LLaMA, Qwen2, Mistral, ...) lose whole decoder layers the same way
+(distances per token on the hidden states); the remaining attentions' ``layer_idx`` (their KV-cache
+slot) are renumbered and ``config.num_hidden_layers`` / ``config.layer_types`` follow, so
+``save_pretrained`` and the ONNX export describe the smaller model exactly. Without labels the
+validation measure is the perplexity of the validation windows (``val_perplexity``), and the fine-tune
+is token-level distillation (``distill``) or next-token cross-entropy (``plain``).
 """
 
 from __future__ import annotations
@@ -34,10 +41,12 @@ from slimkit.plugins.torch.training import (
     check_kd,
     check_training,
     first_line,
+    is_causal_lm,
     named_modules_or_error,
     recover,
     run,
     set_submodule,
+    val_metrics,
 )
 
 
@@ -162,7 +171,8 @@ def angular_distances(model: Any, blocks: dict[str, Any], batches: list[Any]) ->
 
 
 def remove_block(model: Any, name: str) -> None:
-    """Replace a Sequential child by Identity, or delete a ModuleList entry (fixing num_hidden_layers)."""
+    """Replace a Sequential child by Identity, or delete a ModuleList entry (fixing the config's
+    ``num_hidden_layers`` and ``layer_types`` and the remaining layers' ``layer_idx``)."""
     from torch import nn
 
     parent_name, _, attr = name.rpartition(".")
@@ -173,8 +183,20 @@ def remove_block(model: Any, name: str) -> None:
         config = getattr(model, "config", None)
         if config is not None and getattr(config, "num_hidden_layers", None) == before:
             config.num_hidden_layers = before - 1
+            types = getattr(config, "layer_types", None)
+            if isinstance(types, list) and len(types) == before:
+                config.layer_types = types[: int(attr)] + types[int(attr) + 1 :]
+        renumber_layers(parent)
     else:
         set_submodule(model, name, nn.Identity())
+
+
+def renumber_layers(layers: Any) -> None:
+    """Set every ``layer_idx`` (a decoder attention's KV-cache slot) under ``layers[i]`` to ``i``."""
+    for i, layer in enumerate(layers):
+        for module in layer.modules():
+            if isinstance(getattr(module, "layer_idx", None), int):
+                module.layer_idx = i
 
 
 class LayerPrune(Technique):
@@ -188,8 +210,6 @@ class LayerPrune(Technique):
     def apply(self, model: Any, adapter: Any, ctx: StageContext) -> Any:
         import torch
 
-        from slimkit.plugins.torch.train import accuracy
-
         cfg: LayerPruneConfig = self.config  # type: ignore[assignment]
         example = ctx.data.train.example(2)
         blocks = _candidate_blocks(model, example, cfg)
@@ -202,7 +222,9 @@ class LayerPrune(Technique):
         params0 = adapter.count_params(model).total
         teacher_fallback = adapter.copy(model) if cfg.finetune == "distill" and ctx.baseline is None else None
         batches = [b for b, _ in calibration_batches(ctx.data.train, cfg.calibration_batches, cfg.batch_size)]
-        labelled = ctx.data.val.labels is not None
+        measure = ctx.data.val.labels is not None or is_causal_lm(model)
+        if is_causal_lm(model):
+            ctx.metrics["val_perplexity_before"] = val_metrics(model, ctx.data.val)["val_perplexity"]
         removed: list[dict[str, Any]] = []
         for i in range(n_remove):
             current = {n: m for n, m in removable_blocks(model, example).items() if id(m) in original_name}
@@ -216,8 +238,8 @@ class LayerPrune(Technique):
                 "angular_distance": dist[name],
                 "macs_ratio": macs0 / max(adapter.macs(model, ex1), 1),
             }
-            if labelled:
-                entry["val_accuracy"] = accuracy(model, ctx.data.val)
+            if measure:
+                entry.update(val_metrics(model, ctx.data.val))
             removed.append(entry)
             ctx.progress("remove blocks", i + 1, n_remove)
         result = recover(
@@ -237,8 +259,9 @@ class LayerPrune(Technique):
         ctx.metrics["blocks_removed"] = float(len(removed))
         ctx.metrics["macs_ratio"] = macs0 / max(adapter.macs(model, ex1), 1)
         ctx.metrics["params_ratio"] = params0 / max(adapter.count_params(model).total, 1)
-        if labelled and removed:
-            ctx.metrics["val_accuracy_pruned"] = removed[-1]["val_accuracy"]
+        for key in ("val_accuracy", "val_perplexity"):
+            if removed and key in removed[-1]:
+                ctx.metrics[f"{key}_pruned"] = removed[-1][key]
         ctx.metrics.update({k: float(v) for k, v in result.items()})
         ctx.info["removed"] = removed
         ctx.info["candidates"] = list(blocks)

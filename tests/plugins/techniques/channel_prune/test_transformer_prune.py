@@ -120,7 +120,7 @@ def test_a_model_loaded_by_the_hf_adapter_is_pruned_saved_and_exported(tiny_bert
     model = adapter.load({"path": str(tmp_path / "bert")})
     ctx = make_ctx(tokens)
     pruned = prune(model, adapter, ctx, ratio=0.5)
-    assert ChannelPrune.frameworks == ("torch", "hf")
+    assert {"torch", "hf"} <= set(ChannelPrune.frameworks)
     adapter.save(pruned, tmp_path / "pruned.pt")
     loaded = adapter.load_file(tmp_path / "pruned.pt")
     assert loaded.bert.encoder.layer[0].attention.self.num_attention_heads == 2
