@@ -97,11 +97,34 @@ def build_onnx(hf_dir: Path, out: Path, log: Callable[[str], None] | None = None
     return out
 
 
+#: Modules onnxruntime-genai's builder imports by top-level name from its own folder.
+_BUILDER_SIBLINGS = ("quantization", "builders", "builder_config", "kv_cache_variant")
+
+
 def _import_builder() -> Any:
+    """onnxruntime-genai's ``models.builder``. Its package *appends* its folder to ``sys.path`` and
+    imports siblings by top-level name (``from quantization import ...``), so a ``quantization.py``
+    anywhere earlier on the path (the working directory, a scripts folder) would be taken instead:
+    the folder goes first while the builder is imported, and a same-named module that is not the
+    builder's is dropped from ``sys.modules``."""
+    import sys
+
+    try:
+        import onnxruntime_genai.models as models
+    except ImportError as exc:
+        raise ModelError(f"the LLM ONNX export needs onnxruntime-genai ({exc}); pip install 'slimkit[llm]'") from exc
+    folder = str(Path(models.__file__).parent)
+    for name in _BUILDER_SIBLINGS:
+        module = sys.modules.get(name)
+        if module is not None and not str(getattr(module, "__file__", "") or "").startswith(folder):
+            del sys.modules[name]
+    sys.path.insert(0, folder)
     try:
         from onnxruntime_genai.models import builder
     except ImportError as exc:
         raise ModelError(f"the LLM ONNX export needs onnxruntime-genai ({exc}); pip install 'slimkit[llm]'") from exc
+    finally:
+        sys.path.remove(folder)  # the first occurrence: the one inserted here
     return builder
 
 

@@ -177,3 +177,24 @@ def test_data_without_token_windows_is_refused_in_one_line() -> None:
             adapter.check_inputs(None, images)
         assert "\n" not in str(err.value) and "data=text data.path=" in str(err.value)
     adapter.check_inputs(None, Split({"input_ids": np.zeros((4, 8), np.int64)}))  # token windows pass
+
+
+def test_a_quantization_module_on_the_path_does_not_shadow_the_builders(tmp_path, monkeypatch) -> None:
+    """onnxruntime-genai's builder imports ``quantization`` by top-level name from a folder it appends
+    to sys.path: a ``quantization.py`` earlier on the path (benchmarks/, a user's working directory)
+    must not be taken instead."""
+    import sys
+
+    from slimkit.plugins.llm import export
+
+    (tmp_path / "quantization.py").write_text("raise ImportError('the wrong quantization module')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import onnxruntime_genai.models as models
+
+    for name in [*export._BUILDER_SIBLINGS, "onnxruntime_genai.models.builder"]:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.delattr(models, "builder", raising=False)  # imported afresh, as in a new process
+    builder = export._import_builder()
+    assert hasattr(builder, "create_model")
+    assert "onnxruntime_genai" in sys.modules["quantization"].__file__
+    assert str(tmp_path) == sys.path[0]  # the path is left as it was
