@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slimkit.core import ConfigError, SlimkitError, StageContext, TechniqueError, hookimpl
+from slimkit.core.process import process_token, token_dead
 from slimkit.core.run import RunSpec, StageSpec, execute
 from slimkit.core.secrets import redact
 
@@ -397,6 +398,7 @@ class Searcher:
             params = {name: trial.suggest_categorical(name, values) for name, values in space.items()}
         label = f"pipeline={seed}" if seed else describe(params)
         trial.set_user_attr("worker", worker_id())
+        trial.set_user_attr("process", process_token())  # host:pid:start: tells a dead worker's trial
         trial.set_user_attr("label", label)
         self.started += 1
         self.sctx.progress(f"trial {trial.number} ({label})", self.started, None)
@@ -600,6 +602,7 @@ def _open(cfg: SearchConfig, run: RunContext, sctx: StageContext) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # trials of workers that died
+            fail_dead_trials(study, on_stale)  # ... before their first heartbeat
     except SlimkitError:
         raise
     except Exception as exc:
@@ -608,6 +611,23 @@ def _open(cfg: SearchConfig, run: RunContext, sctx: StageContext) -> Any:
             f"{' '.join(str(exc).split())[:300]}; check search.storage"
         ) from exc
     return study
+
+
+def fail_dead_trials(study: Any, on_stale: Any) -> list[int]:
+    """Fail the RUNNING trials whose worker process on this host is gone (``process`` user attribute)
+    and call ``on_stale`` for each; returns their numbers. optuna's :func:`fail_stale_trials` skips a
+    trial that has no heartbeat yet, and a worker killed before its heartbeat thread first wrote (a
+    loaded machine, a locked SQLite file) would leave its trial RUNNING for good."""
+    import optuna
+
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        token = trial.user_attrs.get("process")
+        if token and token_dead(str(token)):
+            if study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL):
+                failed.append(trial.number)
+                on_stale(study, study._storage.get_trial(trial._trial_id))
+    return failed
 
 
 def _optimize(study: Any, cfg: SearchConfig, searcher: Searcher) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import time
@@ -132,3 +133,24 @@ def test_worker_killed_mid_trial_is_marked_failed_and_the_study_continues(tmp_pa
     lost = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(trials[killed].user_attrs["mlflow_run_id"])
     assert lost.info.status == "FAILED", lost.info
     assert "stopped sending heartbeats" in lost.data.tags["error"] and lost.data.tags["error_type"] == "WorkerLost"
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_failed(tmp_path: Path) -> None:
+    """optuna's stale-trial check skips a RUNNING trial with no heartbeat; a worker killed before its
+    heartbeat thread first wrote leaves one. Its dead process (the ``process`` attribute) fails it."""
+    import optuna
+
+    from slimkit.core.process import process_token
+    from slimkit.plugins.search.study import fail_dead_trials
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone, alive = study.ask(), study.ask()
+    gone.set_user_attr("process", f"{socket.gethostname()}:{dead.pid}:")
+    alive.set_user_attr("process", process_token())
+    called: list[int] = []
+    assert fail_dead_trials(study, lambda s, t: called.append(t.number)) == [gone.number]
+    assert called == [gone.number]
+    states = {t.number: t.state.name for t in study.get_trials()}
+    assert states == {gone.number: "FAIL", alive.number: "RUNNING"}
