@@ -9,24 +9,15 @@ from typing import Any
 import onnx
 import pytest
 
-#: Short measurements: 32-token windows, batch 1 on ONNX Runtime, small LLM report sizes.
-QUICK = [
-    "data=text",
-    "data.max_length=32",
-    "target.repeats=3",
-    "target.warmup=1",
-    "target.max_seconds=2",
-    "target.batch_sizes=[1]",
-    "target.runtimes=[onnxruntime]",
-]
-BENCH = {"SLIMKIT_LLM_BENCH": "prompt=16,new=8,gen=8,prompts=2,rounds=2,repeats=2"}
-
 
 @pytest.fixture(scope="module")
-def int4_run(run_cli, one_run_dir, load_report, show, tiny_llm_dir, tiny_llm_text, tmp_path_factory) -> dict[str, Any]:
+def int4_run(
+    run_cli, one_run_dir, load_report, show, tiny_llm_dir, tiny_llm_text, llm_quick_args, llm_bench_env,
+    tmp_path_factory,
+) -> dict[str, Any]:
     cwd = tmp_path_factory.mktemp("llm_int4_run")
-    args = ["model=hf_causal", f"model.path={tiny_llm_dir}", "pipeline=llm_int4", f"data.path={tiny_llm_text}", *QUICK]
-    proc = run_cli(args, cwd, env=BENCH)
+    args = ["model=hf_causal", f"model.path={tiny_llm_dir}", "pipeline=llm_int4", f"data.path={tiny_llm_text}"]
+    proc = run_cli([*args, *llm_quick_args], cwd, env=llm_bench_env)
     assert proc.returncode == 0, show(proc)
     run_dir = one_run_dir(cwd)
     return {"dir": run_dir, "report": load_report(run_dir), "cwd": cwd, "stdout": proc.stdout}

@@ -173,25 +173,12 @@ def test_channel_prune_refuses_per_layer_widths_on_decoders(trained: dict[str, A
         ChannelPrune(ChannelPruneConfig(importance="activation")).apply(mlp, None, _ctx(data, None, root / "refuse"))
 
 
-#: Short measurements: 32-token windows, batch 1 on ONNX Runtime, small LLM report sizes.
-QUICK = [
-    "data=text",
-    "data.max_length=32",
-    "target.repeats=3",
-    "target.warmup=1",
-    "target.max_seconds=2",
-    "target.batch_sizes=[1]",
-    "target.runtimes=[onnxruntime]",
-]
-BENCH = {"SLIMKIT_LLM_BENCH": "prompt=16,new=8,gen=8,prompts=2,rounds=2,repeats=2"}
-
-
 def test_pipeline_llm_layers_cli(
-    run_cli, one_run_dir, load_report, show, tiny_llm_dir, tiny_llm_text, tmp_path: Path
+    run_cli, one_run_dir, load_report, show, tiny_llm_dir, tiny_llm_text, llm_quick_args, llm_bench_env, tmp_path: Path
 ) -> None:
     tiny = ["pipeline.stages.prune.n_layers=1", "pipeline.stages.distill.max_samples=64"]
     args = ["model=hf_causal", f"model.path={tiny_llm_dir}", "pipeline=llm_layers", f"data.path={tiny_llm_text}"]
-    proc = run_cli([*args, *tiny, *QUICK], tmp_path, env=BENCH)
+    proc = run_cli([*args, *tiny, *llm_quick_args], tmp_path, env=llm_bench_env)
     assert proc.returncode == 0, show(proc)
     run_dir = one_run_dir(tmp_path)
     report = load_report(run_dir)
