@@ -153,7 +153,12 @@ def test_hf_quantize_pipeline_end_to_end(bert_dir, text_file, tmp_path) -> None:
     report = json.loads(path.read_text())
     assert report["status"] == "FINISHED" and report["accuracy_drop"] is None  # no labels
     assert report["fidelity"]["mean_cosine"] >= 0.99  # min_fidelity, held on the test split too
-    assert report["stages"][0]["info"]["mode"] in ("static", "dynamic")
+    info = report["stages"][0]["info"]
+    assert {c["mode"] for c in info["candidates"]} == {"static", "dynamic"}  # every mode built and scored
+    # auto chooses by timing on this machine: int8, or float when no int8 candidate timed clearly faster
+    # (this 5-layer toy encoder's dynamic int8 and float can tie: 0.264 vs 0.263 ms in one CI run)
+    fastest = min(c["latency_ms"] for c in info["candidates"])
+    assert info["mode"] in ("static", "dynamic") or fastest >= 0.9 * info["float_latency_ms"], info
 
 
 def test_entropy_calibration_on_a_masked_encoder_fails_in_one_line(bert_onnx, bert_data, make_ctx, tmp_path) -> None:
