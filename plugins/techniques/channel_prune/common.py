@@ -218,3 +218,30 @@ def channel_plot(rows: Mapping[str, tuple[int, int]], path: Path, title: str, un
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def record_widths(
+    ctx: StageContext, per_layer: Mapping[str, Mapping[str, int]], ffn: str, ffn_title: str, heads_title: str
+) -> None:
+    """A transformer prune's result in the stage: ``heads_kept`` / ``ffn_kept`` metrics, ``info.layers``
+    and the before/after plots of FFN (``ffn``: its name, e.g. ``MLP``) neurons and attention heads.
+    ``per_layer``: layer -> heads_before, heads_after, ffn_before, ffn_after."""
+
+    def kept(key: str) -> float:
+        before = sum(v[f"{key}_before"] for v in per_layer.values())
+        return sum(v[f"{key}_after"] for v in per_layer.values()) / max(before, 1)
+
+    ctx.metrics["heads_kept"], ctx.metrics["ffn_kept"] = kept("heads"), kept("ffn")
+    ctx.info["layers"] = dict(per_layer)
+    ctx.artifacts["channels_plot"] = channel_plot(
+        {f"{n} {ffn.lower()}": (v["ffn_before"], v["ffn_after"]) for n, v in per_layer.items()},
+        ctx.work_dir / f"{ffn.lower()}_neurons.png",
+        ffn_title,
+        unit=f"{ffn} neurons",
+    )
+    ctx.artifacts["heads_plot"] = channel_plot(
+        {f"{n} heads": (v["heads_before"], v["heads_after"]) for n, v in per_layer.items()},
+        ctx.work_dir / "heads.png",
+        heads_title,
+        unit="attention heads",
+    )

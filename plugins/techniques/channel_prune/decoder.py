@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from slimkit.core import ConfigError, StageContext, TechniqueError
 from slimkit.plugins.torch.training import set_submodule, val_metrics
 
-from .common import accumulate_gradients, channel_plot, plan_keep, prune_in_steps
+from .common import accumulate_gradients, plan_keep, prune_in_steps, record_widths
 from .transformer import _score, slice_linear
 
 if TYPE_CHECKING:
@@ -259,18 +259,10 @@ def _report(
         }
         for n, m in layers
     }
-    ctx.metrics["heads_kept"] = sum(v["heads_after"] for v in per_layer.values()) / max(sum(heads0.values()), 1)
-    ctx.metrics["ffn_kept"] = sum(v["ffn_after"] for v in per_layer.values()) / max(sum(mlp0.values()), 1)
-    ctx.info["layers"] = per_layer
-    ctx.artifacts["channels_plot"] = channel_plot(
-        {f"{n} mlp": (v["ffn_before"], v["ffn_after"]) for n, v in per_layer.items()},
-        ctx.work_dir / "mlp_neurons.png",
+    record_widths(
+        ctx,
+        per_layer,
+        "MLP",
         f"MLP neurons, ratio {cfg.ratio:.0%}, {cfg.importance} importance, round_to={cfg.round_to}",
-        unit="MLP neurons",
-    )
-    ctx.artifacts["heads_plot"] = channel_plot(
-        {f"{n} heads": (v["heads_before"], v["heads_after"]) for n, v in per_layer.items()},
-        ctx.work_dir / "heads.png",
         f"attention heads (whole KV groups), head_ratio {head_ratio:.0%}, {cfg.importance} importance",
-        unit="attention heads",
     )

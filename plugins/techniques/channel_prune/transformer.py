@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from slimkit.core import StageContext, TechniqueError
 from slimkit.plugins.torch.training import named_modules_or_error, set_submodule
 
-from .common import accumulate_gradients, channel_plot, plan_keep, prune_in_steps
+from .common import accumulate_gradients, plan_keep, prune_in_steps, record_widths
 
 if TYPE_CHECKING:
     from . import ChannelPruneConfig
@@ -302,22 +302,14 @@ def _report(
             "ffn_before": ffn0[n],
             "ffn_after": ffn_width(m),
         }
-    ctx.metrics["heads_kept"] = sum(v["heads_after"] for v in per_layer.values()) / max(sum(heads0.values()), 1)
-    ctx.metrics["ffn_kept"] = sum(v["ffn_after"] for v in per_layer.values()) / max(sum(ffn0.values()), 1)
-    ctx.info["layers"] = per_layer
-    ctx.info["pruned_heads"] = {n: sorted(set(range(heads0[n])) - set(head_ids[n])) for n in head_ids}
-    ctx.artifacts["channels_plot"] = channel_plot(
-        {f"{n} ffn": (v["ffn_before"], v["ffn_after"]) for n, v in per_layer.items()},
-        ctx.work_dir / "ffn_neurons.png",
+    record_widths(
+        ctx,
+        per_layer,
+        "FFN",
         f"FFN neurons, ratio {cfg.ratio:.0%}, {cfg.importance} importance, round_to={cfg.round_to}",
-        unit="FFN neurons",
-    )
-    ctx.artifacts["heads_plot"] = channel_plot(
-        {f"{n} heads": (v["heads_before"], v["heads_after"]) for n, v in per_layer.items()},
-        ctx.work_dir / "heads.png",
         f"attention heads, head_ratio {head_ratio:.0%}, {cfg.importance} importance",
-        unit="attention heads",
     )
+    ctx.info["pruned_heads"] = {n: sorted(set(range(heads0[n])) - set(head_ids[n])) for n in head_ids}
 
 
 def _record_config(
