@@ -2,7 +2,9 @@
 generation in ONNX Runtime on the CPU.
 
 Quality (:func:`compare_quality`, :func:`generation_match`), both models on the same test windows:
-perplexity (exp of the mean next-token NLL), greedy next-token agreement (the argmax of the
+perplexity (exp of the mean next-token NLL), the KL divergence of the compressed model's next-token
+distributions from the fp32 model's (nats per kept position: how far its predictions moved, which a
+perplexity change can hide when errors cancel), greedy next-token agreement (the argmax of the
 compressed model's logits equals the fp32 model's, over every kept position) and exact match of a
 short greedy generation (``gen_tokens`` new tokens through the KV cache) on ``prompts`` test prompts.
 
@@ -318,12 +320,14 @@ def compare_quality(
     base: Any, model: Any, input_ids: np.ndarray, attention_mask: np.ndarray | None = None, batch: int = 4
 ) -> dict[str, float]:
     """Perplexity of the fp32 (``base``) and compressed (``model``) :class:`~.runtime.LlmSession` on the
-    windows ``input_ids [N, T]``, and their greedy next-token agreement over every kept position."""
-    from .runtime import next_token_nll
+    windows ``input_ids [N, T]``, the KL divergence of the compressed model's next-token distributions
+    from fp32's and their greedy next-token agreement, over every kept position."""
+    from .runtime import log_softmax, next_token_nll
 
     ids = np.asarray(input_ids, np.int64)
     nll_b = nll_m = 0.0
     count = agree = positions = 0
+    kl = 0.0
     for i in range(0, len(ids), max(1, batch)):
         chunk = ids[i : i + batch]
         mask = None if attention_mask is None else np.asarray(attention_mask[i : i + batch], np.int64)
@@ -333,6 +337,8 @@ def compare_quality(
         nll_b, nll_m, count = nll_b + b, nll_m + m, count + n
         kept = np.ones(chunk.shape, bool) if mask is None else mask != 0
         agree += int(((lb.argmax(-1) == lm.argmax(-1)) & kept).sum())
+        pb, pm = log_softmax(lb), log_softmax(lm)
+        kl += float((np.exp(pb) * (pb - pm)).sum(-1)[kept].astype(np.float64).sum())
         positions += int(kept.sum())
     if count == 0:
         from slimkit.core import DataError
@@ -344,6 +350,7 @@ def compare_quality(
         "perplexity": ppl_m,
         "perplexity_change": ppl_m / ppl_b - 1.0,
         "token_agreement": agree / max(positions, 1),
+        "kl_divergence": max(kl / max(positions, 1), 0.0),
         "tokens_scored": float(count),
     }
 
@@ -571,6 +578,8 @@ def flat_metrics(section: Mapping[str, Any]) -> dict[str, float]:
                 out[f"{side}_{key}"] = float(section[side][key])
     for key in ("perplexity_change", "token_agreement", "generation_exact_match", "generation_prefix_match"):
         out[key] = float(section[key])
+    if "kl_divergence" in section:
+        out["kl_divergence"] = float(section["kl_divergence"])
     out.update({f"ratio_{k}": float(v) for k, v in section["ratios"].items() if v is not None})
     out["noisy"] = float(section["noise"]["noisy"])
     return out

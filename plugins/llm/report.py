@@ -52,6 +52,7 @@ def summary_lines(section: Mapping[str, Any]) -> list[str]:
     quality = (
         f"  perplexity {b['perplexity']:.4g} -> {c['perplexity']:.4g} ({section['perplexity_change'] * 100:+.2f} %), "
         f"next-token agreement {section['token_agreement'] * 100:.1f} %, "
+        f"{_kl(section)}"
         f"{s['gen_tokens']}-token generations identical {section['generation_exact_match'] * 100:.0f} %"
     )
     decode = f"{b['decode_tokens_per_s']:.1f} -> {c['decode_tokens_per_s']:.1f} tokens/s"
@@ -67,6 +68,11 @@ def summary_lines(section: Mapping[str, Any]) -> list[str]:
     return [head, quality, speed, size] + [f"  note: {note}" for note in section.get("notes", [])]
 
 
+def _kl(section: Mapping[str, Any]) -> str:
+    """``KL 1.2e-03 nats/token, `` (empty for a section written before it was measured)."""
+    return f"KL {section['kl_divergence']:.1e} nats/token, " if "kl_divergence" in section else ""
+
+
 def markdown(section: Mapping[str, Any]) -> str:
     """``report.md``'s language-model table."""
     if "error" in section:
@@ -75,6 +81,7 @@ def markdown(section: Mapping[str, Any]) -> str:
     rows = [
         ("perplexity", f"{b['perplexity']:.4g}", f"{c['perplexity']:.4g}", f"{section['perplexity_change']:+.2%}"),
         ("next-token agreement", "-", f"{section['token_agreement']:.2%}", "-"),
+        ("KL divergence from fp32 (nats/token)", "-", f"{section.get('kl_divergence', float('nan')):.2e}", "-"),
         (f"{s['gen_tokens']}-token generation exact match", "-", f"{section['generation_exact_match']:.0%}", "-"),
         ("size on disk", _mb(b["size_bytes"]), _mb(c["size_bytes"]), _x(r["size"])),
         (

@@ -233,6 +233,51 @@ def next_token_nll(logits: np.ndarray, input_ids: np.ndarray, attention_mask: np
     return float(nll.sum()), int(mask.sum())
 
 
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities over the last axis (float32)."""
+    x = np.asarray(logits, np.float32)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def log_probs(
+    session: LlmSession, input_ids: np.ndarray, attention_mask: np.ndarray | None = None, batch: int = 4
+) -> list[np.ndarray]:
+    """The model's next-token log-probabilities on ``input_ids [N, T]``, one float32 array
+    ``[b, T, V]`` per batch of ``batch`` sequences (the reference of :func:`kl_divergence`; float32,
+    because float16's rounding of the reference alone is a KL of about 1e-5, the size of what it ranks)."""
+    ids = np.asarray(input_ids, np.int64)
+    out = []
+    for i in range(0, len(ids), max(1, batch)):
+        mask = None if attention_mask is None else np.asarray(attention_mask[i : i + batch], np.int64)
+        out.append(log_softmax(session.logits(ids[i : i + batch], mask)))
+    return out
+
+
+def kl_divergence(
+    session: LlmSession,
+    input_ids: np.ndarray,
+    reference: list[np.ndarray],
+    attention_mask: np.ndarray | None = None,
+    batch: int = 4,
+) -> float:
+    """Mean KL divergence ``KL(reference || model)`` of the next-token distributions, in nats per
+    position the mask keeps: how far a compressed model's predictions moved from the reference's
+    (:func:`log_probs` with the same ``batch``). Unlike a perplexity difference it is never negative
+    and pairs every position, so a few windows rank layers reliably."""
+    ids = np.asarray(input_ids, np.int64)
+    total, count = 0.0, 0
+    for ref, i in zip(reference, range(0, len(ids), max(1, batch)), strict=True):
+        mask = None if attention_mask is None else np.asarray(attention_mask[i : i + batch], np.int64)
+        q = log_softmax(session.logits(ids[i : i + batch], mask))
+        kl = (np.exp(ref) * (ref - q)).sum(axis=-1)
+        keep = np.ones(kl.shape, bool) if mask is None else mask != 0
+        total, count = total + float(kl[keep].astype(np.float64).sum()), count + int(keep.sum())
+    if count == 0:
+        raise DataError("no positions to compare (all masked); give longer text")
+    return max(total / count, 0.0)
+
+
 def _finish(total: float, count: int) -> float:
     if count == 0:
         raise DataError("no next-token pairs to score (sequences of one token, or all masked); give longer text")

@@ -66,7 +66,7 @@ def test_a_bad_model_in_the_worker_is_one_line(tmp_path: Path) -> None:
 def test_section_of_a_model_against_itself(tiny_llm_onnx: Path, windows: dict[str, np.ndarray]) -> None:
     s = measure.llm_section(tiny_llm_onnx, tiny_llm_onnx, windows, threads=1, target={"cpu": "test CPU"}, **SMALL)
     assert s["perplexity_change"] == 0.0 and s["fp32"]["perplexity"] == s["compressed"]["perplexity"] > 1
-    assert s["token_agreement"] == 1.0
+    assert s["token_agreement"] == 1.0 and s["kl_divergence"] == pytest.approx(0.0, abs=1e-9)
     assert s["generation_exact_match"] == 1.0 and s["generation_prefix_match"] == 1.0
     assert s["ratios"]["size"] == 1.0 and s["fp32"]["size_bytes"] > 100_000  # model.onnx.data counted
     assert s["fp32"]["decode_tokens_per_s"] > 0 and s["compressed"]["prefill_ms"] > 0
@@ -77,7 +77,8 @@ def test_section_of_a_model_against_itself(tiny_llm_onnx: Path, windows: dict[st
 
 def test_section_sees_a_damaged_model(tiny_llm_onnx: Path, damaged_onnx: Path, windows: dict[str, np.ndarray]) -> None:
     s = measure.llm_section(tiny_llm_onnx, damaged_onnx, windows, threads=1, **SMALL)
-    assert s["token_agreement"] < 1.0
+    assert s["token_agreement"] < 1.0 and s["kl_divergence"] > 1e-4
+    assert s["metrics"]["kl_divergence"] == s["kl_divergence"]
     assert s["perplexity_change"] != 0.0
     assert s["generation_exact_match"] < 1.0 and s["generation_prefix_match"] < 1.0
 
