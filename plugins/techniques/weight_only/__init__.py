@@ -87,12 +87,15 @@ class WeightOnlyConfig(TechniqueConfig):
         (0.05 = 5 %).
     candidates: ``auto``'s precisions per layer (``int4_gN``, ``int8``, ``int8_gN``, ``fp32``), tried
         from the cheapest up.
+    max_size_mb: ``auto``: with a size (MB of ``model.onnx`` and its data) set, the assignment that fits it
+        with the lowest perplexity (bytes spent where they buy the most, measured; see :mod:`.auto`),
+        still within ``max_ppl_increase``; 0 (default): the smallest assignment within the budget.
     max_float_fraction: ``auto`` keeps at most this fraction of the quantized layers' weights in fp32.
     calibration_samples: training windows fed to GPTQ / AWQ.
     eval_samples: validation windows perplexity is measured on (0: all).
-    sensitivity_samples: the first validation windows ``auto`` ranks layers on (one measurement per
-        layer and rung, paired with fp32 on the same windows; 0: ``eval_samples``). Assignments are
-        always verified on ``eval_samples``.
+    sensitivity_samples: the first validation windows ``auto`` ranks layers on (the KL divergence of the
+        next-token distributions from fp32's, one measurement per layer and rung; 0: ``eval_samples``).
+        Assignments are always verified by perplexity on ``eval_samples``.
     batch_size / threads: perplexity batches; ONNX Runtime intra-op threads (0: all physical cores).
     """
 
@@ -107,6 +110,7 @@ class WeightOnlyConfig(TechniqueConfig):
     scale_estimation: bool = False
     max_ppl_increase: float = 0.05
     candidates: list[str] = field(default_factory=lambda: list(DEFAULT_CANDIDATES))
+    max_size_mb: float = 0.0
     max_float_fraction: float = 0.25
     calibration_samples: int = 32
     eval_samples: int = 32
@@ -125,6 +129,10 @@ class WeightOnlyConfig(TechniqueConfig):
             raise ConfigError(f"group_size={self.group_size} must be a multiple of 16; use 32, 64 or 128")
         check_choice("accuracy_level", self.accuracy_level, (0, 1, 2, 3, 4))
         check_range("max_ppl_increase", self.max_ppl_increase, 0.0, 10.0, high_open=False, example=0.05)
+        if self.max_size_mb < 0:
+            raise ConfigError(f"max_size_mb={self.max_size_mb:g} must be >= 0 (0: no cap); use e.g. max_size_mb=500")
+        if self.max_size_mb and self.mode != "auto":
+            raise ConfigError("max_size_mb is mode=auto's size cap; use mode=auto, or drop max_size_mb")
         check_range("max_float_fraction", self.max_float_fraction, 0.0, 1.0, high_open=False, example=0.25)
         for name in ("calibration_samples", "batch_size"):
             if getattr(self, name) < 1:
@@ -156,8 +164,8 @@ class WeightOnlyConfig(TechniqueConfig):
 
 
 def parse_candidates(candidates: list[str]) -> list[tuple[int, int] | None]:
-    """``candidates`` as ``(bits, group)`` (group 0: the largest of 128/64/32/16 a layer allows) or None
-    (fp32), cheapest first. Raises a one-line :class:`ConfigError` on a bad name."""
+    """``candidates`` as ``(bits, group)`` (group 0: the largest of ``ort_backend.default_groups`` a layer
+    allows) or None (fp32), cheapest first. Raises a one-line :class:`ConfigError` on a bad name."""
     out: list[tuple[int, int] | None] = []
     for c in candidates:
         m = _CANDIDATE.match(str(c))
@@ -225,10 +233,12 @@ class Job:
         if not self.layers:
             raise TechniqueError(f"{src} has no MatMul with a constant weight to quantize; give a decoder LM export")
         self.notes: list[str] = []
-        #: Whether :meth:`quantize` quantizes the embedding table (``auto`` may turn it on).
-        self.embeddings = bool(cfg.embeddings)
+        #: The embedding table's precision in :meth:`quantize` (None: fp32; ``auto`` may set it).
+        self.embeddings = self.table_precision(4) if cfg.embeddings else None
         self._evals = 0
         self._calibration: list[dict[str, np.ndarray]] | None = None
+        #: fp32 log-probabilities per number of validation windows (:meth:`divergence`).
+        self._reference: dict[int, list[np.ndarray]] = {}
 
     # -- data ------------------------------------------------------------------------------------------
     def windows(self, split: Any, n: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -267,6 +277,18 @@ class Job:
         self._evals += 1
         return perplexity(LlmSession(path, self.cfg.threads), ids, mask, self.cfg.batch_size)
 
+    def divergence(self, path: Path, samples: int) -> float:
+        """Mean KL divergence (nats per token) of the ONNX model at ``path`` from the fp32 model's
+        next-token distributions on the first ``samples`` validation windows (fp32's computed once)."""
+        from slimkit.plugins.llm.runtime import LlmSession, kl_divergence, log_probs
+
+        ids, mask = self.windows(self.ctx.data.val, samples)
+        cfg = self.cfg
+        if len(ids) not in self._reference:
+            self._reference[len(ids)] = log_probs(LlmSession(self.src, cfg.threads), ids, mask, cfg.batch_size)
+        self._evals += 1
+        return kl_divergence(LlmSession(path, cfg.threads), ids, self._reference[len(ids)], mask, cfg.batch_size)
+
     # -- quantization ----------------------------------------------------------------------------------
     def check_group(self, group: int) -> None:
         """A one-line :class:`ConfigError` unless ``group`` divides every quantized layer's input size
@@ -289,11 +311,20 @@ class Job:
 
         cfg = self.cfg
         needs_data = cfg.algorithm == "gptq" and any(p.bits == 4 for p in plan.values())
-        emb = ob.Precision(4, cfg.group_size) if self.embeddings else None
         return ob.quantize(
             self.fp32, plan, cfg.algorithm, cfg.symmetric, cfg.accuracy_level,
-            self.calibration() if needs_data else None, emb,
+            self.calibration() if needs_data else None, self.embeddings,
         )  # fmt: skip
+
+    def table_precision(self, bits: int) -> Any:
+        """The embedding table's precision at ``bits``: 4-bit in ``group_size`` groups, 8-bit in the
+        largest of :func:`ort_backend.default_groups` that divides the hidden size."""
+        from . import ort_backend as ob
+
+        if bits == 4:
+            return ob.Precision(4, self.cfg.group_size)
+        hidden = ob.embedding_width(self.fp32)
+        return ob.Precision(8, next((g for g in ob.default_groups(8) if hidden % g == 0), self.cfg.group_size))
 
     def save(self, model: Any, out: Path) -> Path:
         """Write ``model`` as a genai folder at ``out`` (``.../model.onnx``) beside the source's extras."""
@@ -329,9 +360,7 @@ class Job:
         self.ctx.info["awq_layers"] = rescaled
         self.notes.append(f"AWQ rescaled {len(rescaled)} of {len(self.layers)} layers (the others: plain int4)")
         if self.embeddings:
-            model = ob.quantize(
-                model, {}, "rtn", cfg.symmetric, cfg.accuracy_level, None, ob.Precision(4, cfg.group_size)
-            )
+            model = ob.quantize(model, {}, "rtn", cfg.symmetric, cfg.accuracy_level, None, self.embeddings)
         return model
 
     def report(self, out: Path, layers: dict[str, str], base: float | None = None, ppl: float | None = None) -> None:

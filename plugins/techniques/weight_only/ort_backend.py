@@ -49,9 +49,17 @@ class Precision:
         """``int4_g32`` / ``int8_g128``."""
         return f"int{self.bits}_g{self.group}"
 
-    def bytes_per_weight(self) -> float:
-        """Stored bytes per weight: the packed values plus one fp32 scale (and a zero point) per group."""
-        return self.bits / 8 + 4.5 / self.group
+    def bytes_per_weight(self, symmetric: bool = True) -> float:
+        """Stored bytes per weight: the packed values, one fp32 scale per group and, asymmetric, one
+        zero point of ``bits`` per group."""
+        return self.bits / 8 + (4 + (0 if symmetric else self.bits / 8)) / self.group
+
+
+def default_groups(bits: int) -> tuple[int, ...]:
+    """Group sizes a ``bits``-bit rung named without one (``int8``) takes, the first that divides a
+    layer's inputs: 8-bit weights lose next to nothing with 256-wide groups (fewer scales: smaller), 4-bit
+    ones start at 128."""
+    return (256, 128, 64, 32, 16) if bits == 8 else (128, 64, 32, 16)
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,46 @@ def embedding_nodes(model: onnx.ModelProto) -> list[str]:
     """Gather nodes reading a constant 2-D table (token embeddings)."""
     inits = {i.name: len(i.dims) for i in model.graph.initializer}
     return [n.name for n in model.graph.node if n.op_type == "Gather" and inits.get(n.input[0]) == 2]
+
+
+def embedding_params(model: onnx.ModelProto) -> int:
+    """Entries of the token embedding tables (the constant data of :func:`embedding_nodes`)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    names = set(embedding_nodes(model))
+    return sum(int(np.prod(inits[n.input[0]].dims)) for n in model.graph.node if n.name in names)
+
+
+def embedding_width(model: onnx.ModelProto) -> int:
+    """The hidden size of the (first) token embedding table (0: none)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    names = set(embedding_nodes(model))
+    return next((int(inits[n.input[0]].dims[1]) for n in model.graph.node if n.name in names), 0)
+
+
+def weight(model: onnx.ModelProto, layer: Layer) -> np.ndarray:
+    """The fp32 weight ``[k, n]`` of ``layer``."""
+    from onnx import numpy_helper
+
+    init = next(i for i in model.graph.initializer if i.name == layer.weight)
+    return numpy_helper.to_array(init)
+
+
+def weight_error(w: np.ndarray, prec: Precision, symmetric: bool) -> float:
+    """Relative squared error ``|w - q(w)|² / |w|²`` of round-to-nearest blockwise quantization of the
+    weight ``w`` ``[k, n]`` at ``prec`` (groups of ``prec.group`` input features, as MatMulNBits
+    stores them): how much of a layer's quantization error a finer precision removes."""
+    k, n = w.shape
+    g = w.astype(np.float64).reshape(k // prec.group, prec.group, n)
+    top = 2**prec.bits - 1
+    if symmetric:
+        scale = np.abs(g).max(axis=1, keepdims=True) / (top // 2) + 1e-12
+        q = np.clip(np.round(g / scale), -(top // 2) - 1, top // 2) * scale
+    else:
+        lo, hi = np.minimum(g.min(axis=1, keepdims=True), 0), np.maximum(g.max(axis=1, keepdims=True), 0)
+        scale = (hi - lo) / top + 1e-12
+        zero = np.round(-lo / scale)
+        q = (np.clip(np.round(g / scale) + zero, 0, top) - zero) * scale
+    return float(((g - q) ** 2).sum() / max((g**2).sum(), 1e-30))
 
 
 class CalibrationFeeds:
@@ -176,7 +224,8 @@ def quantize(
         algo = algorithm if prec.bits == 4 else "rtn"
         out = _pass(out, names, [n for n in all_names if n not in names], prec, algo, symmetric, calibration)
     if embeddings is not None:
-        out = _embeddings_pass(out, embeddings, symmetric)
+        table = _embeddings_pass if embeddings.bits == 4 else _embeddings_8bit
+        out = table(out, embeddings, symmetric)
     set_accuracy_level(out, accuracy_level)
     return out
 
@@ -253,6 +302,55 @@ def _embeddings_pass(model: onnx.ModelProto, prec: Precision, symmetric: bool) -
     with _quiet():
         quantizer.process()
     return quantizer.model.model
+
+
+def _embeddings_8bit(model: onnx.ModelProto, prec: Precision, symmetric: bool) -> onnx.ModelProto:
+    """The embedding Gathers as 8-bit GatherBlockQuantized (RTN, blocks of ``prec.group`` along the
+    hidden axis, uint8 values and zero points). ORT's quantizer writes only 4-bit tables; the contrib
+    op itself runs 8-bit ones."""
+    from onnx import helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    names = set(embedding_nodes(model))
+    for node in [n for n in model.graph.node if n.name in names]:
+        table = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+        rows, cols = table.shape
+        if cols % prec.group:
+            raise TechniqueError(
+                f"embedding table {node.input[0]} has {cols} columns, not a multiple of {prec.group}; use another "
+                "group size for the table"
+            )
+        blocks = table.reshape(rows, cols // prec.group, prec.group)
+        if symmetric:
+            scale = np.abs(blocks).max(axis=-1) / 127
+            zero = np.full(scale.shape, 128.0, np.float32)
+        else:
+            lo, hi = np.minimum(blocks.min(axis=-1), 0), np.maximum(blocks.max(axis=-1), 0)
+            scale = (hi - lo) / 255
+            zero = np.round(-lo / np.where(scale > 0, scale, 1))
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        q = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], 0, 255).astype(np.uint8)
+        base = node.input[0]
+        new_inits = [
+            numpy_helper.from_array(q.reshape(rows, cols), base + "_Q8"),
+            numpy_helper.from_array(scale, base + "_scales"),
+            numpy_helper.from_array(zero.astype(np.uint8), base + "_zero_points"),
+        ]
+        model.graph.initializer.extend(new_inits)
+        quantized = helper.make_node(
+            "GatherBlockQuantized", [base + "_Q8", node.input[1], base + "_scales", base + "_zero_points"],
+            list(node.output), name=node.name + "_Q8", domain="com.microsoft", bits=8, block_size=prec.group,
+            gather_axis=0, quantize_axis=1,
+        )  # fmt: skip
+        index = list(model.graph.node).index(node)
+        model.graph.node.remove(node)
+        model.graph.node.insert(index, quantized)
+        still = any(base in n.input for n in model.graph.node)
+        if not still:
+            model.graph.initializer.remove(inits[base])
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return model
 
 
 def set_accuracy_level(model: onnx.ModelProto, level: int) -> None:

@@ -234,3 +234,87 @@ def test_group_size_checked_against_the_model(options, expected, tiny_llm_onnx, 
     with pytest.raises((ConfigError, TechniqueError)) as err:
         technique(mode="fixed", **options).apply(LlmOnnxModel(tiny_llm_onnx), llm_onnx_adapter, wo_ctx())
     assert expected in str(err.value), str(err.value)
+
+
+def test_auto_within_a_size_spends_the_bytes_where_they_buy_the_most(tiny_llm_onnx, llm_onnx_adapter, wo_ctx):
+    """``max_size_mb`` between the smallest assignment and fp32: the result fits, is measured closer to
+    fp32 (KL divergence) than the smallest one, and says which rungs it bought."""
+    from slimkit.plugins.llm.adapter import LlmOnnxModel
+    from slimkit.plugins.llm.runtime import LlmSession, kl_divergence, log_probs
+
+    ctx = wo_ctx()
+    small = technique(mode="auto", max_ppl_increase=1.0).apply(LlmOnnxModel(tiny_llm_onnx), llm_onnx_adapter, ctx)
+    smallest = folder_mb(small.path)
+    cap = smallest + (folder_mb(tiny_llm_onnx) - smallest) / 3
+    ctx = wo_ctx()
+    out = technique(mode="auto", max_ppl_increase=1.0, max_size_mb=cap).apply(
+        LlmOnnxModel(tiny_llm_onnx), llm_onnx_adapter, ctx
+    )
+    assert smallest < folder_mb(out.path) <= cap, (smallest, folder_mb(out.path), cap)
+    assert ctx.metrics["size_mb"] == pytest.approx(folder_mb(out.path))
+    layers = ctx.info["layers"]
+    assert layers["embeddings"] in ("int4_g32", "int8_g64", "fp32") and len(layers) == LAYERS + 1
+    assert any(p not in ("int4_g64", "int4_g128") for p in layers.values()), layers
+    assert any(s.startswith("measured: KL") and s.endswith("kept") for s in ctx.info["search"]), ctx.info["search"]
+    ids = np.asarray(ctx.data.val.inputs["input_ids"])
+    ref = log_probs(LlmSession(tiny_llm_onnx, 1), ids)
+    assert kl_divergence(LlmSession(out.path, 1), ids, ref) < kl_divergence(LlmSession(small.path, 1), ids, ref)
+
+
+def test_auto_size_below_the_smallest_assignment_fails_in_one_line(tiny_llm_onnx, llm_onnx_adapter, wo_ctx):
+    from slimkit.plugins.llm.adapter import LlmOnnxModel
+
+    with pytest.raises(TechniqueError) as err:
+        technique(mode="auto", max_size_mb=0.01).apply(LlmOnnxModel(tiny_llm_onnx), llm_onnx_adapter, wo_ctx())
+    msg = str(err.value)
+    assert "\n" not in msg and "max_size_mb=0.01 is below the smallest assignment's" in msg and "raise" in msg, msg
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ({"mode": "fixed", "max_size_mb": 10.0}, "max_size_mb is mode=auto's size cap"),
+    ({"max_size_mb": -1.0}, "max_size_mb=-1 must be >= 0"),
+])  # fmt: skip
+def test_size_cap_config_errors(options, expected):
+    with pytest.raises(ConfigError) as err:
+        technique(**options)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_8bit_embedding_table_runs_and_stays_close(symmetric, tiny_llm_onnx, llm_windows, fp32_logits, tmp_path):
+    """ORT's quantizer writes only 4-bit tables; slimkit's 8-bit GatherBlockQuantized runs in ONNX Runtime
+    and onnxruntime-genai, and is closer to fp32 than the 4-bit table."""
+    from slimkit.plugins.techniques.weight_only import ort_backend as ob
+
+    fp32 = ob.load(tiny_llm_onnx)
+    cos = {}
+    for bits in (4, 8):
+        out = ob.save_folder(
+            ob.quantize(fp32, {}, "rtn", symmetric, 4, None, ob.Precision(bits, 32)),
+            tiny_llm_onnx.parent, tmp_path / f"t{bits}" / "model.onnx",
+        )  # fmt: skip
+        nodes = [n for n in onnx.load(str(out), load_external_data=False).graph.node if n.op_type.startswith("Gather")]
+        quantized = [n for n in nodes if n.op_type == "GatherBlockQuantized"]
+        assert len(quantized) == 1, [n.op_type for n in nodes]
+        assert {a.name: a.i for a in quantized[0].attribute}.get("bits", 4) == bits
+        cos[bits] = cosine(logits_of(out, llm_windows), fp32_logits)
+        if bits == 8:
+            assert len(generate(out.parent)) == 24
+    assert 0.99 < cos[4] < cos[8], cos
+
+
+def test_kl_divergence_is_zero_against_itself_and_grows_with_quantization(tiny_llm_onnx, llm_windows, tmp_path):
+    from slimkit.plugins.llm.runtime import LlmSession, kl_divergence, log_probs
+    from slimkit.plugins.techniques.weight_only import ort_backend as ob
+
+    ids = np.asarray(llm_windows.val.inputs["input_ids"])
+    session = LlmSession(tiny_llm_onnx, 1)
+    ref = log_probs(session, ids, batch=3)
+    assert kl_divergence(session, ids, ref, batch=3) == pytest.approx(0.0, abs=1e-9)
+    fp32 = ob.load(tiny_llm_onnx)
+    plans = {g: {la.name: ob.Precision(4, g) for la in ob.matmul_layers(fp32)} for g in (16, 64)}
+    kl = {}
+    for g, plan in plans.items():
+        out = ob.save_folder(ob.quantize(fp32, plan), tiny_llm_onnx.parent, tmp_path / f"g{g}" / "model.onnx")
+        kl[g] = kl_divergence(LlmSession(out, 1), ids, ref, batch=3)
+    assert 0 < kl[16] < kl[64], kl
