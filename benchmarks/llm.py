@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -79,6 +80,8 @@ class Variant:
     note: str = ""
     error: str = ""
     peer: bool = False
+    #: For slimkit auto within a peer's size (``max_size_mb``): the peers of that size.
+    matches: list[str] = field(default_factory=list)
     quality: dict[str, float] = field(default_factory=dict)
     timing: Any = None
 
@@ -261,7 +264,23 @@ def variants(fp32: Path, data: Any, work: Path, threads: int, algorithms: tuple[
         ("NNCF compress_weights (INT4_SYM, defaults)", lambda: nncf_default(fp32, at["nncf"], None), True),
         ("NNCF compress_weights (INT4_SYM, awq=True)", lambda: nncf_default(fp32, at["awq"], feeds), True),
     ]
-    return [Variant(FP32, fp32, 0.0, "onnxruntime-genai builder, fp32, CPU")] + [build(*job) for job in jobs]
+    built = [build(*job) for job in jobs]
+    return [Variant(FP32, fp32, 0.0, "onnxruntime-genai builder, fp32, CPU"), *built, *within_peers(built, weight_only)]
+
+
+def within_peers(built: list[Variant], weight_only: Callable[..., Callable[[], tuple[Path, str]]]) -> list[Variant]:
+    """slimkit ``llm_int4`` again with ``max_size_mb`` set to each peer's size: the model closest to fp32
+    that fits where the peer's does (the goal compares at equal or smaller size)."""
+    from slimkit.core import files
+
+    out: dict[float, Variant] = {}
+    for peer in (v for v in built if v.peer and v.path is not None):
+        mb = math.floor(files.model_size(peer.path) / 1e4) / 100  # MB, rounded down: never above the peer
+        if mb not in out:  # peers of one size (NNCF with and without AWQ) share the run
+            name = f"**slimkit llm_int4, max_size_mb={mb:.2f}** (≤ {peer.name.split(' (')[0]})"
+            out[mb] = build(name, weight_only(f"within{len(out)}", **pipeline_config(), max_size_mb=mb))
+        out[mb].matches.append(peer.name)
+    return list(out.values())
 
 
 # -- measuring -----------------------------------------------------------------------------------------
@@ -343,14 +362,15 @@ def prefill_ratio(base: Variant, v: Variant) -> float:
 def row(base: Variant, v: Variant) -> str:
     """One markdown row of the table."""
     if v.error or v.timing is None:
-        return f"| {v.name} | failed: {v.error or 'not timed'} |" + " |" * 8
+        return f"| {v.name} | failed: {v.error or 'not timed'} |" + " |" * 9
     q, t = v.quality, v.timing
     size, size0 = q["size_bytes"], base.quality["size_bytes"]
     rss = f"{t.peak_rss_mb:.0f}" if t.peak_rss_mb is not None else "-"
     wall = f"{v.seconds:.0f} s" if v.seconds > 0 else "-"
     return (
         f"| {v.name} | {size / 1e6:.1f} ({size0 / size:.2f}×) | {q['perplexity']:.3f} ({q['perplexity_change']:+.2%}) "
-        f"| {q['token_agreement']:.1%} | {q['generation_exact_match']:.0%} | {t.prefill_ms:.1f} "
+        f"| {q['kl_divergence']:.1e} | {q['token_agreement']:.1%} | {q['generation_exact_match']:.0%} "
+        f"| {t.prefill_ms:.1f} "
         f"({prefill_ratio(base, v):.2f}×) | {t.decode_tokens_per_s:.0f} ({decode_ratio(base, v):.2f}×) | {rss} "
         f"| {wall} | {v.note} |"
     )
@@ -376,14 +396,18 @@ def verdicts(models: list[Variant], noise: float) -> list[str]:
         if peer.timing is None:
             lines.append(f"- slimkit auto vs {peer.name}: the peer failed ({peer.error}).")
             continue
-        better = auto.quality["perplexity"] <= peer.quality["perplexity"]
-        smaller = auto.quality["size_bytes"] <= peer.quality["size_bytes"] * 1.01
-        faster = auto.timing.decode_tokens_per_s >= peer.timing.decode_tokens_per_s * (1 - noise)
+        ours = next((v for v in models if peer.name in v.matches and v.timing is not None), auto)
+        q, p = ours.quality, peer.quality
+        better = q["perplexity"] <= p["perplexity"]
+        smaller = q["size_bytes"] <= p["size_bytes"] * 1.001
+        faster = ours.timing.decode_tokens_per_s >= peer.timing.decode_tokens_per_s * (1 - noise)
+        closer = "closer to" if q["kl_divergence"] < p["kl_divergence"] else "not closer to"
         lines.append(
-            f"- slimkit auto ≥ {peer.name}: {mark(better and smaller and faster)} (perplexity "
-            f"{auto.quality['perplexity']:.3f} vs {peer.quality['perplexity']:.3f}, size "
-            f"{auto.quality['size_bytes'] / 1e6:.1f} vs {peer.quality['size_bytes'] / 1e6:.1f} MB, decode "
-            f"{auto.timing.decode_tokens_per_s:.0f} vs {peer.timing.decode_tokens_per_s:.0f} tokens/s)."
+            f"- {'slimkit within its size' if ours is not auto else 'slimkit auto'} ≥ {peer.name}: "
+            f"{mark(better and smaller and faster)} (perplexity {q['perplexity']:.3f} vs {p['perplexity']:.3f}, "
+            f"size {q['size_bytes'] / 1e6:.2f} vs {p['size_bytes'] / 1e6:.2f} MB, decode "
+            f"{ours.timing.decode_tokens_per_s:.0f} vs {peer.timing.decode_tokens_per_s:.0f} tokens/s; KL "
+            f"{q['kl_divergence']:.1e} vs {p['kl_divergence']:.1e}: {closer} fp32)."
         )
     return lines
 
@@ -413,8 +437,12 @@ def method(base: Variant, threads: int, sizes: Sizes, noise: float) -> list[str]
         "`pipeline=llm_int4` (`weight_only mode=auto`: per layer int4 g128/g64/g32, int8 or fp32, chosen by",
         "measured perplexity sensitivity under a 5 % budget on validation windows), slimkit `mode=fixed` with",
         "each algorithm at int4 group 32 (lm_head and embeddings as slimkit's defaults), and the peers called with",
-        f"their defaults. Quality on {scored} next tokens of held-out standard-library files ({sizes.test} windows",
-        f"of {sizes.window}): perplexity (relative change vs fp32), greedy next-token agreement with fp32, and",
+        "their defaults, and slimkit `llm_int4` once more per peer with `max_size_mb` set to that peer's size",
+        "(the assignment closest to fp32 that fits there; the goal compares at equal or smaller size).",
+        f"Quality on {scored} next tokens of held-out standard-library files ({sizes.test} windows",
+        f"of {sizes.window}): perplexity (relative change vs fp32), the KL divergence of the next-token",
+        "distributions from fp32's (nats/token: how far the predictions moved; a perplexity change can also",
+        "be a lucky shift that lowers it), greedy next-token agreement with fp32, and",
         f"exact match of a {sizes.gen}-token greedy generation on {sizes.prompts} prompts. Speed in ONNX Runtime",
         f"(CPU EP, {threads} threads), each model in its own worker process, all taking turns in {sizes.rounds}",
         f"interleaved rounds: prefill of a {sizes.prompt}-token prompt (ms; speed-up vs fp32) and decode at batch 1",
@@ -441,9 +469,10 @@ def body(models: list[Variant], control: Variant, model_dir: Path, threads: int,
             "",
             *method(base, threads, sizes, noise),
             "",
-            f"| model | size MB (× smaller) | perplexity (change) | next-token agreement | {sizes.gen}-token match "
-            "| prefill ms (speed-up) | decode tokens/s (speed-up) | peak RSS MB | time | notes |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            f"| model | size MB (× smaller) | perplexity (change) | KL vs fp32 | next-token agreement "
+            f"| {sizes.gen}-token match | prefill ms (speed-up) | decode tokens/s (speed-up) | peak RSS MB | time "
+            "| notes |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             "### Goals",
