@@ -322,7 +322,7 @@ def compare_quality(
     """Perplexity of the fp32 (``base``) and compressed (``model``) :class:`~.runtime.LlmSession` on the
     windows ``input_ids [N, T]``, the KL divergence of the compressed model's next-token distributions
     from fp32's and their greedy next-token agreement, over every kept position."""
-    from .runtime import log_softmax, next_token_nll
+    from .runtime import log_softmax, next_token_nll, token_kl
 
     ids = np.asarray(input_ids, np.int64)
     nll_b = nll_m = 0.0
@@ -337,8 +337,7 @@ def compare_quality(
         nll_b, nll_m, count = nll_b + b, nll_m + m, count + n
         kept = np.ones(chunk.shape, bool) if mask is None else mask != 0
         agree += int(((lb.argmax(-1) == lm.argmax(-1)) & kept).sum())
-        pb, pm = log_softmax(lb), log_softmax(lm)
-        kl += float((np.exp(pb) * (pb - pm)).sum(-1)[kept].astype(np.float64).sum())
+        kl += float(token_kl(log_softmax(lb), lm)[kept].astype(np.float64).sum())
         positions += int(kept.sum())
     if count == 0:
         from slimkit.core import DataError

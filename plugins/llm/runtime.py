@@ -240,6 +240,13 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+def token_kl(reference: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """``KL(reference || model)`` per position: ``reference`` log-probabilities and the model's
+    ``logits`` ``[..., V]`` → ``[...]``."""
+    q = log_softmax(logits)
+    return (np.exp(reference) * (reference - q)).sum(axis=-1)
+
+
 def log_probs(
     session: LlmSession, input_ids: np.ndarray, attention_mask: np.ndarray | None = None, batch: int = 4
 ) -> list[np.ndarray]:
@@ -269,8 +276,7 @@ def kl_divergence(
     total, count = 0.0, 0
     for ref, i in zip(reference, range(0, len(ids), max(1, batch)), strict=True):
         mask = None if attention_mask is None else np.asarray(attention_mask[i : i + batch], np.int64)
-        q = log_softmax(session.logits(ids[i : i + batch], mask))
-        kl = (np.exp(ref) * (ref - q)).sum(axis=-1)
+        kl = token_kl(ref, session.logits(ids[i : i + batch], mask))
         keep = np.ones(kl.shape, bool) if mask is None else mask != 0
         total, count = total + float(kl[keep].astype(np.float64).sum()), count + int(keep.sum())
     if count == 0:

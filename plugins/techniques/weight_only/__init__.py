@@ -88,7 +88,7 @@ class WeightOnlyConfig(TechniqueConfig):
     candidates: ``auto``'s precisions per layer (``int4_gN``, ``int8``, ``int8_gN``, ``fp32``), tried
         from the cheapest up.
     max_size_mb: ``auto``: with a size (MB of ``model.onnx`` and its data) set, the assignment that fits it
-        with the lowest perplexity (bytes spent where they buy the most, measured; see :mod:`.auto`),
+        closest to fp32 (KL divergence; bytes spent where they buy the most, measured; see :mod:`.auto`),
         still within ``max_ppl_increase``; 0 (default): the smallest assignment within the budget.
     max_float_fraction: ``auto`` keeps at most this fraction of the quantized layers' weights in fp32.
     calibration_samples: training windows fed to GPTQ / AWQ.

@@ -187,7 +187,7 @@ def cheapest_within_budget(job: Job, state: State, base: float, steps: list[str]
     return _try_embeddings(job, state, base, ppl, model, steps)
 
 
-#: The pseudo-layer of the token embedding table in :func:`within_size` (rungs: int4, fp32).
+#: The pseudo-layer of the token embedding table in :func:`within_size` (rungs: int4, int8, fp32).
 TABLE = "embeddings"
 
 
@@ -212,23 +212,10 @@ def within_size(job: Job, state: State, base: float, steps: list[str]) -> tuple[
             f"max_size_mb to at least {real / 1e6:.2f} or unset it"
         )
     kl = job.divergence(candidate, cfg.eval_samples)
-    float_cap = cfg.max_float_fraction * sum(state.params.values())
-    for _ in range(4):  # spend on estimates, measure the rungs picked, spend again on what was measured
-        pick, moves, plan_steps = _best_spend(state, rungs, cap - real, float_cap)
-        todo = [(n, r) for n, r in pick.items() if r and n != TABLE and _unmeasured(state, n, r)]
-        table_now, job.embeddings = job.embeddings, None  # a layer alone: the table stays fp32
-        for i, (name, r) in enumerate(todo):
-            ctx.progress("sensitivity of the rungs picked", i, len(todo))
-            prec = state.ladders[name][r]
-            state.sensitivity[name][prec.name] = divergence(job, {name: prec})
-            rungs[name][r] = (state.sensitivity[name][prec.name], rungs[name][r][1])
-        job.embeddings = table_now
-        if not todo:
-            break
-    steps.extend(plan_steps)
-    best = (ppl, model, dict(pick))
+    pick, moves = _measured_spend(job, state, rungs, cap - real, steps)
+    best = (ppl, model, dict.fromkeys(rungs, 0))  # the cheapest assignment
     while moves:
-        _apply(job, state, pick, table)
+        _apply(job, state, pick)
         ctx.progress(f"assignment within {cfg.max_size_mb:g} MB", 0, None)
         tried, quantized = measure(job, state.plan())
         size = folder_bytes(candidate)
@@ -247,10 +234,33 @@ def within_size(job: Job, state: State, base: float, steps: list[str]) -> tuple[
         steps.append(f"{size / 1e6:.2f} MB does not fit: {name} back to {_label_of(state, name, level)}")
         pick[name] = level
     ppl, model, pick = best
-    _apply(job, state, pick, table)
+    _apply(job, state, pick)
     if ppl / base - 1 > cfg.max_ppl_increase:
         _fail(job, state, base, f"within max_size_mb={cfg.max_size_mb:g}")
     return ppl, model
+
+
+def _measured_spend(
+    job: Job, state: State, rungs: dict[str, list[tuple[float, float]]], room: float, steps: list[str]
+) -> tuple[dict[str, int], list[tuple[str, int]]]:
+    """Spend ``room`` bytes on the estimates, measure the layer rungs picked (into ``rungs`` and the
+    state's sensitivities), and spend again on what was measured, until every rung picked is a
+    measured one (at most four rounds); returns the rungs picked and the moves."""
+    float_cap = job.cfg.max_float_fraction * sum(state.params.values())
+    for _ in range(4):
+        pick, moves, plan_steps = _best_spend(state, rungs, room, float_cap)
+        todo = [(n, r) for n, r in pick.items() if r and n != TABLE and _unmeasured(state, n, r)]
+        table_now, job.embeddings = job.embeddings, None  # a layer alone: the table stays fp32
+        for i, (name, r) in enumerate(todo):
+            job.ctx.progress("sensitivity of the rungs picked", i, len(todo))
+            prec = state.ladders[name][r]
+            state.sensitivity[name][prec.name] = divergence(job, {name: prec})
+            rungs[name][r] = (state.sensitivity[name][prec.name], rungs[name][r][1])
+        job.embeddings = table_now
+        if not todo:
+            break
+    steps.extend(plan_steps)
+    return pick, moves
 
 
 def _rungs(job: Job, state: State, table: bool) -> dict[str, list[tuple[float, float]]]:
@@ -343,15 +353,14 @@ def _unmeasured(state: State, name: str, level: int) -> bool:
     return prec is not None and prec.name not in state.sensitivity.get(name, {})
 
 
-def _apply(job: Job, state: State, pick: dict[str, int], table: bool) -> None:
-    """Set the layers' rungs (and the embedding table's: int4, int8, fp32) from ``pick``."""
+def _apply(job: Job, state: State, pick: dict[str, int]) -> None:
+    """Set the layers' rungs (and the embedding table's, when it is an item: int4, int8, fp32) from
+    ``pick``."""
     for name, level in pick.items():
         if name == TABLE:
             job.embeddings = job.table_precision((4, 8)[level]) if level < 2 else None
         else:
             state.level[name] = level
-    if not table:
-        job.embeddings = job.table_precision(4) if job.cfg.embeddings else None
 
 
 def _label_of(state: State, name: str, level: int) -> str:
