@@ -349,6 +349,7 @@ def _choose(
         if job.ok(cand.score) and prefer(cand, best, tol, labelled):
             best = cand
     sensitivities: dict[str, dict[str, float]] = {}
+    rankings: dict[tuple[str, str], tuple[dict[str, float], str]] = {}
     for cand in sorted(full.values(), key=lambda c: c.latency_ms):
         if job.ok(cand.score):
             continue
@@ -368,9 +369,17 @@ def _choose(
             continue
         if job.over_budget(f"mixed precision search of {cand.label()}", notes):
             continue
-        found, attempts, sens = _fallback(cand, job)
+        shared = rankings.get(_ranking_key(cand))
+        found, attempts, sens = _fallback(cand, job, shared)
         tried += attempts
         sensitivities[cand.label()] = sens
+        if shared is None:
+            rankings[_ranking_key(cand)] = (sens, cand.label())
+        else:
+            notes.append(
+                f"{cand.label()}: layers ranked by the sensitivity measured on {shared[1]} "
+                "(the same calibrated activations; one evaluation per layer is not repeated)"
+            )
         if found is not None and prefer(found, best, tol, labelled):
             best = found
     if best is not None and cfg.measure and cfg.finish_rounds > 0:
@@ -607,15 +616,32 @@ class _Job:
         return now_model * self.float_latency / now_float
 
 
-def _fallback(cand: Candidate, job: _Job) -> tuple[Candidate | None, list[Candidate], dict[str, float]]:
+def _ranking_key(cand: Candidate) -> tuple[str, str]:
+    """Candidates with the same key share a layer ranking: static QDQ layouts that differ in weight
+    granularity (per-channel / per-tensor), activation signedness or layers kept float calibrate the
+    same activation ranges on the same data, which is where a layer's output error comes from. The
+    no-VNNI variants (``reduce_range``, u8 weights) change which products saturate, so they rank
+    their own."""
+    return cand.mode, cand.tag if cand.tag in ("reduce_range", "u8 weights") else ""
+
+
+def _fallback(
+    cand: Candidate, job: _Job, shared: tuple[dict[str, float], str] | None = None
+) -> tuple[Candidate | None, list[Candidate], dict[str, float]]:
     """Keep the ``k`` most sensitive layers of ``cand`` in float, for the smallest ``k`` that passes.
 
     ``k`` is found by bisection over ``1 .. max_float_fraction`` of the layers (the error falls as
     more of the most sensitive layers stay float): about log2(layers) models are built and scored
     instead of one per layer — ResNet-50's 54 layers take 6, not up to 27. Layers ``cand`` already
-    keeps float (the int8-slow convolutions) stay float and are not ranked.
+    keeps float (the int8-slow convolutions) stay float and are not ranked. ``shared``: a ranking
+    measured on another candidate of the same :func:`_ranking_key` (and its label), used instead of
+    measuring one (ResNet-50: about a minute per ranking); every attempt is still scored.
     """
-    sens = job.sensitivity(cand)
+    if shared is None:
+        sens = job.sensitivity(cand)
+    else:
+        layers = set(_layers(cand.mode, job.prepared, job.fixed)) - set(cand.float_layers)
+        sens = {n: v for n, v in shared[0].items() if n in layers}
     ranked = sorted(sens, key=lambda n: -sens[n])
     base = list(cand.float_layers)
     limit = int(math.floor(job.cfg.max_float_fraction * len(ranked)))

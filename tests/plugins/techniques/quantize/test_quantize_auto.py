@@ -58,6 +58,39 @@ def test_auto_falls_back_to_float_layers_for_a_strict_budget(cnn_onnx, digits8, 
     assert ctx.metrics["float_layers"] == len(ctx.info["float_layers"]) >= len(kept)
 
 
+def test_static_layouts_share_one_layer_ranking(cnn_onnx, digits8, make_ctx, one_split, tmp_path, monkeypatch) -> None:
+    """Every static layout misses an unreachable budget and is searched: the per-layer ranking (one
+    evaluation per layer) is measured once per ranking key and reused, each search still scored."""
+    from slimkit.plugins.techniques.quantize import auto
+
+    measured: list[str] = []
+    real = auto._Job.sensitivity
+
+    def counted(self, cand, samples=auto.SENSITIVITY_SAMPLES):
+        measured.append(cand.label())
+        return real(self, cand, samples)
+
+    monkeypatch.setattr(auto._Job, "sensitivity", counted)
+    data = one_split({"input": digits8.val.inputs["input"]})
+    ctx = make_ctx(data, tmp_path / "stage")
+    cfg = QuantizeConfig(
+        technique="quantize",
+        mode="auto",
+        modes=["static"],
+        min_fidelity=1.0,
+        max_float_fraction=0.5,
+        keep_float_if_slower=False,
+        **FAST,
+    )
+    Quantize(cfg).apply(cnn_onnx, OnnxAdapter(), ctx)
+    mixed = [r for r in ctx.info["candidates"] if r["float_layers"] and r["tag"] != "int8-slow convs float"]
+    notes = " ".join(ctx.info["notes"])
+    keys = {r["tag"] if r["tag"] in ("reduce_range", "u8 weights") else "" for r in mixed}
+    assert len(mixed) >= 2, ctx.info["candidates"]  # two or more layouts were searched ...
+    assert len(measured) == len(keys) < len(mixed)  # ... on fewer rankings than searches
+    assert "layers ranked by the sensitivity measured on static" in notes
+
+
 def test_by_default_a_missed_budget_returns_the_float_model_and_keeps_the_candidate(
     cnn_onnx, digits8, make_ctx, one_split, tmp_path
 ) -> None:
