@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -515,6 +516,49 @@ def fidelity_text(fid: list[tuple[float, float]], outputs: list[str]) -> str:
     return "; ".join(f"{n}: {m:.4f} / {lo:.4f}" for n, (m, lo) in zip(names, fid, strict=False))
 
 
+#: speed-ups within this fraction of each other are a tie (the interleaved rounds' noise on a quiet machine)
+SPEED_TIE = 0.03
+#: cosines within this of each other are a tie (the table prints four decimals)
+COSINE_TIE = 1e-4
+
+
+def goals(name: str, results: list[Result]) -> list[str]:
+    """The issue's goals on one model, judged on slimkit's default ``auto`` against ORT and NNCF: it
+    succeeds wherever a peer quantizes; it is at least as fast as the fastest peer at least as faithful,
+    and at least as faithful as the most faithful peer at least as fast. Fidelity: the lowest mean
+    cosine over the outputs. A peer that returned the model without an int8 node did not quantize it."""
+    ours = next(r for r in results if r.tool.startswith("slimkit quantize"))
+    peers = [r for r in results if not r.tool.startswith("slimkit") and r.path is not None and math.isfinite(r.speedup)]
+    quantized = [r for r in peers if "no int8 node" not in r.note]
+    if ours.path is None or not math.isfinite(ours.speedup):
+        ok = not quantized
+        why = f"slimkit: {ours.error or 'not timed'}; " + (
+            f"{', '.join(r.tool for r in quantized)} quantized it" if quantized else "no peer quantized it either"
+        )
+        return [f"- {name}: {'**met**' if ok else '**not met**'} ({why})."]
+    fid = min(m for m, _ in ours.fidelity)
+
+    def f(r: Result) -> float:
+        return min(m for m, _ in r.fidelity)
+
+    faithful = [r for r in peers if f(r) >= fid - COSINE_TIE]
+    fast = [r for r in peers if r.speedup >= ours.speedup * (1 - SPEED_TIE)]
+    rival_speed = max(faithful, key=lambda r: r.speedup, default=None)
+    rival_fid = max(fast, key=f, default=None)
+    speed_ok = rival_speed is None or ours.speedup >= rival_speed.speedup * (1 - SPEED_TIE)
+    fid_ok = rival_fid is None or fid >= f(rival_fid) - COSINE_TIE
+    parts_ = [
+        f"{ours.speedup:.2f}× at cosine {fid:.4f}",
+        "no peer as faithful"
+        if rival_speed is None
+        else f"fastest peer as faithful: {rival_speed.tool} {rival_speed.speedup:.2f}× at {f(rival_speed):.4f}",
+        "no peer as fast"
+        if rival_fid is None
+        else f"most faithful peer as fast: {rival_fid.tool} {rival_fid.speedup:.2f}× at {f(rival_fid):.4f}",
+    ]
+    return [f"- {name}: {'**met**' if speed_ok and fid_ok else '**not met**'} ({'; '.join(parts_)})."]
+
+
 def rows_of(case: Case, results: list[Result]) -> list[str]:
     outputs = output_labels(case)
     rows = []
@@ -530,8 +574,8 @@ def rows_of(case: Case, results: list[Result]) -> list[str]:
     return rows
 
 
-def bench(name: str, work: Path, quick: bool, rounds: int, repeats: int) -> tuple[list[str], list[str]]:
-    """The quantization rows and (torch models) the structured-pruning rows of one model."""
+def bench(name: str, work: Path, quick: bool, rounds: int, repeats: int) -> tuple[list[str], list[str], list[str]]:
+    """The quantization rows, (torch models) the structured-pruning rows and the goal lines of one model."""
     log(f"{name}: data and float model")
     case = prepare(name, work, quick)
     samples = 16 if quick else 256
@@ -550,9 +594,10 @@ def bench(name: str, work: Path, quick: bool, rounds: int, repeats: int) -> tupl
         log(f"{name}: fidelity and timing (pruning)")
         evaluate(case, pruned, rounds, repeats)
         s_rows = rows_of(case, pruned)
-    for row in q_rows + s_rows:
+    verdict = goals(name, quant)
+    for row in q_rows + s_rows + verdict:
         log(row)
-    return q_rows, s_rows
+    return q_rows, s_rows, verdict
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -573,15 +618,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     q_rows: list[str] = []
     s_rows: list[str] = []
+    g_rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="slimkit-zoo-") as tmp:
         for name in names:
             try:
-                q, s = bench(name, Path(tmp), args.quick, rounds, repeats)
+                q, s, g = bench(name, Path(tmp), args.quick, rounds, repeats)
             except Exception as exc:  # the model itself could not be prepared
                 log(f"{name} failed: {one_line(exc, 400)}")
-                q, s = [f"| {name} | (preparing the model) | ✗ {one_line(exc)} | - | - | - | - |"], []
+                q, s, g = [f"| {name} | (preparing the model) | ✗ {one_line(exc)} | - | - | - | - |"], [], []
             q_rows += q
             s_rows += s
+            g_rows += g
             shutil.rmtree(Path(tmp) / name, ignore_errors=True)
     minutes = (time.perf_counter() - started) / 60
     size_note = "test-size models and inputs (`--quick`)" if args.quick else "full size"
@@ -613,6 +660,13 @@ def main(argv: list[str] | None = None) -> int:
         header,
         "|---|---|---|---|---|---|---|",
         *q_rows,
+        "",
+        "Goals (quantization, slimkit's default `auto` against ORT and NNCF): it succeeds wherever a peer",
+        "quantizes; it is at least as fast as the fastest peer that is at least as faithful, and at least as",
+        f"faithful as the most faithful peer that is at least as fast (speed-ups within {SPEED_TIE:.0%} and cosines",
+        f"within {COSINE_TIE:g} are ties; fidelity = the lowest mean cosine over the outputs).",
+        "",
+        *g_rows,
         "",
     ]
     if s_rows:
