@@ -83,6 +83,8 @@ class Variant:
     #: For slimkit auto within a peer's size (``max_size_mb``): the peers of that size.
     matches: list[str] = field(default_factory=list)
     quality: dict[str, float] = field(default_factory=dict)
+    #: per test window: summed next-token NLL and tokens counted ([windows, 2]), for paired comparisons
+    windows: Any = None
     timing: Any = None
 
 
@@ -287,8 +289,8 @@ def within_peers(built: list[Variant], weight_only: Callable[..., Callable[[], t
 
 
 class Memo:
-    """The fp32 session with its logits and generations remembered: every variant is compared with the
-    same fp32 outputs, computed once."""
+    """A session with its logits and generations remembered: every variant is compared with the same
+    fp32 outputs, computed once, and a variant's logits serve both its scores and :func:`window_nll`."""
 
     def __init__(self, session: Any) -> None:
         self.session, self.cache = session, {}
@@ -320,10 +322,40 @@ def score(models: list[Variant], data: Any, threads: int, sizes: Sizes) -> None:
         if v.path is None:
             continue
         log(f"scoring {v.name}")
-        model = LlmSession(v.path, threads)
+        model = Memo(LlmSession(v.path, threads))
         v.quality = compare_quality(base, model, ids)
+        v.windows = window_nll(model, ids)
         v.quality.update(generation_match(base, model, prompts, sizes.gen))
         v.quality["size_bytes"] = float(files.model_size(v.path))
+
+
+def window_nll(model: Memo, ids: np.ndarray, batch: int = 4) -> np.ndarray:
+    """Each window's summed next-token NLL and token count (``[windows, 2]``), from the logits
+    :func:`compare_quality` computed (same batches: remembered by ``model``)."""
+    from slimkit.plugins.llm.runtime import next_token_nll
+
+    ids, out = np.asarray(ids, np.int64), []
+    for i in range(0, len(ids), batch):
+        chunk = ids[i : i + batch]
+        logits = model.logits(chunk, None)
+        out += [next_token_nll(logits[j : j + 1], chunk[j : j + 1], None) for j in range(len(chunk))]
+    return np.array(out, np.float64)
+
+
+def ppl_difference(ours: np.ndarray, theirs: np.ndarray, resamples: int = 2000) -> tuple[float, float, float]:
+    """Relative perplexity difference ``ours / theirs - 1`` on the same windows and its 95 % paired
+    bootstrap interval (windows resampled with replacement, seed 0): whether a difference is more than
+    the text's sampling noise."""
+    rng = np.random.default_rng(0)
+
+    def diff(idx: np.ndarray) -> np.ndarray:
+        count = ours[idx, 1].sum(axis=-1)
+        return np.exp((ours[idx, 0].sum(axis=-1) - theirs[idx, 0].sum(axis=-1)) / count) - 1.0
+
+    point = float(diff(np.arange(len(ours))[None])[0])
+    draws = diff(rng.integers(0, len(ours), size=(resamples, len(ours))))
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return point, float(lo), float(hi)
 
 
 def time_all(models: list[Variant], data: Any, threads: int, sizes: Sizes) -> Variant:
@@ -402,12 +434,15 @@ def verdicts(models: list[Variant], noise: float) -> list[str]:
         smaller = q["size_bytes"] <= p["size_bytes"] * 1.001
         faster = ours.timing.decode_tokens_per_s >= peer.timing.decode_tokens_per_s * (1 - noise)
         closer = "closer to" if q["kl_divergence"] < p["kl_divergence"] else "not closer to"
+        d, lo, hi = ppl_difference(ours.windows, peer.windows)
+        noise_text = "within the text's noise" if lo <= 0.0 <= hi else "beyond the text's noise"
         lines.append(
             f"- {'slimkit within its size' if ours is not auto else 'slimkit auto'} ≥ {peer.name}: "
             f"{mark(better and smaller and faster)} (perplexity {q['perplexity']:.3f} vs {p['perplexity']:.3f}, "
             f"size {q['size_bytes'] / 1e6:.2f} vs {p['size_bytes'] / 1e6:.2f} MB, decode "
             f"{ours.timing.decode_tokens_per_s:.0f} vs {peer.timing.decode_tokens_per_s:.0f} tokens/s; KL "
-            f"{q['kl_divergence']:.1e} vs {p['kl_divergence']:.1e}: {closer} fp32)."
+            f"{q['kl_divergence']:.1e} vs {p['kl_divergence']:.1e}: {closer} fp32; perplexity difference {d:+.3%}, "
+            f"95 % paired bootstrap interval over the windows [{lo:+.3%}, {hi:+.3%}]: {noise_text})."
         )
     return lines
 
@@ -434,8 +469,9 @@ def method(base: Variant, threads: int, sizes: Sizes, noise: float) -> list[str]
     scored = int(base.quality.get("tokens_scored", 0))
     return [
         "Every model is the same fp32 ONNX file (onnxruntime-genai builder, KV cache) compressed by: slimkit",
-        "`pipeline=llm_int4` (`weight_only mode=auto`: per layer int4 g128/g64/g32, int8 or fp32, chosen by",
-        "measured perplexity sensitivity under a 5 % budget on validation windows), slimkit `mode=fixed` with",
+        "`pipeline=llm_int4` (`weight_only mode=auto`: per layer int4 g256/g128/g64/g32, int8 or fp32, layers ranked",
+        "by the KL divergence they cause alone, the smallest assignment within a 5 % perplexity budget on",
+        "validation windows), slimkit `mode=fixed` with",
         "each algorithm at int4 group 32 (lm_head and embeddings as slimkit's defaults), and the peers called with",
         "their defaults, and slimkit `llm_int4` once more per peer with `max_size_mb` set to that peer's size",
         "(the assignment closest to fp32 that fits there; the goal compares at equal or smaller size).",
@@ -443,7 +479,9 @@ def method(base: Variant, threads: int, sizes: Sizes, noise: float) -> list[str]
         f"of {sizes.window}): perplexity (relative change vs fp32), the KL divergence of the next-token",
         "distributions from fp32's (nats/token: how far the predictions moved; a perplexity change can also",
         "be a lucky shift that lowers it), greedy next-token agreement with fp32, and",
-        f"exact match of a {sizes.gen}-token greedy generation on {sizes.prompts} prompts. Speed in ONNX Runtime",
+        f"exact match of a {sizes.gen}-token greedy generation on {sizes.prompts} prompts. Against each peer, the",
+        "perplexity difference comes with a 95 % paired bootstrap interval over the test windows (2000",
+        "resamples): an interval that holds 0 is a difference the text cannot tell from noise. Speed in ONNX Runtime",
         f"(CPU EP, {threads} threads), each model in its own worker process, all taking turns in {sizes.rounds}",
         f"interleaved rounds: prefill of a {sizes.prompt}-token prompt (ms; speed-up vs fp32) and decode at batch 1",
         f"({sizes.new} new tokens through the KV cache; tokens/s; speed-up vs fp32 = median of the per-round",
