@@ -1,8 +1,8 @@
 """``mode=auto``: the cheapest precision per layer whose *measured* perplexity increase stays within
 ``max_ppl_increase``.
 
-1. Each layer gets a ladder of the ``candidates`` it can take, cheapest first (int4 g128 → g64 → g32 →
-   int8 → fp32; a group size that does not divide its input features is skipped).
+1. Each layer gets a ladder of the ``candidates`` it can take, cheapest first (int4 g256 → g128 → g64 →
+   g32 → int8 → fp32; a group size that does not divide its input features is skipped).
 2. Sensitivity: how far the next-token distributions move from fp32's (mean KL divergence, nats per
    token) with only that layer at its cheapest precision, on the first ``sensitivity_samples``
    validation windows (one measurement per layer). A perplexity difference on a few windows is mostly
