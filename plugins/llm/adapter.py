@@ -238,8 +238,7 @@ class HfCausalAdapter(CausalLmMixin, HfAdapter):
                 "the causal LM does not say which directory it came from (for its tokenizer); load it with "
                 "model=hf_causal model.path=DIR"
             )
-        export.export_module(model, Path(path), Path(source), getattr(model, "slimkit_gguf", None))
-        return {"exporter": "onnxruntime-genai model builder (fp32, cpu, KV cache)"}
+        return export.export_module(model, Path(path), Path(source), getattr(model, "slimkit_gguf", None))
 
 
 def _plain_fp32(model: Any) -> None:

@@ -23,6 +23,14 @@ from typing import Any
 
 from slimkit.core import ModelError
 
+#: What the run's report says made a file the builder exported.
+BUILDER = "onnxruntime-genai model builder (fp32, cpu, KV cache)"
+
+
+class UnsupportedArchitecture(ModelError):
+    """onnxruntime-genai's model builder does not handle the model's architecture."""
+
+
 #: Architectures (``config.architectures[0]``) onnxruntime-genai's builder turns into ONNX (its list, abridged:
 #: named in the error for one it refuses).
 SUPPORTED = (
@@ -137,8 +145,8 @@ def _emit(log: Callable[[str], None] | None, text: str) -> None:
             log(line.rstrip())
 
 
-def _unsupported(hf_dir: Path, arch: str) -> ModelError:
-    return ModelError(
+def _unsupported(hf_dir: Path, arch: str) -> UnsupportedArchitecture:
+    return UnsupportedArchitecture(
         f"{hf_dir} is a {arch}, which the LLM ONNX export (onnxruntime-genai's model builder) does not handle; "
         f"use a model of a supported architecture: {', '.join(SUPPORTED)}, ..."
     )
@@ -207,16 +215,35 @@ def copy_tokenizer(source: Path, dest: Path, gguf_file: str | None = None) -> No
 
 def export_module(
     model: Any, out: Path, source: Path, gguf_file: str | None = None, log: Callable[[str], None] | None = None
-) -> Path:
-    """Export the torch causal LM ``model`` to the LLM ONNX folder of ``out`` (``.../model.onnx``):
-    ``save_pretrained`` to a temporary directory with the tokenizer of ``source`` (its directory of
-    origin), then :func:`build_onnx`. Returns ``out``."""
+) -> dict[str, str]:
+    """Export the torch causal LM ``model`` to the LLM ONNX folder of ``out`` (``.../model.onnx``) with
+    the tokenizer of ``source`` (its directory of origin); returns ``{"exporter": which made it}``, with
+    ``fallback_reason`` when it was not the builder.
+
+    onnxruntime-genai's builder first (``save_pretrained`` to a temporary directory, then
+    :func:`build_onnx`); for an architecture it does not handle, torch's TorchScript exporter
+    (:mod:`.torch_export`), whose file is checked against torch."""
     with tempfile.TemporaryDirectory(prefix="slimkit-llm-hf-") as tmp:
         hf_dir = Path(tmp) / "hf"
         copy_tokenizer(source, hf_dir, gguf_file)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             model.save_pretrained(hf_dir)
-        return build_onnx(hf_dir, out, log)
+        try:
+            build_onnx(hf_dir, out, log)
+            return {"exporter": BUILDER}
+        except UnsupportedArchitecture:
+            from . import torch_export
+
+            arch = architecture(hf_dir) or type(model).__name__
+            _emit(log, f"onnxruntime-genai's builder does not handle {arch}: exporting with {torch_export.EXPORTER}")
+            torch_export.export_module(model, Path(out))
+            for name in TOKENIZER_FILES:
+                if (hf_dir / name).is_file():
+                    shutil.copy2(hf_dir / name, Path(out).parent / name)
+            return {
+                "exporter": torch_export.EXPORTER,
+                "fallback_reason": f"onnxruntime-genai's builder does not handle {arch}",
+            }
 
 
 def folder_files(onnx_path: Path) -> list[Path]:
