@@ -50,6 +50,11 @@ FAST: list[str] = [
 #: The same without the stage settings, for stages that differ from ``magnitude``'s.
 FAST_TARGET: list[str] = [o for o in FAST if not o.startswith("pipeline.")]
 
+#: Latency timed in the run's own process, in one round, instead of the shipped default (an isolated
+#: worker process per model and batch size, in interleaved rounds: a dozen Python processes a run).
+#: For runs that check what a pipeline did, not the latency numbers.
+IN_PROCESS_TIMING: list[str] = ["target.isolate=false", "target.rounds=1"]
+
 #: Environment variables that would change what a run does or prints.
 SCRUBBED = (
     "SLIMKIT_DEBUG",

@@ -33,6 +33,7 @@ from slimkit.core import (
 from slimkit.core.plugins import build_plugin_manager, build_registry
 from slimkit.core.run import RunContext, execute
 from slimkit.pipelines.config import build_spec, compose, to_plain
+from slimkit.pipelines.testing import IN_PROCESS_TIMING
 
 TESTS = Path(__file__).resolve().parents[1]
 FAST = [
@@ -43,6 +44,7 @@ FAST = [
     "target.warmup=1",
     "target.batch_sizes=[1]",
     "target.runtimes=[onnxruntime]",
+    *IN_PROCESS_TIMING,  # latency timed in this process, in one round: the hooks are the subject
     "pipeline.stages.prune.finetune_epochs=0",
     "pipeline.stages.prune.steps=1",
     "cache=false",

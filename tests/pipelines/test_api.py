@@ -11,13 +11,16 @@ import pytest
 
 import slimkit
 from slimkit.core import ConfigError, DataError, ModelError, SlimkitError
+from slimkit.pipelines.testing import IN_PROCESS_TIMING
 
-#: Keep runs short (the model and data are passed as objects or by name per test).
+#: Keep runs short (the model and data are passed as objects or by name per test): latency timed in
+#: this process, in one round (no worker process per model and batch size).
 FAST_API = [
     "target.repeats=3",
     "target.warmup=1",
     "target.batch_sizes=[1,8]",
     "target.runtimes=[onnxruntime]",
+    *IN_PROCESS_TIMING,
     "pipeline.stages.prune.steps=1",
     "pipeline.stages.prune.finetune_epochs=0",
     "cache=false",

@@ -2,6 +2,8 @@
 
 The run (module-scoped: it takes a while) prunes the bundled digits CNN to 70 % sparsity, which
 also shows that a Hydra override reaches the technique: the magnitude pipeline's sparsity is 0.5.
+It uses the shipped ``FAST`` as it is (latency in isolated worker processes, 3 interleaved rounds), not
+the suite's ``fast`` fixture (tests/conftest.py), so that one run goes through the default timing path.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from slimkit.pipelines.testing import FAST
+
 pytestmark = pytest.mark.slow
 
 SPARSITY = 0.7
@@ -21,13 +25,11 @@ METRIC_KEYS = ("accuracy", "size_bytes", "params", "macs", "latency_ms")
 
 
 @pytest.fixture(scope="module")
-def run(
-    run_cli, fast, mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[subprocess.CompletedProcess, Path]:
+def run(run_cli, mlflow_uri: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
     cwd = tmp_path_factory.mktemp("run")
     proc = run_cli(
         [
-            *fast,
+            *FAST,
             f"pipeline.stages.prune.sparsity={SPARSITY}",
             f"tracking.uri={mlflow_uri}",
             f"tracking.experiment={EXPERIMENT}",
@@ -76,6 +78,11 @@ def test_report_contract(report: dict[str, Any]) -> None:
         assert {"p50", "p90", "batch"} <= set(latency)
         assert 0 < latency["p50"] <= latency["p90"]
         assert latency["batch"] == 1  # the first of target.batch_sizes=[1,8]
+        # the default timing path: every model and batch size in an isolated worker, in 3 rounds
+        assert {(lat["batch"], lat["isolated"], len(lat["rounds_ms"])) for lat in metrics["latencies"]} == {
+            (1, True, 3),
+            (8, True, 3),
+        }
     base, comp = report["baseline"], report["compressed"]
     assert base["accuracy"] > 0.9, "the bundled digits CNN is trained"
     # Unstructured pruning keeps the dense shapes: same params and MACs, fewer non-zeros.

@@ -12,11 +12,11 @@ import pytest
 
 from slimkit.core import DataError
 from slimkit.core.data import InputSpec
-from slimkit.pipelines.testing import FAST_TARGET, run_cli
+from slimkit.pipelines.testing import FAST_TARGET, IN_PROCESS_TIMING, run_cli
 from slimkit.plugins.data import random
 
-#: A short benchmark on the CPU target.
-TARGET = [o for o in FAST_TARGET if o.startswith("target.")]
+#: A short benchmark on the CPU target, timed in the run's process in one round.
+TARGET = [*(o for o in FAST_TARGET if o.startswith("target.")), *IN_PROCESS_TIMING]
 
 TOKENS = [
     InputSpec("input_ids", "int64", ("sequence",), 0, 30522, {"sequence": 128}),

@@ -12,7 +12,14 @@ import pytest
 
 @pytest.fixture(scope="module")
 def int4_run(
-    run_cli, one_run_dir, load_report, show, tiny_llm_dir, tiny_llm_text, llm_quick_args, llm_bench_env,
+    run_cli,
+    one_run_dir,
+    load_report,
+    show,
+    tiny_llm_dir,
+    tiny_llm_text,
+    llm_quick_args,
+    llm_bench_env,
     tmp_path_factory,
 ) -> dict[str, Any]:
     cwd = tmp_path_factory.mktemp("llm_int4_run")

@@ -12,10 +12,17 @@ import pytest
 from onnx_testlib import mlp_graph
 
 from slimkit.core import TechniqueError
-from slimkit.pipelines.testing import run_cli
+from slimkit.pipelines.testing import IN_PROCESS_TIMING, run_cli
 from slimkit.plugins.onnx.inspect import inspect_model
 
-FAST_TARGET = ["target.repeats=3", "target.warmup=1", "target.batch_sizes=[1,8]", "target.threads=1"]
+#: A short measurement, timed in the run's process in one round (no worker process per model and batch).
+FAST_TARGET = [
+    "target.repeats=3",
+    "target.warmup=1",
+    "target.batch_sizes=[1,8]",
+    "target.threads=1",
+    *IN_PROCESS_TIMING,
+]
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -68,7 +68,15 @@ def test_quantize_pipeline_external_data_dynamic_batch(tmp_path: Path) -> None:
         pipeline="quantize",
         tracking="none",
         run_dir=tmp_path / "run",
-        overrides=[f"model.path={path}", "data.samples=64", "cache=false", *FAST_TARGET],
+        overrides=[
+            f"model.path={path}",
+            "data.samples=64",
+            "cache=false",
+            *FAST_TARGET,
+            # auto's candidates timed briefly, no photo finish (both tested in test_quantize_auto.py)
+            "pipeline.stages.quantize.latency_repeats=3",
+            "pipeline.stages.quantize.finish_rounds=0",
+        ],
     )
     report = result.report
     assert report.stages[0].technique == "quantize" and report.baseline.accuracy is None

@@ -1,4 +1,7 @@
-"""Fixtures of the search tests: a real PostgreSQL server and an MLflow tracking server on it."""
+"""Fixtures of the search tests: a real PostgreSQL server and an MLflow tracking server on it.
+
+The MLflow servers the tests start run without MLflow's job runner (``search_testlib.NO_JOB_RUNNER``).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+from search_testlib import NO_JOB_RUNNER  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +47,10 @@ def mlflow_server(postgres: Any) -> Iterator[str]:
     from slimkit.plugins.search.servers import start_mlflow, stop_process
 
     root = Path(tempfile.mkdtemp(prefix="slimkit-mlflow-"))
-    proc, url = start_mlflow(postgres.create_database("mlflow"), root / "artifacts", log=root / "server.log")
+    environ = {**os.environ, **NO_JOB_RUNNER}
+    proc, url = start_mlflow(
+        postgres.create_database("mlflow"), root / "artifacts", log=root / "server.log", environ=environ
+    )
     try:
         yield url
     finally:

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from slimkit.pipelines import testing
+from slimkit.pipelines.testing import IN_PROCESS_TIMING
 
-#: Overrides that keep a search short: small model, a 4-point space, no training, few repeats.
+#: Overrides that keep a search short: small model, a 4-point space, no training, few repeats timed
+#: in-process.
 TINY: list[str] = [
     "pipeline=search",
     "model=digits_cnn",
@@ -23,6 +25,7 @@ TINY: list[str] = [
     "target.warmup=1",
     "target.batch_sizes=[1]",
     "target.runtimes=[onnxruntime]",
+    *IN_PROCESS_TIMING,  # latency timed in the run's (and each trial's) process, in one round:
     "search.trial_target.repeats=5",
     "search.trial_target.warmup=1",
     "search.epochs=0",
@@ -47,6 +50,13 @@ SEEDED: list[str] = [
     "search.seeds.magnitude.stages.prune.finetune_epochs=0",
     "search.space.sparsity=[0.0,0.5]",  # 8 points: room for the sampled trials beside the seed
 ]
+
+#: The environment of the ``mlflow server`` processes the tests start: no job runner. Its seven ``huey``
+#: consumer processes (MLflow's own asynchronous GenAI jobs, which slimkit never submits) take about
+#: 20 s of CPU in the server's first half minute, just as the tests start using it, and a few percent
+#: of a core after that, for as long as the server lives (the session-scoped ``mlflow_server``
+#: fixture: the rest of its test process), on the two cores that both test processes share.
+NO_JOB_RUNNER = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 #: Search workers train and time models side by side: one OpenMP thread each.
 SEARCH_ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}

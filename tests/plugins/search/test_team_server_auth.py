@@ -3,6 +3,12 @@
 Started here (a SQLite backend in ``tmp_path``, a free port, no network): a request without
 credentials or with a wrong password gets HTTP 401; the admin and a user the admin creates log runs
 with ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``, and so does a real ``slimkit`` run.
+
+The server runs on the auth config slimkit writes (``auth_environment``) with MLflow's credential
+cache turned on (``auth_cache_ttl_seconds``), passed as the team's own config: MLflow checks every
+request's password against its scrypt hash, about 1-2 s each on 2 busy cores, and a ``slimkit`` run
+makes dozens of requests. The cache keeps only successful logins, so a wrong or missing password is
+still refused on every request. MLflow's job runner is off (``search_testlib.NO_JOB_RUNNER``).
 """
 
 from __future__ import annotations
@@ -16,13 +22,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from search_testlib import NO_JOB_RUNNER
 
-from slimkit.pipelines.testing import FAST, run_cli
-from slimkit.plugins.search.servers import ADMIN_PASSWORD_ENV, start_mlflow, stop_process
+from slimkit.pipelines.testing import FAST, IN_PROCESS_TIMING, run_cli
+from slimkit.plugins.search.servers import (
+    ADMIN_PASSWORD_ENV,
+    AUTH_CONFIG_ENV,
+    auth_environment,
+    start_mlflow,
+    stop_process,
+)
 
 ADMIN_PW = "team-server-admin-pw"
 USER_PW = "alice-password-123"
 LOGIN_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI")
+#: Latency timed in the run's process, in one round: the run is here to log in (tests/conftest.py).
+IN_PROCESS_TIMING = [*IN_PROCESS_TIMING]
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +47,11 @@ def team_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     db_url = f"sqlite:///{root / 'mlflow.db'}"
     env = {k: v for k, v in os.environ.items() if k not in LOGIN_ENV}
     env[ADMIN_PASSWORD_ENV] = ADMIN_PW
+    env.update(NO_JOB_RUNNER)
+    made = auth_environment(root / "auth", env)  # what start_mlflow(auth=True) would write and use
+    config = Path(made[AUTH_CONFIG_ENV])
+    config.write_text(config.read_text() + "auth_cache_ttl_seconds = 600\n")  # see the module docstring
+    env.update(made)
     proc, url = start_mlflow(
         db_url, root / "artifacts", log=root / "server.log", auth=True, auth_dir=root / "auth", environ=env
     )
@@ -39,7 +59,11 @@ def team_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         import psutil
 
         for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
-            assert str(root / "mlflow.db") not in " ".join(p.cmdline()), p.cmdline()  # ps never shows it
+            try:
+                cmdline = p.cmdline()
+            except (psutil.ZombieProcess, psutil.NoSuchProcess):  # a helper that has exited: ps shows no args
+                continue
+            assert str(root / "mlflow.db") not in " ".join(cmdline), cmdline  # ps never shows it
         yield url, root
     finally:
         stop_process(proc)
@@ -106,7 +130,7 @@ def test_a_slimkit_run_logs_in_from_the_environment(
 
     url, _ = team_server
     login = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": ADMIN_PW}
-    proc = run_cli([*FAST, f"tracking.uri={url}"], tmp_path, env=login)
+    proc = run_cli([*FAST, *IN_PROCESS_TIMING, f"tracking.uri={url}"], tmp_path, env=login)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     for name, value in login.items():
         monkeypatch.setenv(name, value)

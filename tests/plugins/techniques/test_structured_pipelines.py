@@ -13,8 +13,18 @@ import pytest
 
 from slimkit.core.plugins import get_registry
 from slimkit.pipelines.config import build_spec, compose, to_plain
+from slimkit.pipelines.testing import IN_PROCESS_TIMING
 
-FAST = ["tracking=none", "target.repeats=3", "target.warmup=1", "target.batch_sizes=[1,8]", "target.threads=1"]
+#: Latency timed in the run's process in one round (no worker process per model and batch size):
+#: these tests check what the pipelines did, not the latency numbers.
+FAST = [
+    "tracking=none",
+    "target.repeats=3",
+    "target.warmup=1",
+    "target.batch_sizes=[1,8]",
+    "target.threads=1",
+    *IN_PROCESS_TIMING,
+]
 
 
 def cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -96,6 +106,7 @@ def test_structured_pipeline_end_to_end_from_the_cli(tmp_path):
 EAGER_BRANCH = """
 import torch
 from torch import nn
+from slimkit.pipelines.testing import IN_PROCESS_TIMING
 
 
 class EagerBranch(nn.Module):
@@ -183,6 +194,7 @@ def test_compact_pipeline_end_to_end_from_the_cli(tmp_path):
         "pipeline.stages.distill.epochs=1",
         "pipeline.stages.quantize.calibration_samples=32",
         "pipeline.stages.quantize.latency_repeats=3",
+        "pipeline.stages.quantize.latency_batches=[1]",  # auto's candidates timed at batch 1 only
         "pipeline.stages.quantize.modes=[static]",
         "pipeline.stages.quantize.finish_rounds=0",
     ]

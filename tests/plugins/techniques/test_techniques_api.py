@@ -12,13 +12,15 @@ from typing import Any
 import pytest
 
 import slimkit
+from slimkit.pipelines.testing import IN_PROCESS_TIMING
 
-#: Short measurement; training epochs are set per pipeline below.
+#: Short measurement, in this process and one round; training epochs are set per pipeline below.
 FAST_API = [
     "target.repeats=1",
     "target.warmup=0",
     "target.batch_sizes=[1]",
     "target.runtimes=[onnxruntime]",
+    *IN_PROCESS_TIMING,
     "data.size=8",
     "cache=false",
 ]

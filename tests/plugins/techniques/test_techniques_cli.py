@@ -8,7 +8,18 @@ from typing import Any
 
 import pytest
 
-FAST = ["model=digits_cnn", "tracking=none", "target.repeats=3", "target.warmup=1", "target.batch_sizes=[1,8]"]
+from slimkit.pipelines.testing import IN_PROCESS_TIMING
+
+#: Latency timed in this run's process in one round (no worker process per model and batch size):
+#: these tests check what each technique did, not the latency numbers.
+FAST = [
+    "model=digits_cnn",
+    "tracking=none",
+    "target.repeats=3",
+    "target.warmup=1",
+    "target.batch_sizes=[1,8]",
+    *IN_PROCESS_TIMING,
+]
 WIDE_MLP = [
     "model=torch",
     "model.factory=slimkit.plugins.torch.mlp:wide_mlp",
@@ -19,6 +30,7 @@ WIDE_MLP = [
     "target.warmup=0",
     "target.batch_sizes=[1]",
     "target.runtimes=[onnxruntime]",
+    *IN_PROCESS_TIMING,
 ]
 
 
@@ -82,6 +94,7 @@ def test_sparse_exec_pipeline(run_cli: Any, tmp_path: Path) -> None:
         "target.repeats=3",
         "target.warmup=1",
         "target.batch_sizes=[1,8]",
+        *IN_PROCESS_TIMING,
         "pipeline.stages.prune.steps=1",
         "pipeline.stages.prune.finetune_epochs=1",
         "pipeline.stages.sparse.mode=always",

@@ -14,6 +14,7 @@ pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("mlflow_globals")
 
 from slimkit.core import Report  # noqa: E402
+from slimkit.pipelines.testing import IN_PROCESS_TIMING  # noqa: E402
 from slimkit.plugins.hf import adapter as hf_plugin  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(30)]
@@ -102,7 +103,7 @@ def test_an_hf_run_logs_the_directory_as_its_mlflow_model(
     uri = f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}"
     args = ["pipeline=none", "model=hf", f"model.path={bert['dir']}", "data=text", f"data.path={bert['text']}"]
     args += ["data.max_length=12", "target.repeats=3", "target.warmup=1", "target.batch_sizes=[1]"]
-    args += ["target.runtimes=[onnxruntime]", f"tracking.uri={uri}"]
+    args += ["target.runtimes=[onnxruntime]", *IN_PROCESS_TIMING, f"tracking.uri={uri}"]
     proc = run_cli(args, tmp_path / "cwd")
     assert proc.returncode == 0, show(proc)
     (report_path,) = (tmp_path / "cwd" / "outputs").glob("*/*/report.json")

@@ -10,11 +10,17 @@ from slimkit.plugins.onnx.adapter import OnnxAdapter
 from slimkit.plugins.techniques.quantize import Quantize, QuantizeConfig
 
 FAST = {"calibration_samples": 64, "latency_batches": [1, 8], "latency_repeats": 3, "threads": 1}
+#: The tests that time the candidates for real check what is built, scored and kept: no photo finish
+#: (each model is timed at least 0.3 s a batch size and round; the photo finish has its own tests
+#: below, with the timing stubbed).
+REAL = {**FAST, "finish_rounds": 0}
+#: Where no candidate can pass (a fidelity floor of 1.0), timing decides nothing: batch 1 only.
+UNREACHABLE = {**REAL, "latency_batches": [1]}
 
 
 def test_auto_keeps_accuracy_within_budget_and_reports_why(cnn_onnx, digits8, make_ctx, tmp_path) -> None:
     ctx = make_ctx(digits8, tmp_path / "stage")
-    cfg = QuantizeConfig(technique="quantize", mode="auto", max_accuracy_drop=0.5, **FAST)
+    cfg = QuantizeConfig(technique="quantize", mode="auto", max_accuracy_drop=0.5, **REAL)
     out = Quantize(cfg).apply(cnn_onnx, OnnxAdapter(), ctx)
     # the budget holds on the validation split the search used ...
     assert ctx.metrics["val_accuracy_drop"] <= 0.5
@@ -42,7 +48,7 @@ def test_auto_falls_back_to_float_layers_for_a_strict_budget(cnn_onnx, digits8, 
     """Static only, zero accuracy loss allowed: the most sensitive layers are kept float until it holds."""
     ctx = make_ctx(digits8, tmp_path / "stage")
     cfg = QuantizeConfig(
-        technique="quantize", mode="auto", modes=["static"], max_accuracy_drop=0.0, max_float_fraction=1.0, **FAST
+        technique="quantize", mode="auto", modes=["static"], max_accuracy_drop=0.0, max_float_fraction=1.0, **REAL
     )
     Quantize(cfg).apply(cnn_onnx, OnnxAdapter(), ctx)
     assert ctx.metrics["val_accuracy_drop"] <= 0.0
@@ -80,7 +86,7 @@ def test_static_layouts_share_one_layer_ranking(cnn_onnx, digits8, make_ctx, one
         min_fidelity=1.0,
         max_float_fraction=0.5,
         keep_float_if_slower=False,
-        **FAST,
+        **UNREACHABLE,
     )
     Quantize(cfg).apply(cnn_onnx, OnnxAdapter(), ctx)
     mixed = [r for r in ctx.info["candidates"] if r["float_layers"] and r["tag"] != "int8-slow convs float"]
@@ -100,7 +106,7 @@ def test_by_default_a_missed_budget_returns_the_float_model_and_keeps_the_candid
     data = one_split({"input": digits8.val.inputs["input"]})
     ctx = make_ctx(data, tmp_path / "stage")
     cfg = QuantizeConfig(
-        technique="quantize", mode="auto", modes=["static"], min_fidelity=1.0, max_float_fraction=0.0, **FAST
+        technique="quantize", mode="auto", modes=["static"], min_fidelity=1.0, max_float_fraction=0.0, **UNREACHABLE
     )
     out = Quantize(cfg).apply(cnn_onnx, OnnxAdapter(), ctx)
     assert ctx.info["mode"] == "float" and not ort.quantized_nodes(out)
@@ -120,7 +126,7 @@ def test_nothing_meets_the_constraint_keeps_best_candidate(cnn_onnx, digits8, ma
         min_fidelity=1.0,
         max_float_fraction=0.0,
         on_miss="fail",
-        **FAST,
+        **UNREACHABLE,
     )
     with pytest.raises(TechniqueError) as err:
         Quantize(cfg).apply(cnn_onnx, OnnxAdapter(), ctx)

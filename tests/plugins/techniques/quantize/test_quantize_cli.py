@@ -11,7 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-FAST = ["tracking=none", "target.repeats=3", "target.warmup=1", "target.batch_sizes=[1,8]"]
+from slimkit.pipelines.testing import IN_PROCESS_TIMING
+
+#: Latency timed in the run's process in one round (no worker process per model and batch size).
+FAST = [
+    "tracking=none",
+    "target.repeats=3",
+    "target.warmup=1",
+    "target.batch_sizes=[1,8]",
+    *IN_PROCESS_TIMING,
+]
+#: auto's candidates timed briefly, without the photo finish (tested in test_quantize_auto.py): these
+#: runs check what the pipeline writes and enforces, not which candidate is fastest.
+SHORT_TIMING = ["pipeline.stages.quantize.latency_repeats=3", "pipeline.stages.quantize.finish_rounds=0"]
 
 
 def slimkit(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -34,7 +46,7 @@ def run_dir(cwd: Path) -> Path:
 
 @pytest.mark.slow
 def test_quantize_pipeline_end_to_end(tmp_path) -> None:
-    proc = slimkit(tmp_path, "pipeline=quantize", "model=digits_cnn", *FAST)
+    proc = slimkit(tmp_path, "pipeline=quantize", "model=digits_cnn", *FAST, *SHORT_TIMING)
     assert proc.returncode == 0, proc.stderr[-2000:]
     d = run_dir(tmp_path)
     report = json.loads((d / "report.json").read_text())
@@ -62,6 +74,7 @@ def test_failing_constraint_exits_2_keeps_the_candidate_and_earlier_artifacts(tm
         "pipeline.stages.quantize.max_float_fraction=0.0",
         "pipeline.stages.quantize.on_miss=fail",
         *FAST,
+        *SHORT_TIMING,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("slimkit: error:")]

@@ -10,6 +10,7 @@ from slimkit.core.run import fidelity
 
 pytest.importorskip("transformers")
 
+from slimkit.pipelines.testing import IN_PROCESS_TIMING
 from slimkit.plugins.hf.adapter import HfAdapter  # noqa: E402
 from slimkit.plugins.hf.text_data import load as load_text  # noqa: E402
 from slimkit.plugins.onnx.adapter import OnnxAdapter  # noqa: E402
@@ -138,7 +139,11 @@ def test_hf_quantize_pipeline_end_to_end(bert_dir, text_file, tmp_path) -> None:
         "target.repeats=3",
         "target.warmup=1",
         "target.batch_sizes=[1,4]",
+        *IN_PROCESS_TIMING,  # latency timed in the run's process, in one round: not what this checks
         "pipeline.stages.quantize.modes=[static,dynamic]",
+        "pipeline.stages.quantize.latency_repeats=3",  # a short first timing at batch 1, no photo
+        "pipeline.stages.quantize.latency_batches=[1]",  # finish: what auto chooses by timing is
+        "pipeline.stages.quantize.finish_rounds=0",  # tested in test_quantize_auto.py
     ]
     proc = subprocess.run(
         [sys.executable, "-m", "slimkit.pipelines.cli", *args],

@@ -204,7 +204,15 @@ def test_an_opset_12_model_is_raised_to_13_and_quantized_per_channel(tmp_path, r
     import onnxruntime as ort
 
     model = opset12_cnn(tmp_path / "m.onnx")
-    proc = _cli(run_cli, tmp_path, model, {"x": images(48)}, "pipeline.stages.quantize.modes=[static]")
+    # auto's candidates timed at batch 1 only: the opset is the subject here
+    proc = _cli(
+        run_cli,
+        tmp_path,
+        model,
+        {"x": images(48)},
+        "pipeline.stages.quantize.modes=[static]",
+        "pipeline.stages.quantize.latency_batches=[1]",
+    )
     assert proc.returncode == 0, show(proc)
     d = one_run_dir(tmp_path)
     report = json.loads((d / "report.json").read_text())
@@ -265,6 +273,7 @@ def test_auto_keeps_the_detector_scores_alive(tmp_path, run_cli, show, one_run_d
         {"x": images(64)},
         "pipeline.stages.quantize.modes=[static]",
         "pipeline.stages.quantize.keep_float_if_slower=false",
+        "pipeline.stages.quantize.latency_batches=[1]",  # timed at batch 1 only: the scores are the subject
     )
     assert proc.returncode == 0, show(proc)
     report = json.loads((one_run_dir(tmp_path) / "report.json").read_text())
