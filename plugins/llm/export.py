@@ -234,16 +234,11 @@ def export_module(
         except UnsupportedArchitecture:
             from . import torch_export
 
-            arch = architecture(hf_dir) or type(model).__name__
-            _emit(log, f"onnxruntime-genai's builder does not handle {arch}: exporting with {torch_export.EXPORTER}")
+            reason = f"onnxruntime-genai's builder does not handle {architecture(hf_dir) or type(model).__name__}"
+            _emit(log, f"{reason}: exporting with {torch_export.EXPORTER}")
             torch_export.export_module(model, Path(out))
-            for name in TOKENIZER_FILES:
-                if (hf_dir / name).is_file():
-                    shutil.copy2(hf_dir / name, Path(out).parent / name)
-            return {
-                "exporter": torch_export.EXPORTER,
-                "fallback_reason": f"onnxruntime-genai's builder does not handle {arch}",
-            }
+            copy_tokenizer(hf_dir, Path(out).parent)
+            return {"exporter": torch_export.EXPORTER, "fallback_reason": reason}
 
 
 def folder_files(onnx_path: Path) -> list[Path]:
